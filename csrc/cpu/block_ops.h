@@ -1,0 +1,129 @@
+// Per-block popcount primitives, one struct per instruction set. Each struct's functions are
+// always_inline and carry their target; kernels that use them are stamped out per struct by a
+// wrapper with the same target and `flatten` (see counts_cpu.cpp), so no SIMD code leaks into
+// functions that run on CPUs without it.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "../compexp.h"
+
+#define COMPEXP_INLINE inline __attribute__((always_inline))
+// The Ops functions below are plain `inline`: always_inline would force them into the generic
+// template body, whose target lacks the instructions. The per-target wrappers `flatten` them in.
+#define COMPEXP_TARGET_POPCNT __attribute__((target("popcnt")))
+#define COMPEXP_TARGET_AVX512 __attribute__((target("avx512f,avx512vpopcntdq")))
+
+namespace compexp {
+namespace cpu {
+
+// Portable: __builtin_popcountll compiles to a library call or a bit-trick sequence when
+// the target has no POPCNT instruction. This is the oracle the fast versions are tested against.
+struct ScalarOps {
+  static inline int64_t pop(uint64_t x) { return __builtin_popcountll(x); }
+  static inline int64_t count(const uint64_t* a) {
+    int64_t s = 0;
+    for (int w = 0; w < kBlockWords; ++w) s += pop(a[w]);
+    return s;
+  }
+  // out_f[concept[e]] += |a & words_e| for entries e in [e0, e1).
+  static inline void and_count_entries(const uint64_t* a, const uint64_t* words,
+                                               const int32_t* concept, int64_t e0, int64_t e1,
+                                               int64_t* out_f) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const uint64_t* c = words + e * kBlockWords;
+      int64_t s = 0;
+      for (int w = 0; w < kBlockWords; ++w) s += pop(a[w] & c[w]);
+      out_f[concept[e]] += s;
+    }
+  }
+  // out_f[concept[e]] += |a & words_e|, out_g[concept[e]] += |b & words_e|.
+  static inline void and_count2_entries(const uint64_t* a, const uint64_t* b,
+                                                const uint64_t* words, const int32_t* concept,
+                                                int64_t e0, int64_t e1, int64_t* out_f,
+                                                int64_t* out_g) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const uint64_t* c = words + e * kBlockWords;
+      int64_t sf = 0, sg = 0;
+      for (int w = 0; w < kBlockWords; ++w) {
+        sf += pop(a[w] & c[w]);
+        sg += pop(b[w] & c[w]);
+      }
+      out_f[concept[e]] += sf;
+      out_g[concept[e]] += sg;
+    }
+  }
+};
+
+// The POPCNT instruction on 64-bit words (x86-64 with SSE4.2-era CPUs and later).
+struct PopcntOps {
+  static inline COMPEXP_TARGET_POPCNT int64_t pop(uint64_t x) {
+    return static_cast<int64_t>(_mm_popcnt_u64(x));
+  }
+  static inline COMPEXP_TARGET_POPCNT int64_t count(const uint64_t* a) {
+    int64_t s = 0;
+    for (int w = 0; w < kBlockWords; ++w) s += pop(a[w]);
+    return s;
+  }
+  static inline COMPEXP_TARGET_POPCNT void and_count_entries(
+      const uint64_t* a, const uint64_t* words, const int32_t* concept, int64_t e0, int64_t e1,
+      int64_t* out_f) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const uint64_t* c = words + e * kBlockWords;
+      int64_t s = 0;
+      for (int w = 0; w < kBlockWords; ++w) s += pop(a[w] & c[w]);
+      out_f[concept[e]] += s;
+    }
+  }
+  static inline COMPEXP_TARGET_POPCNT void and_count2_entries(
+      const uint64_t* a, const uint64_t* b, const uint64_t* words, const int32_t* concept,
+      int64_t e0, int64_t e1, int64_t* out_f, int64_t* out_g) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const uint64_t* c = words + e * kBlockWords;
+      int64_t sf = 0, sg = 0;
+      for (int w = 0; w < kBlockWords; ++w) {
+        sf += pop(a[w] & c[w]);
+        sg += pop(b[w] & c[w]);
+      }
+      out_f[concept[e]] += sf;
+      out_g[concept[e]] += sg;
+    }
+  }
+};
+
+// AVX-512 VPOPCNTDQ: one block is one register.
+struct Avx512Ops {
+  static inline COMPEXP_TARGET_AVX512 int64_t count(const uint64_t* a) {
+    return _mm512_reduce_add_epi64(_mm512_popcnt_epi64(_mm512_loadu_si512(a)));
+  }
+  static inline COMPEXP_TARGET_AVX512 void and_count_entries(
+      const uint64_t* a, const uint64_t* words, const int32_t* concept, int64_t e0, int64_t e1,
+      int64_t* out_f) {
+    const __m512i va = _mm512_loadu_si512(a);
+    for (int64_t e = e0; e < e1; ++e) {
+      const __m512i c = _mm512_loadu_si512(words + e * kBlockWords);
+      out_f[concept[e]] += _mm512_reduce_add_epi64(_mm512_popcnt_epi64(_mm512_and_si512(va, c)));
+    }
+  }
+  static inline COMPEXP_TARGET_AVX512 void and_count2_entries(
+      const uint64_t* a, const uint64_t* b, const uint64_t* words, const int32_t* concept,
+      int64_t e0, int64_t e1, int64_t* out_f, int64_t* out_g) {
+    const __m512i va = _mm512_loadu_si512(a);
+    const __m512i vb = _mm512_loadu_si512(b);
+    for (int64_t e = e0; e < e1; ++e) {
+      const __m512i c = _mm512_loadu_si512(words + e * kBlockWords);
+      // Both counts are <= 512, so pack g into the high half of each lane: one reduction.
+      const __m512i pf = _mm512_popcnt_epi64(_mm512_and_si512(va, c));
+      const __m512i pg = _mm512_popcnt_epi64(_mm512_and_si512(vb, c));
+      const uint64_t both =
+          static_cast<uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(pf, _mm512_slli_epi64(pg, 32))));
+      out_f[concept[e]] += static_cast<int64_t>(both & 0xffffffffu);
+      out_g[concept[e]] += static_cast<int64_t>(both >> 32);
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace compexp

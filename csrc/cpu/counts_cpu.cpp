@@ -1,0 +1,219 @@
+// Count-only kernels: primitive counts and fused extension counts (CPU).
+// GCC 12 warns falsely inside its own AVX-512 reduction intrinsics (_mm256_undefined_si256).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <cstring>
+
+#include "../compexp.h"
+#include "block_ops.h"
+#include "parallel.h"
+
+namespace compexp {
+namespace cpu {
+
+namespace {
+
+// |U_u & C_j| for units [begin, end).
+template <class Ops>
+COMPEXP_INLINE void primitive_range(const ConceptIndexView& ix, const MaskSetView& units,
+                                    int64_t* out, int64_t begin, int64_t end) {
+  const int64_t K = ix.n_concepts;
+  for (int64_t u = begin; u < end; ++u) {
+    int64_t* row = out + u * K;
+    std::memset(row, 0, sizeof(int64_t) * K);
+    for (int64_t p = units.ptr[u]; p < units.ptr[u + 1]; ++p) {
+      const int64_t b = units.block[p];
+      const uint64_t* uw = units.words + p * kBlockWords;
+      Ops::and_count_entries(uw, ix.entry_words, ix.entry_concept, ix.block_ptr[b],
+                             ix.block_ptr[b + 1], row);
+      const int64_t f0 = ix.full_ptr[b], f1 = ix.full_ptr[b + 1];
+      if (f0 != f1) {
+        const int64_t cu = Ops::count(uw);
+        for (int64_t q = f0; q < f1; ++q) row[ix.full_concept[q]] += cu;
+      }
+    }
+  }
+}
+
+// f = |F_i & C_j| and g = |U & F_i & C_j| for pairs [begin, end).
+template <class Ops>
+COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetView& formulas,
+                                    const int64_t* unit_of, const MaskSetView& units, int64_t* f,
+                                    int64_t* g, int64_t begin, int64_t end) {
+  const int64_t K = ix.n_concepts;
+  alignas(64) uint64_t uf[kBlockWords];
+  for (int64_t i = begin; i < end; ++i) {
+    int64_t* fi = f + i * K;
+    int64_t* gi = g + i * K;
+    std::memset(fi, 0, sizeof(int64_t) * K);
+    std::memset(gi, 0, sizeof(int64_t) * K);
+    const int64_t u = unit_of[i];
+    int64_t up = units.ptr[u];
+    const int64_t uend = units.ptr[u + 1];
+    for (int64_t p = formulas.ptr[i]; p < formulas.ptr[i + 1]; ++p) {
+      const int64_t b = formulas.block[p];
+      const uint64_t* fw = formulas.words + p * kBlockWords;
+      // Both block lists are sorted: advance the unit's cursor to block b.
+      while (up < uend && units.block[up] < b) ++up;
+      bool any_u = false;
+      if (up < uend && units.block[up] == b) {
+        const uint64_t* uw = units.words + up * kBlockWords;
+        uint64_t acc = 0;
+        for (int w = 0; w < kBlockWords; ++w) {
+          uf[w] = fw[w] & uw[w];
+          acc |= uf[w];
+        }
+        any_u = acc != 0;
+      }
+      const int64_t e0 = ix.block_ptr[b], e1 = ix.block_ptr[b + 1];
+      if (any_u)
+        Ops::and_count2_entries(fw, uf, ix.entry_words, ix.entry_concept, e0, e1, fi, gi);
+      else
+        Ops::and_count_entries(fw, ix.entry_words, ix.entry_concept, e0, e1, fi);
+      const int64_t f0 = ix.full_ptr[b], f1 = ix.full_ptr[b + 1];
+      if (f0 != f1) {
+        const int64_t cf = Ops::count(fw);
+        const int64_t cg = any_u ? Ops::count(uf) : 0;
+        for (int64_t q = f0; q < f1; ++q) {
+          fi[ix.full_concept[q]] += cf;
+          gi[ix.full_concept[q]] += cg;
+        }
+      }
+    }
+  }
+}
+
+// One entry point per instruction set; `flatten` inlines the template body and the block
+// primitives into a function compiled for that target.
+#define COMPEXP_STAMP(SUFFIX, OPS, TARGET)                                                      \
+  TARGET __attribute__((flatten)) void primitive_##SUFFIX(                                      \
+      const ConceptIndexView& ix, const MaskSetView& units, int64_t* out, int64_t b,            \
+      int64_t e) {                                                                              \
+    primitive_range<OPS>(ix, units, out, b, e);                                                 \
+  }                                                                                             \
+  TARGET __attribute__((flatten)) void extension_##SUFFIX(                                      \
+      const ConceptIndexView& ix, const MaskSetView& formulas, const int64_t* unit_of,          \
+      const MaskSetView& units, int64_t* f, int64_t* g, int64_t b, int64_t e) {                 \
+    extension_range<OPS>(ix, formulas, unit_of, units, f, g, b, e);                             \
+  }
+
+COMPEXP_STAMP(scalar, ScalarOps, )
+COMPEXP_STAMP(popcnt, PopcntOps, COMPEXP_TARGET_POPCNT)
+COMPEXP_STAMP(avx512, Avx512Ops, COMPEXP_TARGET_AVX512)
+#undef COMPEXP_STAMP
+
+Simd resolve(Simd s) {
+  if (s == Simd::kAuto) return best_simd();
+  if (!simd_supported(s))
+    throw std::invalid_argument(std::string("this CPU cannot run the '") + simd_name(s) +
+                                "' kernels");
+  return s;
+}
+
+}  // namespace
+
+bool simd_supported(Simd s) {
+  switch (s) {
+    case Simd::kAuto:
+    case Simd::kScalar:
+      return true;
+    case Simd::kPopcnt:
+      return __builtin_cpu_supports("popcnt");
+    case Simd::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+  }
+  return false;
+}
+
+Simd best_simd() {
+  static const Simd best = [] {
+    if (simd_supported(Simd::kAvx512)) return Simd::kAvx512;
+    if (simd_supported(Simd::kPopcnt)) return Simd::kPopcnt;
+    return Simd::kScalar;
+  }();
+  return best;
+}
+
+const char* simd_name(Simd s) {
+  switch (s) {
+    case Simd::kAuto: return "auto";
+    case Simd::kScalar: return "scalar";
+    case Simd::kPopcnt: return "popcnt";
+    case Simd::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+void primitive_counts(const ConceptIndexView& ix, const MaskSetView& units, int64_t* out,
+                      Simd simd, int n_threads) {
+  const Simd s = resolve(simd);
+  parallel_for(units.n_masks, n_threads, 1, [&](int64_t b, int64_t e) {
+    if (s == Simd::kAvx512) primitive_avx512(ix, units, out, b, e);
+    else if (s == Simd::kPopcnt) primitive_popcnt(ix, units, out, b, e);
+    else primitive_scalar(ix, units, out, b, e);
+  });
+}
+
+void extension_counts(const ConceptIndexView& ix, const MaskSetView& formulas,
+                      const int64_t* unit_of, const MaskSetView& units, int64_t* f, int64_t* g,
+                      Simd simd, int n_threads) {
+  const Simd s = resolve(simd);
+  for (int64_t i = 0; i < formulas.n_masks; ++i)
+    COMPEXP_CHECK(unit_of[i] >= 0 && unit_of[i] < units.n_masks, "unit_of index out of range");
+  parallel_for(formulas.n_masks, n_threads, 1, [&](int64_t b, int64_t e) {
+    if (s == Simd::kAvx512) extension_avx512(ix, formulas, unit_of, units, f, g, b, e);
+    else if (s == Simd::kPopcnt) extension_popcnt(ix, formulas, unit_of, units, f, g, b, e);
+    else extension_scalar(ix, formulas, unit_of, units, f, g, b, e);
+  });
+}
+
+void mask_popcounts(const MaskSetView& masks, int64_t* out, int n_threads) {
+  parallel_for(masks.n_masks, n_threads, 64, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      int64_t s = 0;
+      for (int64_t p = masks.ptr[m] * kBlockWords; p < masks.ptr[m + 1] * kBlockWords; ++p)
+        s += __builtin_popcountll(masks.words[p]);
+      out[m] = s;
+    }
+  });
+}
+
+void concept_sizes(const ConceptIndexView& ix, int64_t* out) {
+  std::memset(out, 0, sizeof(int64_t) * ix.n_concepts);
+  for (int64_t b = 0; b < ix.n_blocks; ++b) {
+    for (int64_t e = ix.block_ptr[b]; e < ix.block_ptr[b + 1]; ++e) {
+      int64_t s = 0;
+      for (int w = 0; w < kBlockWords; ++w) s += __builtin_popcountll(ix.entry_words[e * kBlockWords + w]);
+      out[ix.entry_concept[e]] += s;
+    }
+    for (int64_t q = ix.full_ptr[b]; q < ix.full_ptr[b + 1]; ++q) out[ix.full_concept[q]] += kBlockCells;
+  }
+}
+
+void build_concept_major(const ConceptIndexView& ix, int64_t* concept_ptr, int64_t* concept_block,
+                         int64_t* concept_entry) {
+  const int64_t K = ix.n_concepts;
+  std::vector<int64_t> fill(K + 1, 0);
+  // Counting sort by concept; blocks are visited in increasing order, so each concept's items
+  // come out sorted by block.
+  for (int64_t e = 0; e < ix.block_ptr[ix.n_blocks]; ++e) fill[ix.entry_concept[e] + 1]++;
+  for (int64_t q = 0; q < ix.full_ptr[ix.n_blocks]; ++q) fill[ix.full_concept[q] + 1]++;
+  for (int64_t j = 0; j < K; ++j) fill[j + 1] += fill[j];
+  std::memcpy(concept_ptr, fill.data(), sizeof(int64_t) * (K + 1));
+  for (int64_t b = 0; b < ix.n_blocks; ++b) {
+    // Merge partial and full items of block b; a concept is never both in one block.
+    for (int64_t e = ix.block_ptr[b]; e < ix.block_ptr[b + 1]; ++e) {
+      int64_t pos = fill[ix.entry_concept[e]]++;
+      concept_block[pos] = b;
+      concept_entry[pos] = e;
+    }
+    for (int64_t q = ix.full_ptr[b]; q < ix.full_ptr[b + 1]; ++q) {
+      int64_t pos = fill[ix.full_concept[q]]++;
+      concept_block[pos] = b;
+      concept_entry[pos] = -1;
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace compexp

@@ -1,0 +1,162 @@
+// Unit masks: Pillow-exact bilinear resize of activation maps, thresholding, packing (CPU).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../compexp.h"
+#include "parallel.h"
+
+namespace compexp {
+namespace cpu {
+
+namespace {
+
+// Pillow's resampling coefficients for one axis (libImaging/Resample.c, precompute_coeffs,
+// bilinear filter, support 1): output i reads inputs first[i] .. first[i]+count[i]-1 with
+// weights kk[i*ksize ..]. Reproduced operation by operation so results match bit for bit.
+struct AxisCoeffs {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<double> kk;
+  AxisCoeffs(int in_size, int out_size) {
+    const double scale = static_cast<double>(in_size) / out_size;
+    const double filterscale = std::max(scale, 1.0);
+    const double support = 1.0 * filterscale;
+    ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+    first.resize(out_size);
+    count.resize(out_size);
+    kk.assign(static_cast<size_t>(out_size) * ksize, 0.0);
+    for (int xx = 0; xx < out_size; ++xx) {
+      const double center = (xx + 0.5) * scale;
+      const double ss = 1.0 / filterscale;
+      int xmin = static_cast<int>(center - support + 0.5);
+      if (xmin < 0) xmin = 0;
+      int xmax = static_cast<int>(center + support + 0.5);
+      if (xmax > in_size) xmax = in_size;
+      xmax -= xmin;
+      double* k = &kk[static_cast<size_t>(xx) * ksize];
+      double ww = 0.0;
+      for (int x = 0; x < xmax; ++x) {
+        double t = (x + xmin - center + 0.5) * ss;
+        if (t < 0.0) t = -t;
+        const double w = t < 1.0 ? 1.0 - t : 0.0;
+        k[x] = w;
+        ww += w;
+      }
+      for (int x = 0; x < xmax; ++x)
+        if (ww != 0.0) k[x] /= ww;
+      first[xx] = xmin;
+      count[xx] = xmax;
+    }
+  }
+};
+
+// Resizes one h x w float32 map to H x W as Pillow's Image.resize(BILINEAR) on mode "F":
+// horizontal pass first into float32, then vertical, accumulating in double.
+void pil_resize(const float* in, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy, int H,
+                int W, float* tmp, float* out) {
+  const bool horizontal = w != W, vertical = h != H;
+  const float* src = in;
+  if (horizontal) {
+    for (int y = 0; y < h; ++y) {
+      for (int xx = 0; xx < W; ++xx) {
+        const double* k = &cx.kk[static_cast<size_t>(xx) * cx.ksize];
+        const float* row = in + static_cast<size_t>(y) * w + cx.first[xx];
+        double ss = 0.0;
+        for (int x = 0; x < cx.count[xx]; ++x) ss += row[x] * k[x];
+        tmp[static_cast<size_t>(y) * W + xx] = static_cast<float>(ss);
+      }
+    }
+    src = tmp;
+  }
+  if (vertical) {
+    for (int yy = 0; yy < H; ++yy) {
+      const double* k = &cy.kk[static_cast<size_t>(yy) * cy.ksize];
+      for (int xx = 0; xx < W; ++xx) {
+        double ss = 0.0;
+        for (int y = 0; y < cy.count[yy]; ++y)
+          ss += src[static_cast<size_t>(cy.first[yy] + y) * W + xx] * k[y];
+        out[static_cast<size_t>(yy) * W + xx] = static_cast<float>(ss);
+      }
+    }
+  } else {
+    std::memcpy(out, src, sizeof(float) * static_cast<size_t>(H) * W);
+  }
+}
+
+// Appends the set cells of one sample to a unit's mask, block by block in cell order.
+class MaskAppender {
+ public:
+  std::vector<int64_t> block;
+  std::vector<uint64_t> words;
+  void set(int64_t cell) {
+    const int64_t b = cell / kBlockCells;
+    if (block.empty() || block.back() != b) {
+      block.push_back(b);
+      words.resize(words.size() + kBlockWords, 0);
+    }
+    const int64_t in_block = cell - b * kBlockCells;
+    words[words.size() - kBlockWords + in_block / 64] |= uint64_t{1} << (in_block % 64);
+  }
+};
+
+MaskSet concat(std::vector<MaskAppender>& parts) {
+  MaskSet out;
+  for (auto& a : parts) {
+    out.block.insert(out.block.end(), a.block.begin(), a.block.end());
+    out.words.insert(out.words.end(), a.words.begin(), a.words.end());
+    out.ptr.push_back(static_cast<int64_t>(out.block.size()));
+  }
+  return out;
+}
+
+}  // namespace
+
+MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_units, int64_t h,
+                             int64_t w, int64_t sample_offset, int64_t H, int64_t W,
+                             const double* threshold, int n_threads) {
+  COMPEXP_CHECK(h > 0 && w > 0 && H > 0 && W > 0, "map sizes must be positive");
+  const AxisCoeffs cx(static_cast<int>(w), static_cast<int>(W));
+  const AxisCoeffs cy(static_cast<int>(h), static_cast<int>(H));
+  const int64_t hw = h * w, HW = H * W;
+  std::vector<MaskAppender> parts(n_units);
+  parallel_for(n_units, n_threads, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<float> tmp(static_cast<size_t>(h) * W), up(static_cast<size_t>(HW));
+    for (int64_t u = u0; u < u1; ++u) {
+      const double t = threshold[u];
+      for (int64_t s = 0; s < n_samples; ++s) {
+        const float* map = acts + (s * n_units + u) * hw;
+        // A bilinear resize is a convex combination of its inputs, so it never exceeds the
+        // map's maximum: maps that cannot cross the threshold are skipped unread.
+        const float mx = *std::max_element(map, map + hw);
+        if (!(static_cast<double>(mx) > t)) continue;
+        pil_resize(map, static_cast<int>(h), static_cast<int>(w), cx, cy, static_cast<int>(H),
+                   static_cast<int>(W), tmp.data(), up.data());
+        const int64_t base = (sample_offset + s) * HW;
+        for (int64_t i = 0; i < HW; ++i)
+          if (static_cast<double>(up[i]) > t) parts[u].set(base + i);
+      }
+    }
+  });
+  return concat(parts);
+}
+
+MaskSet unit_masks_from_bool(const uint8_t* masks, int64_t n_samples, int64_t n_units, int64_t H,
+                             int64_t W, int64_t sample_offset, int n_threads) {
+  const int64_t HW = H * W;
+  std::vector<MaskAppender> parts(n_units);
+  parallel_for(n_units, n_threads, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      for (int64_t s = 0; s < n_samples; ++s) {
+        const uint8_t* m = masks + (s * n_units + u) * HW;
+        const int64_t base = (sample_offset + s) * HW;
+        for (int64_t i = 0; i < HW; ++i)
+          if (m[i]) parts[u].set(base + i);
+      }
+    }
+  });
+  return concat(parts);
+}
+
+}  // namespace cpu
+}  // namespace compexp

@@ -1,0 +1,346 @@
+// pybind11 glue for the CPU backend: argument checks, array conversion, GIL release.
+// No algorithm lives here; see csrc/.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compexp.h"
+#include "cpu/parallel.h"
+
+namespace py = pybind11;
+using namespace compexp;
+
+namespace {
+
+template <class T>
+using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// Moves a vector into a NumPy array without copying.
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, heap->data(), owner);
+}
+
+py::tuple mask_set_to_python(MaskSet&& m) {
+  const py::ssize_t nb = static_cast<py::ssize_t>(m.block.size());
+  const py::ssize_t n = static_cast<py::ssize_t>(m.ptr.size());
+  return py::make_tuple(to_numpy(std::move(m.ptr), {n}), to_numpy(std::move(m.block), {nb}),
+                        to_numpy(std::move(m.words), {nb, kBlockWords}));
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+// A block-sparse mask set passed from Python as (ptr, block, words); checked once here so
+// the kernels can trust it.
+struct PyMaskSet {
+  Arr<int64_t> ptr, block;
+  Arr<uint64_t> words;
+  MaskSetView view;
+  PyMaskSet(const py::tuple& t, int64_t n_blocks, const char* what) {
+    require(t.size() == 3, std::string(what) + " must be a (ptr, block, words) tuple");
+    ptr = t[0].cast<Arr<int64_t>>();
+    block = t[1].cast<Arr<int64_t>>();
+    words = t[2].cast<Arr<uint64_t>>();
+    require(ptr.ndim() == 1 && ptr.shape(0) >= 1, std::string(what) + ": ptr must be 1-D, non-empty");
+    require(block.ndim() == 1, std::string(what) + ": block must be 1-D");
+    require(words.ndim() == 2 && words.shape(0) == block.shape(0) && words.shape(1) == kBlockWords,
+            std::string(what) + ": words must be [n_blocks_stored, 8]");
+    const int64_t* p = ptr.data();
+    const int64_t* b = block.data();
+    const int64_t n = ptr.shape(0) - 1;
+    require(p[0] == 0 && p[n] == block.shape(0), std::string(what) + ": ptr does not span block");
+    for (int64_t m = 0; m < n; ++m) {
+      require(p[m] <= p[m + 1], std::string(what) + ": ptr is not non-decreasing");
+      for (int64_t q = p[m]; q < p[m + 1]; ++q) {
+        require(b[q] >= 0 && b[q] < n_blocks, std::string(what) + ": block id out of range");
+        require(q == p[m] || b[q - 1] < b[q], std::string(what) + ": block ids not increasing");
+      }
+    }
+    view = MaskSetView{n, p, b, words.data()};
+  }
+};
+
+Simd parse_simd(const std::string& s) {
+  if (s == "auto") return Simd::kAuto;
+  if (s == "scalar") return Simd::kScalar;
+  if (s == "popcnt") return Simd::kPopcnt;
+  if (s == "avx512") return Simd::kAvx512;
+  throw py::value_error("simd must be 'auto', 'scalar', 'popcnt' or 'avx512', got '" + s + "'");
+}
+
+// The concept index: owns (references to) the block-major arrays and its concept-major view.
+class PyConceptIndex {
+ public:
+  PyConceptIndex(int64_t n_cells, int32_t n_concepts, Arr<int64_t> block_ptr,
+                 Arr<int32_t> entry_concept, Arr<uint64_t> entry_words, Arr<int64_t> full_ptr,
+                 Arr<int32_t> full_concept)
+      : block_ptr_(block_ptr), entry_concept_(entry_concept), entry_words_(entry_words),
+        full_ptr_(full_ptr), full_concept_(full_concept) {
+    require(n_cells > 0, "n_cells must be positive");
+    require(n_concepts > 0, "n_concepts must be positive");
+    const int64_t nb = blocks_for_cells(n_cells);
+    require(block_ptr.ndim() == 1 && block_ptr.shape(0) == nb + 1, "block_ptr must have n_blocks + 1 entries");
+    require(full_ptr.ndim() == 1 && full_ptr.shape(0) == nb + 1, "full_ptr must have n_blocks + 1 entries");
+    const int64_t ne = entry_concept.ndim() == 1 ? entry_concept.shape(0) : -1;
+    require(ne >= 0 && entry_words.ndim() == 2 && entry_words.shape(0) == ne &&
+                entry_words.shape(1) == kBlockWords,
+            "entry_words must be [n_entries, 8] matching entry_concept");
+    require(full_concept.ndim() == 1, "full_concept must be 1-D");
+    const int64_t* bp = block_ptr.data();
+    const int64_t* fp = full_ptr.data();
+    require(bp[0] == 0 && bp[nb] == ne, "block_ptr does not span the entries");
+    require(fp[0] == 0 && fp[nb] == full_concept.shape(0), "full_ptr does not span full_concept");
+    for (int64_t b = 0; b < nb; ++b)
+      require(bp[b] <= bp[b + 1] && fp[b] <= fp[b + 1], "block pointers must be non-decreasing");
+    for (int64_t e = 0; e < ne; ++e)
+      require(entry_concept.data()[e] >= 0 && entry_concept.data()[e] < n_concepts, "entry concept out of range");
+    for (int64_t q = 0; q < full_concept.shape(0); ++q)
+      require(full_concept.data()[q] >= 0 && full_concept.data()[q] < n_concepts, "full concept out of range");
+    view_.n_cells = n_cells;
+    view_.n_blocks = nb;
+    view_.n_concepts = n_concepts;
+    view_.block_ptr = bp;
+    view_.entry_concept = entry_concept.data();
+    view_.entry_words = entry_words.data();
+    view_.full_ptr = fp;
+    view_.full_concept = full_concept.data();
+    const int64_t n_items = ne + full_concept.shape(0);
+    concept_ptr_.resize(n_concepts + 1);
+    concept_block_.resize(n_items);
+    concept_entry_.resize(n_items);
+    cpu::build_concept_major(view_, concept_ptr_.data(), concept_block_.data(), concept_entry_.data());
+    view_.concept_ptr = concept_ptr_.data();
+    view_.concept_block = concept_block_.data();
+    view_.concept_entry = concept_entry_.data();
+  }
+
+  py::array_t<int64_t> primitive_counts(const py::tuple& units, const std::string& simd, int n_threads) {
+    PyMaskSet u(units, view_.n_blocks, "units");
+    std::vector<int64_t> out(static_cast<size_t>(u.view.n_masks) * view_.n_concepts);
+    const Simd s = parse_simd(simd);
+    {
+      py::gil_scoped_release nogil;
+      cpu::primitive_counts(view_, u.view, out.data(), s, n_threads);
+    }
+    return to_numpy(std::move(out), {u.view.n_masks, view_.n_concepts});
+  }
+
+  py::tuple extension_counts(const py::tuple& formulas, Arr<int64_t> unit_of, const py::tuple& units,
+                             const std::string& simd, int n_threads) {
+    PyMaskSet fm(formulas, view_.n_blocks, "formulas");
+    PyMaskSet u(units, view_.n_blocks, "units");
+    require(unit_of.ndim() == 1 && unit_of.shape(0) == fm.view.n_masks, "unit_of must have one entry per formula");
+    const size_t n = static_cast<size_t>(fm.view.n_masks) * view_.n_concepts;
+    std::vector<int64_t> f(n), g(n);
+    const Simd s = parse_simd(simd);
+    {
+      py::gil_scoped_release nogil;
+      cpu::extension_counts(view_, fm.view, unit_of.data(), u.view, f.data(), g.data(), s, n_threads);
+    }
+    return py::make_tuple(to_numpy(std::move(f), {fm.view.n_masks, view_.n_concepts}),
+                          to_numpy(std::move(g), {fm.view.n_masks, view_.n_concepts}));
+  }
+
+  py::tuple materialize(const py::tuple& formulas, Arr<int64_t> src, Arr<int32_t> op,
+                        Arr<int32_t> concept, int n_threads) {
+    PyMaskSet fm(formulas, view_.n_blocks, "formulas");
+    require(src.ndim() == 1 && op.ndim() == 1 && concept.ndim() == 1 && src.shape(0) == op.shape(0) &&
+                op.shape(0) == concept.shape(0),
+            "src, op and concept must be 1-D of equal length");
+    MaskSet out;
+    {
+      py::gil_scoped_release nogil;
+      out = cpu::materialize(view_, fm.view, src.shape(0), src.data(), op.data(), concept.data(), n_threads);
+    }
+    return mask_set_to_python(std::move(out));
+  }
+
+  py::array_t<int64_t> concept_sizes() {
+    std::vector<int64_t> out(view_.n_concepts);
+    cpu::concept_sizes(view_, out.data());
+    return to_numpy(std::move(out), {view_.n_concepts});
+  }
+
+  py::tuple concept_major() {
+    auto cp = concept_ptr_, cb = concept_block_, ce = concept_entry_;
+    const py::ssize_t n = static_cast<py::ssize_t>(cb.size());
+    return py::make_tuple(to_numpy(std::move(cp), {view_.n_concepts + 1}), to_numpy(std::move(cb), {n}),
+                          to_numpy(std::move(ce), {n}));
+  }
+
+  int64_t n_cells() const { return view_.n_cells; }
+  int64_t n_blocks() const { return view_.n_blocks; }
+  int32_t n_concepts() const { return view_.n_concepts; }
+
+ private:
+  Arr<int64_t> block_ptr_;
+  Arr<int32_t> entry_concept_;
+  Arr<uint64_t> entry_words_;
+  Arr<int64_t> full_ptr_;
+  Arr<int32_t> full_concept_;
+  std::vector<int64_t> concept_ptr_, concept_block_, concept_entry_;
+  ConceptIndexView view_;
+};
+
+class PyBuilder {
+ public:
+  PyBuilder(int64_t n_samples, int64_t height, int64_t width, int32_t n_concepts)
+      : b_(n_samples, height, width, n_concepts), n_samples_(n_samples), height_(height), width_(width) {}
+
+  void add_label_maps(Arr<int32_t> labels, int64_t sample_offset, Arr<int32_t> concept_of_label) {
+    require(labels.ndim() == 4 && labels.shape(2) == height_ && labels.shape(3) == width_,
+            "labels must be [n, n_layers, H, W] on the concept grid");
+    require(concept_of_label.ndim() == 1 && concept_of_label.shape(0) >= 1, "concept_of_label must be 1-D, non-empty");
+    py::gil_scoped_release nogil;
+    b_.add_label_maps(labels.data(), labels.shape(0), labels.shape(1), sample_offset, concept_of_label.data(),
+                      concept_of_label.shape(0));
+  }
+  void add_dense(Arr<uint8_t> masks, int64_t sample_offset, Arr<int32_t> concepts) {
+    require(masks.ndim() == 4 && masks.shape(2) == height_ && masks.shape(3) == width_,
+            "masks must be [n, k, H, W] on the concept grid");
+    require(concepts.ndim() == 1 && concepts.shape(0) == masks.shape(1), "concepts must name one concept per mask plane");
+    py::gil_scoped_release nogil;
+    b_.add_dense(masks.data(), masks.shape(0), masks.shape(1), sample_offset, concepts.data());
+  }
+  void add_sample_labels(Arr<uint8_t> present, int64_t sample_offset, Arr<int32_t> concepts) {
+    require(present.ndim() == 2, "present must be [n, k]");
+    require(concepts.ndim() == 1 && concepts.shape(0) == present.shape(1), "concepts must name one concept per column");
+    py::gil_scoped_release nogil;
+    b_.add_sample_labels(present.data(), present.shape(0), present.shape(1), sample_offset, concepts.data());
+  }
+  py::tuple finish() {
+    std::vector<int64_t> bp, fp;
+    std::vector<int32_t> ec, fc;
+    std::vector<uint64_t> ew;
+    {
+      py::gil_scoped_release nogil;
+      b_.finish(bp, ec, ew, fp, fc);
+    }
+    const py::ssize_t nb = static_cast<py::ssize_t>(bp.size()), ne = static_cast<py::ssize_t>(ec.size()),
+                      nf = static_cast<py::ssize_t>(fc.size());
+    return py::make_tuple(to_numpy(std::move(bp), {nb}), to_numpy(std::move(ec), {ne}),
+                          to_numpy(std::move(ew), {ne, kBlockWords}), to_numpy(std::move(fp), {nb}),
+                          to_numpy(std::move(fc), {nf}));
+  }
+  int64_t staged_entries() const { return b_.staged_entries(); }
+
+ private:
+  cpu::ConceptIndexBuilder b_;
+  int64_t n_samples_, height_, width_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "compexp-core CPU kernels (private; use the compexp_core package).";
+  m.attr("BLOCK_WORDS") = kBlockWords;
+  m.attr("BLOCK_CELLS") = kBlockCells;
+  m.attr("OP_LEAF") = static_cast<int>(kLeaf);
+  m.attr("OP_OR") = static_cast<int>(kOr);
+  m.attr("OP_AND") = static_cast<int>(kAnd);
+  m.attr("OP_AND_NOT") = static_cast<int>(kAndNot);
+  m.attr("OP_OR_NOT") = static_cast<int>(kOrNot);
+
+  m.def("best_simd", [] { return std::string(cpu::simd_name(cpu::best_simd())); },
+        "Fastest popcount implementation this CPU supports.");
+  m.def("simd_supported", [](const std::string& s) { return cpu::simd_supported(parse_simd(s)); });
+  m.def("default_threads", [] { return cpu::default_threads(); },
+        "Threads the kernels use by default (COMPEXP_NUM_THREADS, else all cores).");
+
+  py::class_<PyConceptIndex>(m, "ConceptIndex")
+      .def(py::init<int64_t, int32_t, Arr<int64_t>, Arr<int32_t>, Arr<uint64_t>, Arr<int64_t>, Arr<int32_t>>(),
+           py::arg("n_cells"), py::arg("n_concepts"), py::arg("block_ptr"), py::arg("entry_concept"),
+           py::arg("entry_words"), py::arg("full_ptr"), py::arg("full_concept"))
+      .def("primitive_counts", &PyConceptIndex::primitive_counts, py::arg("units"), py::arg("simd") = "auto",
+           py::arg("n_threads") = 0)
+      .def("extension_counts", &PyConceptIndex::extension_counts, py::arg("formulas"), py::arg("unit_of"),
+           py::arg("units"), py::arg("simd") = "auto", py::arg("n_threads") = 0)
+      .def("materialize", &PyConceptIndex::materialize, py::arg("formulas"), py::arg("src"), py::arg("op"),
+           py::arg("concept"), py::arg("n_threads") = 0)
+      .def("concept_sizes", &PyConceptIndex::concept_sizes)
+      .def("concept_major", &PyConceptIndex::concept_major)
+      .def_property_readonly("n_cells", &PyConceptIndex::n_cells)
+      .def_property_readonly("n_blocks", &PyConceptIndex::n_blocks)
+      .def_property_readonly("n_concepts", &PyConceptIndex::n_concepts);
+
+  py::class_<PyBuilder>(m, "ConceptIndexBuilder")
+      .def(py::init<int64_t, int64_t, int64_t, int32_t>(), py::arg("n_samples"), py::arg("height"),
+           py::arg("width"), py::arg("n_concepts"))
+      .def("add_label_maps", &PyBuilder::add_label_maps, py::arg("labels"), py::arg("sample_offset"),
+           py::arg("concept_of_label"))
+      .def("add_dense", &PyBuilder::add_dense, py::arg("masks"), py::arg("sample_offset"), py::arg("concepts"))
+      .def("add_sample_labels", &PyBuilder::add_sample_labels, py::arg("present"), py::arg("sample_offset"),
+           py::arg("concepts"))
+      .def("finish", &PyBuilder::finish)
+      .def_property_readonly("staged_entries", &PyBuilder::staged_entries);
+
+  m.def(
+      "unit_masks_from_maps",
+      [](Arr<float> acts, int64_t sample_offset, int64_t H, int64_t W, Arr<double> threshold, int n_threads) {
+        require(acts.ndim() == 4, "acts must be [n, units, h, w]");
+        require(threshold.ndim() == 1 && threshold.shape(0) == acts.shape(1), "threshold must have one value per unit");
+        MaskSet out;
+        {
+          py::gil_scoped_release nogil;
+          out = cpu::unit_masks_from_maps(acts.data(), acts.shape(0), acts.shape(1), acts.shape(2), acts.shape(3),
+                                          sample_offset, H, W, threshold.data(), n_threads);
+        }
+        return mask_set_to_python(std::move(out));
+      },
+      py::arg("acts"), py::arg("sample_offset"), py::arg("height"), py::arg("width"), py::arg("threshold"),
+      py::arg("n_threads") = 0);
+  m.def(
+      "unit_masks_from_bool",
+      [](Arr<uint8_t> masks, int64_t sample_offset, int n_threads) {
+        require(masks.ndim() == 4, "masks must be [n, units, H, W]");
+        MaskSet out;
+        {
+          py::gil_scoped_release nogil;
+          out = cpu::unit_masks_from_bool(masks.data(), masks.shape(0), masks.shape(1), masks.shape(2),
+                                          masks.shape(3), sample_offset, n_threads);
+        }
+        return mask_set_to_python(std::move(out));
+      },
+      py::arg("masks"), py::arg("sample_offset"), py::arg("n_threads") = 0);
+  m.def(
+      "merge_mask_parts",
+      [](const std::vector<py::tuple>& parts) {
+        // Copy into owned sets (parts are small relative to the kernels' work).
+        std::vector<MaskSet> owned(parts.size());
+        std::vector<const MaskSet*> ptrs;
+        for (size_t i = 0; i < parts.size(); ++i) {
+          PyMaskSet p(parts[i], INT64_MAX, "part");
+          owned[i].ptr.assign(p.ptr.data(), p.ptr.data() + p.ptr.shape(0));
+          owned[i].block.assign(p.block.data(), p.block.data() + p.block.shape(0));
+          owned[i].words.assign(p.words.data(), p.words.data() + p.words.size());
+          ptrs.push_back(&owned[i]);
+        }
+        MaskSet out;
+        {
+          py::gil_scoped_release nogil;
+          out = cpu::merge_mask_parts(ptrs);
+        }
+        return mask_set_to_python(std::move(out));
+      },
+      py::arg("parts"));
+  m.def(
+      "mask_popcounts",
+      [](const py::tuple& masks, int n_threads) {
+        PyMaskSet p(masks, INT64_MAX, "masks");
+        std::vector<int64_t> out(p.view.n_masks);
+        {
+          py::gil_scoped_release nogil;
+          cpu::mask_popcounts(p.view, out.data(), n_threads);
+        }
+        return to_numpy(std::move(out), {p.view.n_masks});
+      },
+      py::arg("masks"), py::arg("n_threads") = 0);
+}

@@ -1,0 +1,173 @@
+"""Unit masks: per-unit thresholds and block-sparse unit masks from activations.
+
+A unit fires on the cells where its activation, upsampled to the concepts' grid, exceeds the
+unit's threshold: the (1 - quantile) quantile of all its raw activation values (NumPy's default
+linear interpolation, computed in float64). Maps are resized exactly as Pillow's
+``Image.resize(BILINEAR)`` does on a float32 image (half-pixel centres, no antialiasing when
+upsampling), as the reference code does. Boolean activations are unit masks already.
+
+Activations are read in batches of units and chunks of samples, so neither the activation
+tensor nor any dense mask of the whole dataset has to fit in memory: ``acts`` may be an
+``h5py.Dataset``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["compute_thresholds", "unit_masks", "as_activations"]
+
+# Bytes of activations read at once (a batch of units x a chunk of samples).
+_READ_BYTES = 1 << 28
+
+
+def as_activations(acts):
+    """Accept a NumPy array, an h5py dataset, a path to an activations file or a torch tensor.
+
+    Returns an object with ``shape``, ``dtype`` and NumPy-style slicing.
+    """
+    import os
+
+    if isinstance(acts, (str, os.PathLike)):
+        from .io import open_activations
+
+        return open_activations(acts)
+    if hasattr(acts, "detach") and hasattr(acts, "cpu"):  # torch.Tensor without importing torch
+        acts = acts.detach().cpu().numpy()
+    if hasattr(acts, "shape") and hasattr(acts, "dtype") and hasattr(acts, "__getitem__") \
+            and not isinstance(acts, np.ndarray) and type(acts).__module__.startswith("h5py"):
+        return acts
+    if not isinstance(acts, np.ndarray):
+        acts = np.asarray(acts)
+    return acts
+
+
+def check_activations(acts, n_samples: int, grid: tuple[int, int]) -> None:
+    """Validate shape and dtype of activations against a concept set's samples and grid."""
+    dtype = np.dtype(acts.dtype)
+    if dtype.kind not in "fb":
+        raise TypeError(f"acts must hold floats (activations) or booleans (unit masks), got "
+                        f"dtype {dtype}")
+    if len(acts.shape) not in (2, 4):
+        raise ValueError(f"acts must be [N, U, h, w] or [N, U], got shape {tuple(acts.shape)}")
+    n, u = acts.shape[:2]
+    if n != n_samples:
+        raise ValueError(f"acts has {n} samples but the concept masks have {n_samples}")
+    if u == 0:
+        raise ValueError("acts has zero units (U = 0)")
+    if len(acts.shape) == 4:
+        if acts.shape[2] == 0 or acts.shape[3] == 0:
+            raise ValueError(f"acts maps are empty: shape {tuple(acts.shape)}")
+        if dtype == bool and tuple(acts.shape[2:]) != tuple(grid):
+            raise ValueError(f"boolean acts are unit masks and must be on the concepts' grid "
+                             f"{tuple(grid)}, got maps of {tuple(acts.shape[2:])}")
+
+
+def _values_per_unit(acts) -> int:
+    return int(np.prod(acts.shape[2:], dtype=np.int64)) if len(acts.shape) == 4 else 1
+
+
+def _read(acts, s0: int, s1: int, ids: np.ndarray) -> np.ndarray:
+    """acts[s0:s1, ids] for sorted unique ids, reading a contiguous unit range (h5py-friendly)."""
+    lo, hi = int(ids[0]), int(ids[-1]) + 1
+    block = np.asarray(acts[s0:s1, lo:hi])
+    if hi - lo == ids.size:
+        return block
+    return block[:, ids - lo]
+
+
+def unit_batches(ids: np.ndarray, acts, max_units: int) -> list[np.ndarray]:
+    """Split sorted unit ids into batches whose reads stay within the read budget."""
+    per_unit = max(1, acts.shape[0] * _values_per_unit(acts) * 8)
+    size = max(1, min(max_units, _READ_BYTES // per_unit))
+    return [ids[i:i + size] for i in range(0, ids.size, size)]
+
+
+def compute_thresholds(acts, quantile: float = 0.005, units: Optional[Sequence[int]] = None,
+                       progress=None) -> np.ndarray:
+    """Per-unit thresholds: the (1 - quantile) quantile of each unit's raw activations.
+
+    Args:
+        acts: float ``[N, U, h, w]`` or ``[N, U]`` (array or h5py dataset).
+        quantile: fraction of each unit's values above the threshold, in (0, 1).
+        units: unit indices (default: all).
+
+    Returns:
+        float64 array, one threshold per requested unit.
+
+    Raises:
+        ValueError: non-finite activations (naming the unit), quantile outside (0, 1).
+
+    Examples:
+        >>> import numpy as np
+        >>> acts = np.arange(200, dtype=np.float32).reshape(100, 2)
+        >>> compute_thresholds(acts, quantile=0.1).tolist()
+        [178.2, 179.2]
+    """
+    check_quantile(quantile)
+    acts = as_activations(acts)
+    if np.dtype(acts.dtype).kind != "f":
+        raise TypeError(f"thresholds need float activations, got dtype {acts.dtype}")
+    ids = np.arange(acts.shape[1]) if units is None else np.asarray(units, np.int64)
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    out = np.empty(uniq.size)
+    done = 0
+    for batch in unit_batches(uniq, acts, 64):
+        vals = _read(acts, 0, acts.shape[0], batch).astype(np.float64, copy=False)
+        for i, u in enumerate(batch):
+            v = vals[:, i].ravel()
+            if not np.isfinite(v).all():
+                raise ValueError(f"acts of unit {int(u)} contain NaN or infinite values")
+            out[done + i] = np.quantile(v, 1.0 - quantile)
+        done += batch.size
+        if progress is not None:
+            progress(batch.size)
+    return out[inverse]
+
+
+def check_quantile(quantile) -> None:
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float, np.floating, np.integer)):
+        raise TypeError(f"quantile must be a number in (0, 1), got {quantile!r}")
+    if not 0.0 < float(quantile) < 1.0:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+
+
+def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optional[np.ndarray]):
+    """Block-sparse masks of units ``ids`` (one per id, in order) on ``grid``.
+
+    Args:
+        acts: activations (see :func:`as_activations`), already validated.
+        ids: sorted unique unit indices.
+        grid: (H, W) of the concept masks.
+        thresholds: float64, one per id (ignored for boolean acts).
+
+    Returns:
+        A mask set ``(ptr, block, words)`` with one mask per id.
+    """
+    H, W = grid
+    n = acts.shape[0]
+    is_bool = np.dtype(acts.dtype) == bool
+    per_sample = len(ids) * max(_values_per_unit(acts), H * W) * 4
+    step = max(1, _READ_BYTES // max(1, per_sample))
+    parts = []
+    for s0 in range(0, n, step):
+        s1 = min(n, s0 + step)
+        chunk = _read(acts, s0, s1, ids)
+        if not is_bool and not np.isfinite(chunk).all():
+            bad = ids[np.nonzero(~np.isfinite(chunk).reshape(chunk.shape[0], len(ids), -1).all(axis=(0, 2)))[0][0]]
+            raise ValueError(f"acts of unit {int(bad)} contain NaN or infinite values")
+        if chunk.ndim == 2:
+            # [n, U] values: a unit fires on whole samples.
+            fired = chunk if is_bool else chunk.astype(np.float64, copy=False) > thresholds[None, :]
+            grid_masks = np.broadcast_to(fired[:, :, None, None], (s1 - s0, len(ids), H, W))
+            parts.append(_core.unit_masks_from_bool(
+                np.ascontiguousarray(grid_masks).view(np.uint8), s0))
+        elif is_bool:
+            parts.append(_core.unit_masks_from_bool(np.ascontiguousarray(chunk).view(np.uint8), s0))
+        else:
+            parts.append(_core.unit_masks_from_maps(np.ascontiguousarray(chunk, np.float32), s0, H, W,
+                                                    np.ascontiguousarray(thresholds, np.float64)))
+    return parts[0] if len(parts) == 1 else _core.merge_mask_parts(parts)
