@@ -51,36 +51,54 @@ struct AxisCoeffs {
   }
 };
 
+// One separable pass along x (rows of `in` are `w` wide, `rows` of them) into float32.
+void pass_x(const float* in, int rows, int w, const AxisCoeffs& cx, int W, float* out) {
+  for (int y = 0; y < rows; ++y) {
+    for (int xx = 0; xx < W; ++xx) {
+      const double* k = &cx.kk[static_cast<size_t>(xx) * cx.ksize];
+      const float* row = in + static_cast<size_t>(y) * w + cx.first[xx];
+      double ss = 0.0;
+      for (int x = 0; x < cx.count[xx]; ++x) ss += row[x] * k[x];
+      out[static_cast<size_t>(y) * W + xx] = static_cast<float>(ss);
+    }
+  }
+}
+
+// One separable pass along y (`cols` columns) into float32.
+void pass_y(const float* in, int cols, const AxisCoeffs& cy, int H, float* out) {
+  for (int yy = 0; yy < H; ++yy) {
+    const double* k = &cy.kk[static_cast<size_t>(yy) * cy.ksize];
+    for (int xx = 0; xx < cols; ++xx) {
+      double ss = 0.0;
+      for (int y = 0; y < cy.count[yy]; ++y)
+        ss += in[static_cast<size_t>(cy.first[yy] + y) * cols + xx] * k[y];
+      out[static_cast<size_t>(yy) * cols + xx] = static_cast<float>(ss);
+    }
+  }
+}
+
 // Resizes one h x w float32 map to H x W as Pillow's Image.resize(BILINEAR) on mode "F":
-// horizontal pass first into float32, then vertical, accumulating in double.
+// two passes accumulating in double, each stored as float32; a pass whose size does not change
+// is skipped. Pillow >= 13 runs the vertical pass first when the height shrinks much more than
+// the width (h - H > 2 (w - W)); otherwise, and always when upsampling, horizontal first.
+// tmp must hold max(h * W, H * w) floats.
 void pil_resize(const float* in, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy, int H,
                 int W, float* tmp, float* out) {
   const bool horizontal = w != W, vertical = h != H;
-  const float* src = in;
-  if (horizontal) {
-    for (int y = 0; y < h; ++y) {
-      for (int xx = 0; xx < W; ++xx) {
-        const double* k = &cx.kk[static_cast<size_t>(xx) * cx.ksize];
-        const float* row = in + static_cast<size_t>(y) * w + cx.first[xx];
-        double ss = 0.0;
-        for (int x = 0; x < cx.count[xx]; ++x) ss += row[x] * k[x];
-        tmp[static_cast<size_t>(y) * W + xx] = static_cast<float>(ss);
-      }
+  if (horizontal && vertical) {
+    if (H < h && (h - H) > 2 * (w - W)) {
+      pass_y(in, w, cy, H, tmp);
+      pass_x(tmp, H, w, cx, W, out);
+    } else {
+      pass_x(in, h, w, cx, W, tmp);
+      pass_y(tmp, W, cy, H, out);
     }
-    src = tmp;
-  }
-  if (vertical) {
-    for (int yy = 0; yy < H; ++yy) {
-      const double* k = &cy.kk[static_cast<size_t>(yy) * cy.ksize];
-      for (int xx = 0; xx < W; ++xx) {
-        double ss = 0.0;
-        for (int y = 0; y < cy.count[yy]; ++y)
-          ss += src[static_cast<size_t>(cy.first[yy] + y) * W + xx] * k[y];
-        out[static_cast<size_t>(yy) * W + xx] = static_cast<float>(ss);
-      }
-    }
+  } else if (horizontal) {
+    pass_x(in, h, w, cx, W, out);
+  } else if (vertical) {
+    pass_y(in, w, cy, H, out);
   } else {
-    std::memcpy(out, src, sizeof(float) * static_cast<size_t>(H) * W);
+    std::memcpy(out, in, sizeof(float) * static_cast<size_t>(H) * W);
   }
 }
 
@@ -121,7 +139,7 @@ MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_uni
   const int64_t hw = h * w, HW = H * W;
   std::vector<MaskAppender> parts(n_units);
   parallel_for(n_units, n_threads, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<float> tmp(static_cast<size_t>(h) * W), up(static_cast<size_t>(HW));
+    std::vector<float> tmp(static_cast<size_t>(std::max(h * W, H * w))), up(static_cast<size_t>(HW));
     for (int64_t u = u0; u < u1; ++u) {
       const double t = threshold[u];
       for (int64_t s = 0; s < n_samples; ++s) {

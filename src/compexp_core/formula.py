@@ -1,0 +1,435 @@
+"""Logical formulas over named concepts (Mu & Andreas 2020 compositional explanations).
+
+A formula is an immutable, hashable tree of :class:`Leaf`, :class:`Not`, :class:`And`
+and :class:`Or` nodes with structural equality.
+
+Print style (the reference code's): every binary node is wrapped in parentheses,
+``NOT`` is a prefix with no parentheses of its own, and a leaf prints as its name,
+double-quoted only when needed (see :func:`format_name`)::
+
+    >>> str(Formula.from_steps("water", [("or", "river"), ("and_not", "blue")]))
+    '((water OR river) AND NOT blue)'
+    >>> str(Not(And(Leaf("living room"), Leaf("AND"))))
+    'NOT ("living room" AND "AND")'
+
+:meth:`Formula.parse` is the exact inverse of ``str``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["Formula", "Leaf", "Not", "And", "Or", "format_name"]
+
+_OPERATORS = frozenset({"AND", "OR", "NOT"})
+_SPECIAL = frozenset('()"\\')
+
+
+def _is_plain_char(c: str) -> bool:
+    """Whether ``c`` may appear in an unquoted name (the tokenizer splits on the rest)."""
+    return not c.isspace() and c not in _SPECIAL
+
+
+def format_name(name: str) -> str:
+    """Write a concept name as it appears in a printed formula.
+
+    Args:
+        name: the concept name.
+
+    Returns:
+        ``name`` unchanged, or double-quoted when it is empty, contains whitespace,
+        ``(``, ``)``, ``"`` or ``\\``, or is an operator word (case-insensitive).
+        Inside quotes ``\\`` is written ``\\\\`` and ``"`` is written ``\\"``.
+
+    Examples:
+        >>> format_name("sky-blue")
+        'sky-blue'
+        >>> format_name("ANDROID")
+        'ANDROID'
+        >>> print(format_name("living room"), format_name("and"), format_name(""))
+        "living room" "and" ""
+        >>> print(format_name('say "hi"\\\\'))
+        "say \\"hi\\"\\\\"
+    """
+    if name and all(map(_is_plain_char, name)) and name.upper() not in _OPERATORS:
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _as_formula(x: str | Formula) -> Formula:
+    if isinstance(x, Formula):
+        return x
+    if isinstance(x, str):
+        return Leaf(x)
+    raise TypeError(f"expected a concept name (str) or a Formula, got {type(x).__name__}")
+
+
+class Formula(ABC):
+    """Abstract base of formula nodes; see the module docstring for the print style."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def __str__(self) -> str: ...
+
+    @abstractmethod
+    def _collect(self, out: list[str]) -> None:
+        """Append this subtree's leaf names, left to right, to ``out``."""
+
+    @abstractmethod
+    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray: ...
+
+    def __repr__(self) -> str:
+        return f"Formula({str(self)!r})"
+
+    def __len__(self) -> int:
+        return len(self.leaves())
+
+    def leaves(self) -> tuple[str, ...]:
+        """The leaf names, left to right (repeats included)."""
+        out: list[str] = []
+        self._collect(out)
+        return tuple(out)
+
+    # Builders used by the beam search: extend the current formula by one concept.
+    def or_(self, x: str | Formula) -> Formula:
+        return Or(self, _as_formula(x))
+
+    def and_(self, x: str | Formula) -> Formula:
+        return And(self, _as_formula(x))
+
+    def and_not(self, x: str | Formula) -> Formula:
+        return And(self, Not(_as_formula(x)))
+
+    def or_not(self, x: str | Formula) -> Formula:
+        return Or(self, Not(_as_formula(x)))
+
+    @classmethod
+    def from_steps(cls, first: str, steps: Iterable[tuple[str, str]]) -> Formula:
+        """Build a left-deep formula from a first concept and a list of steps.
+
+        Args:
+            first: name of the first leaf.
+            steps: ``(op, name)`` pairs applied in order, with ``op`` one of
+                ``"or"``, ``"and"``, ``"and_not"``, ``"or_not"``.
+
+        Returns:
+            The formula.
+
+        Raises:
+            ValueError: on an unknown op.
+
+        Examples:
+            >>> Formula.from_steps("water", [("or", "river"), ("and_not", "blue")])
+            Formula('((water OR river) AND NOT blue)')
+            >>> Formula.from_steps("sky", [])
+            Formula('sky')
+        """
+        f: Formula = Leaf(first)
+        for op, name in steps:
+            build = _STEP_OPS.get(op)
+            if build is None:
+                raise ValueError(f"unknown step op {op!r}; allowed ops: {', '.join(map(repr, _STEP_OPS))}")
+            f = build(f, name)
+        return f
+
+    @staticmethod
+    def parse(text: str) -> Formula:
+        """Parse a formula written in the print style (the exact inverse of ``str``).
+
+        Grammar: ``expr := unary ((AND|OR) unary)*`` (left-associative, equal
+        precedence); ``unary := NOT unary | atom``; ``atom := NAME | QUOTED | '(' expr ')'``.
+        Unquoted operator words are case-insensitive; whitespace between tokens is free.
+
+        Args:
+            text: the formula text.
+
+        Returns:
+            The parsed formula.
+
+        Raises:
+            ValueError: on malformed text; the message quotes ``text`` and gives the
+                0-based character position of the error.
+
+        Examples:
+            >>> f = Formula.parse("(water or river) AND not blue")
+            >>> f == And(Or(Leaf("water"), Leaf("river")), Not(Leaf("blue")))
+            True
+            >>> str(f)
+            '((water OR river) AND NOT blue)'
+            >>> Formula.parse('"living room" OR "and"').leaves()
+            ('living room', 'and')
+            >>> Formula.parse("(a AND b")
+            Traceback (most recent call last):
+            ...
+            ValueError: invalid formula '(a AND b': expected ')' but found end of input at position 8
+        """
+        return _Parser(text).parse()
+
+    def evaluate(self, masks: Any, names: Sequence[str] | None = None) -> np.ndarray:
+        """Compute the formula's boolean mask (AND/OR/NOT are elementwise).
+
+        Args:
+            masks: either a dense boolean (or integer 0/1) array of shape
+                ``[N, K, H, W]`` or ``[N, K]`` where concept ``j`` is ``masks[:, j]``,
+                or a concept-set object with a ``names`` sequence and a
+                ``concept_mask(j)`` method returning concept ``j``'s dense mask.
+            names: for a dense array, the K unique concept names (default
+                ``"c0"`` .. ``"c{K-1}"``); must be None for a concept set.
+
+        Returns:
+            A new boolean array of shape ``[N, H, W]`` or ``[N]`` (dense input) or of
+            the concept masks' shape (concept set).
+
+        Raises:
+            ValueError: unknown leaf name, wrong ``masks`` ndim, bad ``names``.
+            TypeError: ``masks`` of a non-bool, non-integer dtype.
+
+        Examples:
+            >>> m = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0]], dtype=bool)  # [N=3, K=3]
+            >>> Formula.parse("(a OR b) AND NOT c").evaluate(m, names=["a", "b", "c"])
+            array([False, False,  True])
+            >>> Leaf("c1").evaluate(m)
+            array([False,  True,  True])
+        """
+        if hasattr(masks, "concept_mask") and hasattr(masks, "names"):
+            if names is not None:
+                raise ValueError("names must be None when masks is a concept set (it has its own names)")
+            index = _name_index(masks.names)
+            get = lambda j: _as_bool(masks.concept_mask(j))  # noqa: E731
+        else:
+            arr = np.asarray(masks)
+            if arr.ndim not in (2, 4):
+                raise ValueError(f"masks must have shape [N, K, H, W] or [N, K], got shape {arr.shape}")
+            arr = _check_dtype(arr)
+            k = arr.shape[1]
+            if names is None:
+                names = [f"c{j}" for j in range(k)]
+            elif len(names) != k:
+                raise ValueError(f"names has {len(names)} entries but masks has K={k} concepts")
+            index = _name_index(names)
+            # Convert per concept, lazily: only the leaves used are touched.
+            get = lambda j: arr[:, j] if arr.dtype == bool else arr[:, j] != 0  # noqa: E731
+
+        cache: dict[str, np.ndarray] = {}  # each distinct leaf evaluated once per call
+
+        def leaf(name: str) -> np.ndarray:
+            if name not in cache:
+                if name not in index:
+                    raise ValueError(f"unknown concept {name!r} in formula {str(self)!r}")
+                cache[name] = get(index[name])
+            return cache[name]
+
+        out = self._eval(leaf)
+        # A bare leaf returns the stored mask itself; copy so callers may mutate it.
+        return out.copy() if isinstance(self, Leaf) else out
+
+
+def _check_dtype(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype != bool and arr.dtype.kind not in "iu":
+        raise TypeError(f"masks must be a boolean (or integer 0/1) array, got dtype {arr.dtype}")
+    return arr
+
+
+def _as_bool(mask: Any) -> np.ndarray:
+    arr = _check_dtype(np.asarray(mask))
+    return arr if arr.dtype == bool else arr != 0
+
+
+def _name_index(names: Sequence[str]) -> dict[str, int]:
+    index = {name: j for j, name in enumerate(names)}
+    if len(index) != len(names):
+        dups = sorted({n for n in names if list(names).count(n) > 1})
+        raise ValueError(f"concept names must be unique; duplicated: {dups}")
+    return index
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Leaf(Formula):
+    """A single concept, by name."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"Leaf name must be a str, got {type(self.name).__name__}")
+
+    def __str__(self) -> str:
+        return format_name(self.name)
+
+    def _collect(self, out: list[str]) -> None:
+        out.append(self.name)
+
+    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
+        return leaf(self.name)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Not(Formula):
+    """Negation of a formula."""
+
+    operand: Formula
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.operand, Formula):
+            raise TypeError(f"Not operand must be a Formula, got {type(self.operand).__name__}")
+
+    def __str__(self) -> str:
+        return "NOT " + str(self.operand)
+
+    def _collect(self, out: list[str]) -> None:
+        self.operand._collect(out)
+
+    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
+        return ~self.operand._eval(leaf)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _Binary(Formula):
+    left: Formula
+    right: Formula
+
+    _WORD = ""
+
+    def __post_init__(self) -> None:
+        for side in (self.left, self.right):
+            if not isinstance(side, Formula):
+                raise TypeError(f"{type(self).__name__} operands must be Formulas, got {type(side).__name__}")
+
+    def __str__(self) -> str:
+        return f"({self.left} {self._WORD} {self.right})"
+
+    def _collect(self, out: list[str]) -> None:
+        self.left._collect(out)
+        self.right._collect(out)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class And(_Binary):
+    """Conjunction of two formulas."""
+
+    _WORD = "AND"
+
+    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
+        return self.left._eval(leaf) & self.right._eval(leaf)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Or(_Binary):
+    """Disjunction of two formulas."""
+
+    _WORD = "OR"
+
+    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
+        return self.left._eval(leaf) | self.right._eval(leaf)
+
+
+_STEP_OPS: dict[str, Callable[[Formula, str], Formula]] = {
+    "or": Formula.or_,
+    "and": Formula.and_,
+    "and_not": Formula.and_not,
+    "or_not": Formula.or_not,
+}
+
+
+class _Parser:
+    """Recursive-descent parser over a token list of ``(kind, value, position)``."""
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str):
+            raise TypeError(f"Formula.parse expects a str, got {type(text).__name__}")
+        self.text = text
+        self.tokens = self._tokenize()
+        self.i = 0
+
+    def _error(self, msg: str, pos: int) -> ValueError:
+        return ValueError(f"invalid formula {self.text!r}: {msg} at position {pos}")
+
+    def _tokenize(self) -> list[tuple[str, str, int]]:
+        text, n, i = self.text, len(self.text), 0
+        tokens: list[tuple[str, str, int]] = []
+        while i < n:
+            c = text[i]
+            if c.isspace():
+                i += 1
+            elif c in "()":
+                tokens.append((c, c, i))
+                i += 1
+            elif c == '"':
+                start, i, chars = i, i + 1, []
+                while True:
+                    if i >= n:
+                        raise self._error("unterminated quoted name starting", start)
+                    c = text[i]
+                    if c == '"':
+                        break
+                    if c == "\\":
+                        if i + 1 >= n or text[i + 1] not in '"\\':
+                            raise self._error('bad escape (only \\\\ and \\" are allowed)', i)
+                        i += 1
+                    chars.append(text[i])
+                    i += 1
+                tokens.append(("NAME", "".join(chars), start))
+                i += 1
+            elif c == "\\":
+                raise self._error("unexpected '\\' outside quotes", i)
+            else:
+                start = i
+                while i < n and _is_plain_char(text[i]):
+                    i += 1
+                word = text[start:i]
+                # Unquoted operator words are keywords; quote them to use them as names.
+                kind = word.upper() if word.upper() in _OPERATORS else "NAME"
+                tokens.append((kind, word, start))
+        tokens.append(("END", "", n))
+        return tokens
+
+    def _found(self) -> str:
+        kind, value, _ = self.tokens[self.i]
+        return "end of input" if kind == "END" else repr(value)
+
+    def parse(self) -> Formula:
+        f = self._expr()
+        kind, _, pos = self.tokens[self.i]
+        if kind != "END":
+            raise self._error(f"expected AND, OR or end of input but found {self._found()}", pos)
+        return f
+
+    def _expr(self) -> Formula:
+        f = self._unary()
+        while self.tokens[self.i][0] in ("AND", "OR"):
+            op = self.tokens[self.i][0]
+            self.i += 1
+            right = self._unary()
+            f = And(f, right) if op == "AND" else Or(f, right)
+        return f
+
+    def _unary(self) -> Formula:
+        # NOT chains are iterated (not recursed) so long "NOT NOT ..." inputs are cheap.
+        nots = 0
+        while self.tokens[self.i][0] == "NOT":
+            nots += 1
+            self.i += 1
+        f = self._atom()
+        for _ in range(nots):
+            f = Not(f)
+        return f
+
+    def _atom(self) -> Formula:
+        kind, value, pos = self.tokens[self.i]
+        if kind == "NAME":
+            self.i += 1
+            return Leaf(value)
+        if kind == "(":
+            self.i += 1
+            f = self._expr()
+            kind, _, pos = self.tokens[self.i]
+            if kind != ")":
+                raise self._error(f"expected ')' but found {self._found()}", pos)
+            self.i += 1
+            return f
+        raise self._error(f"expected a concept name, NOT or '(' but found {self._found()}", pos)

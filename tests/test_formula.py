@@ -1,0 +1,357 @@
+"""Tests for compexp_core.formula: printing, parsing, builders and evaluation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compexp_core.formula import And, Formula, Leaf, Not, Or, format_name
+
+A, B, C = Leaf("a"), Leaf("b"), Leaf("c")
+
+# --- printing -----------------------------------------------------------------
+
+NAME_CASES = [
+    ("water", "water"),
+    ("ANDROID", "ANDROID"),
+    ("sky-blue", "sky-blue"),
+    ("c12", "c12"),
+    ("wall_paper", "wall_paper"),
+    ("notebook", "notebook"),
+    ("living room", '"living room"'),
+    ("tab\there", '"tab\there"'),
+    ("and", '"and"'),
+    ("AND", '"AND"'),
+    ("Or", '"Or"'),
+    ("nOt", '"nOt"'),
+    ("a(b)", '"a(b)"'),
+    (")", '")"'),
+    ("", '""'),
+    ('say "hi"', '"say \\"hi\\""'),
+    ("back\\slash", '"back\\\\slash"'),
+]
+
+
+@pytest.mark.parametrize("name, expected", NAME_CASES)
+def test_format_name(name, expected):
+    assert format_name(name) == expected
+    assert str(Leaf(name)) == expected
+
+
+STR_CASES = [
+    (A, "a"),
+    (Not(A), "NOT a"),
+    (Not(Not(A)), "NOT NOT a"),
+    (And(A, B), "(a AND b)"),
+    (Or(A, B), "(a OR b)"),
+    (And(Or(Leaf("water"), Leaf("river")), Not(Leaf("blue"))), "((water OR river) AND NOT blue)"),
+    (Or(A, And(B, C)), "(a OR (b AND c))"),
+    (Not(And(A, B)), "NOT (a AND b)"),
+    (And(Not(Or(A, B)), Not(Not(C))), "(NOT (a OR b) AND NOT NOT c)"),
+    (Or(Leaf("living room"), Not(Leaf("and"))), '("living room" OR NOT "and")'),
+    (And(Leaf('x"y'), Leaf("p\\q")), '("x\\"y" AND "p\\\\q")'),
+]
+
+
+@pytest.mark.parametrize("f, expected", STR_CASES)
+def test_str(f, expected):
+    assert str(f) == expected
+    assert repr(f) == f"Formula({expected!r})"
+
+
+@pytest.mark.parametrize("f, expected", STR_CASES)
+def test_parse_round_trip_table(f, expected):
+    assert Formula.parse(expected) == f
+    assert str(Formula.parse(expected)) == expected
+
+
+def test_structural_equality_and_hash():
+    assert And(A, B) == And(Leaf("a"), Leaf("b"))
+    assert hash(And(A, B)) == hash(And(Leaf("a"), Leaf("b")))
+    assert And(A, B) != Or(A, B)
+    assert And(A, B) != And(B, A)
+    assert Not(A) != A
+    assert len({And(A, B), And(Leaf("a"), Leaf("b")), Or(A, B)}) == 2
+
+
+def test_immutable():
+    f = And(A, B)
+    with pytest.raises(AttributeError):
+        f.left = C  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        A.name = "z"  # type: ignore[misc]
+
+
+def test_constructor_type_checks():
+    with pytest.raises(TypeError):
+        Leaf(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Not("a")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        And(A, "b")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Formula()  # abstract
+
+
+# --- parsing --------------------------------------------------------------------
+
+PARSE_CASES = [
+    ("a and b or c", Or(And(A, B), C)),  # left-assoc, equal precedence
+    ("a or b and c", And(Or(A, B), C)),
+    ("a OR (b AND c)", Or(A, And(B, C))),
+    ("not a AND b", And(Not(A), B)),
+    ("NOT (a AND b)", Not(And(A, B))),
+    ("  (  a\tAND\n b )  ", And(A, B)),
+    ("(a)", A),
+    ("((a))", A),
+    ("a AND NOT NOT b", And(A, Not(Not(B)))),
+    ("ANDROID or notebook", Or(Leaf("ANDROID"), Leaf("notebook"))),
+    ('"AND" AND "or"', And(Leaf("AND"), Leaf("or"))),
+    ('"a b"OR"c"', Or(Leaf("a b"), C)),
+    ('"x\\\\y\\""', Leaf('x\\y"')),
+    ('""', Leaf("")),
+    ("(a)AND(b)", And(A, B)),
+]
+
+
+@pytest.mark.parametrize("text, expected", PARSE_CASES)
+def test_parse(text, expected):
+    assert Formula.parse(text) == expected
+
+
+BAD_CASES = [
+    ("", 0),
+    ("   ", 3),
+    ("(a AND b", 8),
+    ("a AND b)", 7),
+    ("((a)", 4),
+    ("a AND", 5),
+    ("a OR ", 5),
+    ("NOT", 3),
+    ("AND a", 0),
+    ("()", 1),
+    ("a b", 2),
+    ("(a AND b) c", 10),
+    ('"abc', 0),
+    ('a OR "b', 5),
+    ('"a\\x"', 2),
+    ('"a\\', 2),
+    ("a\\b", 1),
+    ("a AND AND b", 6),
+]
+
+
+@pytest.mark.parametrize("text, pos", BAD_CASES)
+def test_parse_errors(text, pos):
+    with pytest.raises(ValueError) as info:
+        Formula.parse(text)
+    msg = str(info.value)
+    assert repr(text) in msg
+    assert msg.endswith(f"at position {pos}")
+
+
+def test_parse_rejects_non_str():
+    with pytest.raises(TypeError):
+        Formula.parse(None)  # type: ignore[arg-type]
+
+
+def test_parse_long_not_chain():
+    f = Formula.parse("NOT " * 5000 + "a")
+    depth = 0
+    while isinstance(f, Not):
+        f, depth = f.operand, depth + 1
+    assert depth == 5000 and f == A
+
+
+# --- hypothesis round trips ---------------------------------------------------------
+
+names = st.one_of(
+    st.sampled_from(["and", "AND", "or", "OR", "not", "NOT", "Not", "ANDROID", "", "a b"]),
+    st.text(alphabet='ab AND or not ()"\\\t_-', max_size=8),
+)
+ops = st.sampled_from(["or", "and", "and_not", "or_not"])
+trees = st.recursive(
+    names.map(Leaf),
+    lambda kids: st.one_of(
+        kids.map(Not),
+        st.builds(And, kids, kids),
+        st.builds(Or, kids, kids),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(trees)
+def test_round_trip_arbitrary_trees(f):
+    s = str(f)
+    assert Formula.parse(s) == f
+    assert str(Formula.parse(s)) == s
+
+
+@settings(max_examples=200)
+@given(names, st.lists(st.tuples(ops, names), max_size=6))
+def test_round_trip_left_deep(first, steps):
+    f = Formula.from_steps(first, steps)
+    assert Formula.parse(str(f)) == f
+    assert str(Formula.parse(str(f))) == str(f)
+    assert f.leaves() == (first, *(n for _, n in steps))
+    assert len(f) == len(steps) + 1
+
+
+@given(names)
+def test_format_name_round_trip(name):
+    assert Formula.parse(format_name(name)) == Leaf(name)
+
+
+# --- len / leaves / builders ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "f, leaves",
+    [
+        (A, ("a",)),
+        (Not(A), ("a",)),
+        (And(Or(A, B), Not(C)), ("a", "b", "c")),
+        (Or(A, And(A, Not(B))), ("a", "a", "b")),
+    ],
+)
+def test_len_leaves(f, leaves):
+    assert f.leaves() == leaves
+    assert len(f) == len(leaves)
+
+
+def test_builders():
+    assert A.or_("b") == Or(A, B)
+    assert A.and_(B) == And(A, B)
+    assert A.and_not("b") == And(A, Not(B))
+    assert A.or_not(Or(B, C)) == Or(A, Not(Or(B, C)))
+    with pytest.raises(TypeError):
+        A.or_(3)  # type: ignore[arg-type]
+
+
+def test_from_steps():
+    f = Formula.from_steps("water", [("or", "river"), ("and_not", "blue")])
+    assert str(f) == "((water OR river) AND NOT blue)"
+    assert str(Formula.from_steps("a", [("and", "b"), ("or_not", "c")])) == "((a AND b) OR NOT c)"
+    assert Formula.from_steps("a", iter([])) == A
+
+
+def test_from_steps_unknown_op():
+    with pytest.raises(ValueError, match=r"'xor'.*'or'.*'and'.*'and_not'.*'or_not'"):
+        Formula.from_steps("a", [("or", "b"), ("xor", "c")])
+
+
+# --- evaluate -----------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+DENSE4 = RNG.random((3, 4, 5, 6)) < 0.5  # [N, K, H, W]
+DENSE2 = RNG.random((7, 4)) < 0.5  # [N, K]
+NAMES = ["water", "river", "blue", "living room"]
+
+
+def _expected(m):
+    water, river, blue, room = (m[:, j] for j in range(4))
+    return {
+        "water": water,
+        "NOT blue": ~blue,
+        "((water OR river) AND NOT blue)": (water | river) & ~blue,
+        '(NOT (blue OR "living room") AND water)': ~(blue | room) & water,
+        "((water AND water) OR NOT water)": np.ones_like(water),
+        '(("living room" AND river) OR NOT (water AND blue))': (room & river) | ~(water & blue),
+    }
+
+
+@pytest.mark.parametrize("dense", [DENSE4, DENSE2], ids=["NKHW", "NK"])
+def test_evaluate_dense(dense):
+    for text, want in _expected(dense).items():
+        got = Formula.parse(text).evaluate(dense, names=NAMES)
+        assert got.dtype == bool
+        assert got.shape == (dense.shape[0], *dense.shape[2:])
+        np.testing.assert_array_equal(got, want, err_msg=text)
+
+
+def test_evaluate_default_names_and_int_masks():
+    want = (DENSE4[:, 0] | DENSE4[:, 1]) & ~DENSE4[:, 3]
+    f = Formula.parse("(c0 OR c1) AND NOT c3")
+    np.testing.assert_array_equal(f.evaluate(DENSE4), want)
+    for dtype in (np.int8, np.uint8, np.int64):
+        got = f.evaluate(DENSE4.astype(dtype))
+        assert got.dtype == bool
+        np.testing.assert_array_equal(got, want)
+    # Integer masks are read as "!= 0", so a 2 counts as True.
+    np.testing.assert_array_equal(Leaf("c0").evaluate(np.array([[2, 0], [0, 1]])), [True, False])
+
+
+def test_evaluate_hand_computed():
+    m = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=bool)
+    f = Formula.parse("(a OR b) AND NOT c")
+    np.testing.assert_array_equal(f.evaluate(m, names=["a", "b", "c"]), [False, False, True, False])
+    np.testing.assert_array_equal(Formula.parse("NOT a OR c").evaluate(m, names=["a", "b", "c"]), [True, True, False, True])
+
+
+def test_evaluate_leaf_result_is_a_copy():
+    m = DENSE2.copy()
+    out = Leaf("c0").evaluate(m)
+    out[:] = ~out
+    np.testing.assert_array_equal(m, DENSE2)
+
+
+class TinyConceptSet:
+    """Duck-typed concept set that counts mask requests."""
+
+    def __init__(self, names, masks):
+        self.names = names
+        self._masks = masks
+        self.calls = []
+
+    def concept_mask(self, j):
+        self.calls.append(j)
+        return self._masks[j]
+
+
+def test_evaluate_concept_set():
+    masks = [DENSE4[:, j] for j in range(4)]
+    cs = TinyConceptSet(NAMES, masks)
+    for text, want in _expected(DENSE4).items():
+        cs.calls.clear()
+        f = Formula.parse(text)
+        np.testing.assert_array_equal(f.evaluate(cs), want, err_msg=text)
+        # Each distinct leaf fetched exactly once, even if repeated in the formula.
+        assert sorted(cs.calls) == sorted(NAMES.index(n) for n in set(f.leaves()))
+
+
+def test_evaluate_concept_set_int_masks_and_copy():
+    cs = TinyConceptSet(["x", "y"], [np.array([0, 3, 0]), np.array([1, 1, 0])])
+    np.testing.assert_array_equal(Formula.parse("x AND y").evaluate(cs), [False, True, False])
+    out = Leaf("y").evaluate(cs)
+    out[0] = False
+    assert cs._masks[1][0] == 1
+
+
+def test_evaluate_concept_set_errors():
+    cs = TinyConceptSet(["x", "y"], [np.zeros(3, bool), np.ones(3, bool)])
+    with pytest.raises(ValueError, match="names"):
+        Leaf("x").evaluate(cs, names=["x", "y"])
+    with pytest.raises(ValueError, match="unknown concept 'z'"):
+        Formula.parse("x OR z").evaluate(cs)
+    with pytest.raises(TypeError, match="masks"):
+        Leaf("x").evaluate(TinyConceptSet(["x"], [np.zeros(3)]))
+    with pytest.raises(ValueError, match="unique"):
+        Leaf("x").evaluate(TinyConceptSet(["x", "x"], [np.zeros(3, bool)] * 2))
+
+
+def test_evaluate_dense_errors():
+    with pytest.raises(ValueError, match=r"unknown concept 'sky' in formula '\(water OR sky\)'"):
+        Formula.parse("water OR sky").evaluate(DENSE2, names=NAMES)
+    with pytest.raises(ValueError, match="unknown concept 'water'"):
+        Leaf("water").evaluate(DENSE2)  # default names are c0..c3
+    with pytest.raises(TypeError, match="masks"):
+        Leaf("c0").evaluate(DENSE2.astype(np.float32))
+    for bad in (np.zeros(4, bool), np.zeros((2, 4, 3), bool), np.zeros((1, 2, 3, 4, 5), bool)):
+        with pytest.raises(ValueError, match=r"masks.*\[N, K, H, W\] or \[N, K\]"):
+            Leaf("c0").evaluate(bad)
+    with pytest.raises(ValueError, match="names"):
+        Leaf("water").evaluate(DENSE2, names=NAMES[:3])
+    with pytest.raises(ValueError, match="unique"):
+        Leaf("water").evaluate(DENSE2, names=["water", "river", "water", "blue"])

@@ -1,0 +1,169 @@
+"""The compiled kernels against plain NumPy: builders, counts, materialisation, every SIMD path."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from compexp_core import ConceptSet, ConceptSetBuilder, _core
+from compexp_core.concepts import dense_to_masks, masks_to_dense, take_masks, concat_masks
+from conftest import available_simd
+
+SIMDS = available_simd()
+
+
+def random_dense(rng, n, k, h, w):
+    density = rng.random(k) ** 3
+    dense = rng.random((n, k, h, w)) < density[None, :, None, None]
+    if k > 1:
+        dense[:, 0] = True          # a full concept
+        dense[:, 1] = False         # an empty concept
+    if k > 2:
+        dense[::2, 2] = True        # whole samples, as scenes
+    return dense
+
+
+def flat(dense):
+    n, k, h, w = dense.shape
+    return dense.transpose(1, 0, 2, 3).reshape(k, n * h * w)
+
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 7), st.integers(1, 13), st.integers(1, 13))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**31 - 1))
+def test_counts_match_numpy(shape, seed):
+    rng = np.random.default_rng(seed)
+    n, k, h, w = shape
+    dense = random_dense(rng, n, k, h, w)
+    cs = ConceptSet.from_dense(dense)
+    D = flat(dense)
+    P = D.shape[1]
+    assert (cs.sizes == D.sum(1)).all()
+    U = rng.random((4, P)) < rng.random((4, 1))
+    U[0] = False                                      # a unit that never fires
+    F = rng.random((6, P)) < rng.random((6, 1))
+    F[1] = False
+    unit_of = rng.integers(0, 4, 6)
+    um, fm = dense_to_masks(U), dense_to_masks(F)
+    for simd in SIMDS:
+        prim = cs.primitive_counts(um, simd)
+        assert prim.dtype == np.int64
+        np.testing.assert_array_equal(prim, (U[:, None] & D[None]).sum(2))
+        f, g = cs.extension_counts(fm, unit_of, um, simd)
+        np.testing.assert_array_equal(f, (F[:, None] & D[None]).sum(2))
+        np.testing.assert_array_equal(g, (F[:, None] & D[None] & U[unit_of][:, None]).sum(2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**31 - 1))
+def test_materialize_every_operator(shape, seed):
+    rng = np.random.default_rng(seed)
+    n, k, h, w = shape
+    dense = random_dense(rng, n, k, h, w)
+    cs = ConceptSet.from_dense(dense)
+    D = flat(dense)
+    P = D.shape[1]
+    F = rng.random((3, P)) < 0.4
+    fm = dense_to_masks(F)
+    ops = {_core.OP_OR: np.logical_or, _core.OP_AND: np.logical_and,
+           _core.OP_AND_NOT: lambda a, b: a & ~b, _core.OP_OR_NOT: lambda a, b: a | ~b}
+    src, op, con = [], [], []
+    for code in [_core.OP_LEAF, *ops]:
+        for j in range(k):
+            src.append(int(rng.integers(0, 3)))
+            op.append(code)
+            con.append(j)
+    out = cs.materialize(fm, src, op, con)
+    got = masks_to_dense(*out, P)
+    for i in range(len(src)):
+        expected = D[con[i]] if op[i] == _core.OP_LEAF else ops[op[i]](F[src[i]], D[con[i]])
+        np.testing.assert_array_equal(got[i], expected)
+    # Only non-empty blocks are stored, and padding bits stay zero (also for OR NOT).
+    assert (out[2].reshape(out[1].size, -1).any(axis=1)).all()
+    assert _core.mask_popcounts(out).tolist() == got.sum(1).tolist()
+
+
+def test_block_boundaries_and_full_blocks():
+    # 3 samples of 16x32 = 512 cells: each sample is exactly one block.
+    labels = np.zeros((3, 2), bool)
+    labels[:, 0] = True
+    labels[1, 1] = True
+    cs = ConceptSet.from_sample_labels(labels, grid=(16, 32))
+    partial, full = cs.n_stored_blocks
+    assert (partial, full) == (0, 4)
+    # 5 cells per sample: blocks straddle samples; adjacent samples merge into full blocks.
+    cs = ConceptSet.from_sample_labels(np.ones((300, 1), bool), grid=(1, 5))
+    assert cs.sizes.tolist() == [1500]
+    assert cs.n_stored_blocks == (1, 2)   # 1500 = 2*512 + 476: the last block is partial
+
+
+def test_label_maps_builder_matches_dense():
+    rng = np.random.default_rng(3)
+    n, h, w = 9, 6, 7
+    maps = rng.integers(0, 8, size=(n, 3, h, w))
+    concept_of_label = np.array([-1, 0, 1, 2, 3, -1, 0, 4])  # two labels share concept 0
+    cs = ConceptSet.from_label_maps(maps, concept_of_label, names=list("abcde"))
+    expected = np.stack([(concept_of_label[maps] == j).any(axis=1) for j in range(5)], axis=1)
+    np.testing.assert_array_equal(cs.to_dense(), expected)
+
+
+def test_builder_chunks_and_sources_combine():
+    rng = np.random.default_rng(4)
+    n, h, w = 23, 5, 9
+    dense = rng.random((n, 3, h, w)) < 0.2
+    scenes = rng.random((n, 2)) < 0.5
+    b = ConceptSetBuilder(n, (h, w), ["a", "b", "c", "s0", "s1"])
+    for s in range(0, n, 4):                   # chunks of samples, in any order
+        b.add_dense(dense[s:s + 4], ["a", "b", "c"], sample_offset=s)
+    b.add_sample_labels(scenes[10:], [3, 4], sample_offset=10)
+    b.add_sample_labels(scenes[:10], [3, 4])
+    cs = b.build()
+    expected = np.concatenate([dense, np.broadcast_to(scenes[:, :, None, None], (n, 2, h, w))], 1)
+    np.testing.assert_array_equal(cs.to_dense(), expected)
+    with pytest.raises(RuntimeError):
+        b.build()
+
+
+def test_builder_rejects_bad_labels():
+    b = ConceptSetBuilder(2, (2, 2), ["a"])
+    with pytest.raises(ValueError, match="label value 5"):
+        b.add_label_maps(np.full((2, 1, 2, 2), 5), [-1, 0])
+    with pytest.raises(ValueError, match="sample range"):
+        b.add_dense(np.ones((2, 1, 2, 2), bool), [0], sample_offset=1)
+
+
+def test_mask_set_helpers_round_trip():
+    rng = np.random.default_rng(5)
+    dense = rng.random((5, 1500)) < 0.01
+    m = dense_to_masks(dense)
+    np.testing.assert_array_equal(masks_to_dense(*m, 1500), dense)
+    np.testing.assert_array_equal(masks_to_dense(*take_masks(m, [4, 0, 0]), 1500), dense[[4, 0, 0]])
+    np.testing.assert_array_equal(masks_to_dense(*concat_masks([m, m]), 1500), np.vstack([dense, dense]))
+
+
+def test_kernels_reject_malformed_mask_sets():
+    cs = ConceptSet.from_dense(np.ones((2, 1, 4, 4), bool))
+    ptr, block, words = dense_to_masks(np.ones((1, 32), bool))
+    with pytest.raises(ValueError, match="block id out of range"):
+        cs.primitive_counts((ptr, block + 5, words))
+    with pytest.raises(ValueError, match="ptr does not span"):
+        cs.primitive_counts((ptr + 1, block, words))
+    with pytest.raises(ValueError, match="unit_of"):
+        cs.extension_counts((ptr, block, words), [3], (ptr, block, words))
+    with pytest.raises(ValueError, match="simd"):
+        cs.primitive_counts((ptr, block, words), simd="sse9")
+
+
+def test_simd_paths_agree_at_scale():
+    # Many entries per block, so the SIMD loops run long; the scalar path is the oracle.
+    rng = np.random.default_rng(6)
+    maps = rng.integers(0, 60, size=(200, 2, 16, 16))
+    cs = ConceptSet.from_label_maps(maps, np.arange(-1, 59), names=[f"c{i}" for i in range(59)])
+    U = dense_to_masks(rng.random((8, cs.n_cells)) < 0.3)
+    ref = cs.primitive_counts(U, "scalar")
+    f0, g0 = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, "scalar")
+    for simd in SIMDS:
+        np.testing.assert_array_equal(cs.primitive_counts(U, simd), ref)
+        f, g = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd)
+        np.testing.assert_array_equal(f, f0)
+        np.testing.assert_array_equal(g, g0)
