@@ -103,9 +103,9 @@ def compute_thresholds(acts, quantile: float = 0.005, units: Optional[Sequence[i
 
     Examples:
         >>> import numpy as np
-        >>> acts = np.arange(200, dtype=np.float32).reshape(100, 2)
-        >>> compute_thresholds(acts, quantile=0.1).tolist()
-        [178.2, 179.2]
+        >>> acts = np.arange(10, dtype=np.float32).reshape(5, 2)   # unit 0: 0, 2, .. 8
+        >>> compute_thresholds(acts, quantile=0.25).tolist()
+        [6.0, 7.0]
     """
     check_quantile(quantile)
     acts = as_activations(acts)

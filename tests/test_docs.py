@@ -1,0 +1,16 @@
+"""The Examples in the public docstrings run as doctests."""
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["compexp_core", "compexp_core.search", "compexp_core.concepts", "compexp_core.results",
+           "compexp_core.units", "compexp_core.formula"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert tried > 0, f"{name} has no examples"
+    assert failures == 0
