@@ -118,6 +118,65 @@ class MaskAppender {
   }
 };
 
+// Sets the cells of the resized map that exceed t. Equal to resizing in full and comparing,
+// but when the horizontal pass runs first (always when upsampling) the vertical pass is computed
+// only where it can exceed t: an output is a convex combination of its inputs, so it exceeds t
+// only if one of the horizontal pass's values it combines does. Computed cells use exactly
+// pass_y's arithmetic.
+void threshold_resized(const float* map, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy,
+                       int H, int W, double t, float* tmp, float* up, int64_t base,
+                       MaskAppender& out) {
+  const bool horizontal = w != W, vertical = h != H;
+  const bool vertical_first = horizontal && vertical && H < h && (h - H) > 2 * (w - W);
+  if (!vertical || vertical_first) {
+    pil_resize(map, h, w, cx, cy, H, W, tmp, up);
+    for (int64_t i = 0; i < static_cast<int64_t>(H) * W; ++i)
+      if (static_cast<double>(up[i]) > t) out.set(base + i);
+    return;
+  }
+  const float* rows = map;  // the horizontal pass's output, h rows of W
+  if (horizontal) {
+    pass_x(map, h, w, cx, W, tmp);
+    rows = tmp;
+  }
+  // Column range [lo, hi) of values > t in each of the h rows (empty: lo >= hi).
+  int lo[64], hi[64];
+  std::vector<int> lo_big, hi_big;
+  int* plo = lo;
+  int* phi = hi;
+  if (h > 64) {
+    lo_big.resize(h);
+    hi_big.resize(h);
+    plo = lo_big.data();
+    phi = hi_big.data();
+  }
+  for (int r = 0; r < h; ++r) {
+    plo[r] = W;
+    phi[r] = 0;
+    const float* row = rows + static_cast<size_t>(r) * W;
+    for (int x = 0; x < W; ++x) {
+      if (static_cast<double>(row[x]) > t) {
+        plo[r] = std::min(plo[r], x);
+        phi[r] = x + 1;
+      }
+    }
+  }
+  for (int yy = 0; yy < H; ++yy) {
+    const int r0 = cy.first[yy], nr = cy.count[yy];
+    int a = W, b = 0;
+    for (int r = r0; r < r0 + nr; ++r) {
+      a = std::min(a, plo[r]);
+      b = std::max(b, phi[r]);
+    }
+    const double* k = &cy.kk[static_cast<size_t>(yy) * cy.ksize];
+    for (int xx = a; xx < b; ++xx) {
+      double ss = 0.0;
+      for (int y = 0; y < nr; ++y) ss += rows[static_cast<size_t>(r0 + y) * W + xx] * k[y];
+      if (static_cast<double>(static_cast<float>(ss)) > t) out.set(base + static_cast<int64_t>(yy) * W + xx);
+    }
+  }
+}
+
 MaskSet concat(std::vector<MaskAppender>& parts) {
   MaskSet out;
   for (auto& a : parts) {
@@ -148,11 +207,9 @@ MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_uni
         // map's maximum: maps that cannot cross the threshold are skipped unread.
         const float mx = *std::max_element(map, map + hw);
         if (!(static_cast<double>(mx) > t)) continue;
-        pil_resize(map, static_cast<int>(h), static_cast<int>(w), cx, cy, static_cast<int>(H),
-                   static_cast<int>(W), tmp.data(), up.data());
         const int64_t base = (sample_offset + s) * HW;
-        for (int64_t i = 0; i < HW; ++i)
-          if (static_cast<double>(up[i]) > t) parts[u].set(base + i);
+        threshold_resized(map, static_cast<int>(h), static_cast<int>(w), cx, cy, static_cast<int>(H),
+                          static_cast<int>(W), t, tmp.data(), up.data(), base, parts[u]);
       }
     }
   });
