@@ -2,7 +2,9 @@
 // GCC 12 warns falsely inside its own AVX-512 reduction intrinsics (_mm256_undefined_si256).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "../compexp.h"
 #include "block_ops.h"
@@ -35,13 +37,37 @@ COMPEXP_INLINE void primitive_range(const ConceptIndexView& ix, const MaskSetVie
   }
 }
 
-// f = |F_i & C_j| and g = |U & F_i & C_j| for pairs [begin, end).
+// Blocks of a formula processed between flushes of the packed accumulators: each block adds at
+// most kBlockCells to a 32-bit half, so 2^22 blocks stay below 2^31.
+constexpr int64_t kFlushBlocks = int64_t{1} << 22;
+// How many formula blocks ahead the concept entries are prefetched.
+constexpr int64_t kPrefetchAhead = 4;
+
+inline void prefetch_block(const ConceptIndexView& ix, int64_t b) {
+  const int64_t e0 = ix.block_ptr[b], n = std::min<int64_t>(ix.block_ptr[b + 1] - e0, 16);
+  const char* words = reinterpret_cast<const char*>(ix.entry_words + e0 * kBlockWords);
+  for (int64_t i = 0; i < n; ++i) __builtin_prefetch(words + 64 * i);
+  __builtin_prefetch(ix.entry_concept + e0);
+}
+
+inline void flush_packed(uint64_t* acc, int64_t* fi, int64_t* gi, int64_t K) {
+  for (int64_t j = 0; j < K; ++j) {
+    fi[j] += static_cast<int64_t>(acc[j] & 0xffffffffu);
+    gi[j] += static_cast<int64_t>(acc[j] >> 32);
+    acc[j] = 0;
+  }
+}
+
+// f = |F_i & C_j| and g = |U & F_i & C_j| for pairs [begin, end). While a formula is walked,
+// f and g of each concept are accumulated packed in one word (f | g << 32): one add per block.
 template <class Ops>
 COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetView& formulas,
                                     const int64_t* unit_of, const MaskSetView& units, int64_t* f,
                                     int64_t* g, int64_t begin, int64_t end) {
   const int64_t K = ix.n_concepts;
   alignas(64) uint64_t uf[kBlockWords];
+  std::vector<uint64_t> acc_buf(K, 0);
+  uint64_t* acc = acc_buf.data();
   for (int64_t i = begin; i < end; ++i) {
     int64_t* fi = f + i * K;
     int64_t* gi = g + i * K;
@@ -50,7 +76,10 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
     const int64_t u = unit_of[i];
     int64_t up = units.ptr[u];
     const int64_t uend = units.ptr[u + 1];
-    for (int64_t p = formulas.ptr[i]; p < formulas.ptr[i + 1]; ++p) {
+    const int64_t p0 = formulas.ptr[i], p1 = formulas.ptr[i + 1];
+    for (int64_t p = p0; p < std::min(p1, p0 + kPrefetchAhead); ++p) prefetch_block(ix, formulas.block[p]);
+    for (int64_t p = p0; p < p1; ++p) {
+      if (p + kPrefetchAhead < p1) prefetch_block(ix, formulas.block[p + kPrefetchAhead]);
       const int64_t b = formulas.block[p];
       const uint64_t* fw = formulas.words + p * kBlockWords;
       // Both block lists are sorted: advance the unit's cursor to block b.
@@ -58,28 +87,27 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
       bool any_u = false;
       if (up < uend && units.block[up] == b) {
         const uint64_t* uw = units.words + up * kBlockWords;
-        uint64_t acc = 0;
+        uint64_t any = 0;
         for (int w = 0; w < kBlockWords; ++w) {
           uf[w] = fw[w] & uw[w];
-          acc |= uf[w];
+          any |= uf[w];
         }
-        any_u = acc != 0;
+        any_u = any != 0;
       }
       const int64_t e0 = ix.block_ptr[b], e1 = ix.block_ptr[b + 1];
       if (any_u)
-        Ops::and_count2_entries(fw, uf, ix.entry_words, ix.entry_concept, e0, e1, fi, gi);
+        Ops::and_count2_packed(fw, uf, ix.entry_words, ix.entry_concept, e0, e1, acc);
       else
-        Ops::and_count_entries(fw, ix.entry_words, ix.entry_concept, e0, e1, fi);
+        Ops::and_count_packed(fw, ix.entry_words, ix.entry_concept, e0, e1, acc);
       const int64_t f0 = ix.full_ptr[b], f1 = ix.full_ptr[b + 1];
       if (f0 != f1) {
-        const int64_t cf = Ops::count(fw);
-        const int64_t cg = any_u ? Ops::count(uf) : 0;
-        for (int64_t q = f0; q < f1; ++q) {
-          fi[ix.full_concept[q]] += cf;
-          gi[ix.full_concept[q]] += cg;
-        }
+        const uint64_t cf = static_cast<uint64_t>(Ops::count(fw));
+        const uint64_t cg = any_u ? static_cast<uint64_t>(Ops::count(uf)) : 0;
+        for (int64_t q = f0; q < f1; ++q) acc[ix.full_concept[q]] += cf | (cg << 32);
       }
+      if ((p - p0 + 1) % kFlushBlocks == 0) flush_packed(acc, fi, gi, K);
     }
+    flush_packed(acc, fi, gi, K);
   }
 }
 

@@ -166,6 +166,20 @@ class ConceptSet:
         """(partial blocks, full blocks) stored over all concepts."""
         return int(self._arrays.entry_concept.size), int(self._arrays.full_concept.size)
 
+    @property
+    def block_entry_counts(self) -> np.ndarray:
+        """Partial concept blocks stored in each block: int64 [n_blocks]."""
+        if not hasattr(self, "_block_entry_counts"):
+            self._block_entry_counts = np.diff(self._arrays.block_ptr)
+            self._block_full_counts = np.diff(self._arrays.full_ptr)
+        return self._block_entry_counts
+
+    @property
+    def block_full_counts(self) -> np.ndarray:
+        """Full concept blocks in each block: int64 [n_blocks]."""
+        self.block_entry_counts
+        return self._block_full_counts
+
     def index(self, name: str) -> int:
         """Position of the concept called ``name`` (ValueError if there is none)."""
         try:

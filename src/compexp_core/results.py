@@ -73,6 +73,8 @@ class SearchResult(Sequence):
     def __init__(self, explanations: Sequence[Explanation], params: Optional[dict] = None) -> None:
         self._explanations = list(explanations)
         self.params = dict(params or {})
+        #: Timings and kernel work of the search that produced this result (not saved).
+        self.stats: dict = {}
 
     def __getitem__(self, i):
         if isinstance(i, slice):

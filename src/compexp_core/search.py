@@ -15,6 +15,7 @@ the formulas that enter the beam are materialised as masks.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -28,7 +29,7 @@ from .results import Explanation, SearchResult
 from .units import (as_activations, check_activations, check_quantile, compute_thresholds,
                     unit_batches, unit_masks)
 
-__all__ = ["search_formulas", "OPERATORS", "METRICS"]
+__all__ = ["search_formulas", "materialize_formulas", "formula_key", "OPERATORS", "METRICS"]
 
 log = logging.getLogger("compexp_core")
 
@@ -38,6 +39,23 @@ OPERATORS = ("or", "and", "and_not", "or_not")
 METRICS = ("iou", "precision", "recall")
 _OP_CODE = {"or": _core.OP_OR, "and": _core.OP_AND, "and_not": _core.OP_AND_NOT,
             "or_not": _core.OP_OR_NOT}
+
+
+class _Stats:
+    """Wall time per phase and the work done by the extension kernel, for profiling."""
+
+    def __init__(self) -> None:
+        self.seconds = {"thresholds": 0.0, "unit_masks": 0.0, "primitive_counts": 0.0,
+                        "extension_counts": 0.0, "materialize": 0.0, "driver": 0.0}
+        self.extension_entries = 0      # partial concept blocks read by the extension kernel
+        self.extension_full = 0         # full concept blocks counted without reading words
+        self.extension_formula_blocks = 0
+
+    def as_dict(self) -> dict:
+        return {"seconds": dict(self.seconds), "extension_entries": self.extension_entries,
+                "extension_full": self.extension_full,
+                "extension_formula_blocks": self.extension_formula_blocks,
+                "extension_bytes": self.extension_entries * (8 * _core.BLOCK_WORDS + 4)}
 
 
 @dataclass
@@ -239,6 +257,8 @@ def search_formulas(
 
         bar = tqdm(total=2 * ids.size if not is_bool and threshold is None else ids.size,
                    unit="unit", desc="compexp")
+    stats = _Stats()
+    t_start = time.perf_counter()
     try:
         uniq = np.unique(ids)
         thresholds = None
@@ -248,23 +268,31 @@ def search_formulas(
                                                 progress=bar.update if bar else None)
             else:
                 thresholds = _explicit_thresholds(threshold, n_units)[uniq]
+        stats.seconds["thresholds"] = time.perf_counter() - t_start
         log.info("compexp: searching %d units on %s (%s kernels), %d concepts, %d cells",
                  ids.size, device, _core.best_simd(), concepts.n_concepts, concepts.n_cells)
         found: dict[int, Explanation] = {}
         for batch in unit_batches(uniq, acts, unit_batch_size):
             pos = np.searchsorted(uniq, batch)
+            t = time.perf_counter()
             umasks = unit_masks(acts, batch, concepts.grid,
                                 None if thresholds is None else thresholds[pos])
-            for e in _search_batch(concepts, umasks, batch, params):
+            stats.seconds["unit_masks"] += time.perf_counter() - t
+            for e in _search_batch(concepts, umasks, batch, params, stats):
                 found[e.unit] = e
             if bar is not None:
                 bar.update(batch.size)
     finally:
         if bar is not None:
             bar.close()
-    return SearchResult([found[int(u)] for u in ids],
-                        params={**params.as_dict(), "quantile": quantile, "device": device,
-                                "names": list(concepts.names)})
+    total = time.perf_counter() - t_start
+    stats.seconds["driver"] = total - sum(v for k, v in stats.seconds.items() if k != "driver")
+    stats.seconds["total"] = total
+    result = SearchResult([found[int(u)] for u in ids],
+                          params={**params.as_dict(), "quantile": quantile, "device": device,
+                                  "names": list(concepts.names)})
+    result.stats = stats.as_dict()
+    return result
 
 
 def _unit_ids(units, n_units: int) -> np.ndarray:
@@ -292,19 +320,63 @@ def _explicit_thresholds(threshold, n_units: int) -> np.ndarray:
     return np.broadcast_to(t, (n_units,)).copy()
 
 
+def formula_key(formula: Formula, concepts: ConceptSet) -> tuple:
+    """The step key ``(first concept, (op code, concept), ...)`` of a left-deep formula, as
+    the search builds them. Raises ValueError for other shapes or unknown concepts."""
+    from .formula import And, Not, Or
+
+    steps = []
+    node = formula
+    while isinstance(node, (And, Or)):
+        right, negated = node.right, isinstance(node.right, Not)
+        if negated:
+            right = right.operand
+        if not isinstance(right, Leaf):
+            raise ValueError(f"{formula} is not left-deep (a search formula)")
+        name = ("and_not" if negated else "and") if isinstance(node, And) else \
+            ("or_not" if negated else "or")
+        steps.append((_OP_CODE[name], concepts.index(right.name)))
+        node = node.left
+    if not isinstance(node, Leaf):
+        raise ValueError(f"{formula} is not left-deep (a search formula)")
+    return (concepts.index(node.name), *reversed(steps))
+
+
+def materialize_formulas(concepts: ConceptSet, formulas: Sequence[Formula]):
+    """Block-sparse masks of left-deep formulas (one per formula), built step by step with the
+    materialisation kernel: a mask set ``(ptr, block, words)``."""
+    keys = [formula_key(f, concepts) for f in formulas]
+    rows = np.arange(len(keys))
+    masks = concepts.materialize(empty_masks(0), np.zeros(len(keys), np.int64),
+                                 np.full(len(keys), _core.OP_LEAF, np.int32),
+                                 np.array([k[0] for k in keys], np.int32))
+    for step in range(1, max((len(k) for k in keys), default=1)):
+        grow = [i for i, k in enumerate(keys) if len(k) > step]
+        new = concepts.materialize(masks, rows[grow], np.array([keys[i][step][0] for i in grow], np.int32),
+                                   np.array([keys[i][step][1] for i in grow], np.int32))
+        rows = rows.copy()
+        rows[grow] = masks[0].size - 1 + np.arange(len(grow))
+        masks = concat_masks([masks, new])
+    return take_masks(masks, rows)
+
+
 def _key_to_formula(key: tuple, names: Sequence[str]) -> Formula:
     inverse = {code: name for name, code in _OP_CODE.items()}
     return Formula.from_steps(names[key[0]], [(inverse[op], names[c]) for op, c in key[1:]])
 
 
-def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params) -> list[Explanation]:
+def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
+                  stats: Optional[_Stats] = None) -> list[Explanation]:
     """Beam search for one batch of units whose masks are `umasks`."""
+    stats = stats or _Stats()
     n = unit_ids.size
     K = cs.n_concepts
     P = cs.n_cells
     sizes = cs.sizes
+    t = time.perf_counter()
     unit_size = _core.mask_popcounts(umasks)
     prim = cs.primitive_counts(umasks)                                   # [n, K] |U & C_j|
+    stats.seconds["primitive_counts"] += time.perf_counter() - t
     prim_metric = metric_values(p.metric, prim, sizes[None, :], unit_size[:, None])
 
     beams: list[list[_Entry]] = []
@@ -322,14 +394,20 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params) -> l
     formulas = empty_masks(0)
     if p.max_length > 1:
         formulas = _materialize_new(cs, formulas, [(k, e, -1, _core.OP_LEAF, e.key[0])
-                                                   for k in range(n) for e in beams[k]])
+                                                   for k in range(n) for e in beams[k]], stats)
 
     for _step in range(1, p.max_length):
         rows = [e.row for k in range(n) for e in beams[k]]
         if not rows:
             break
         unit_of = np.array([k for k in range(n) for _ in beams[k]], np.int64)
-        f_all, g_all = cs.extension_counts(take_masks(formulas, rows), unit_of, umasks)
+        current = take_masks(formulas, rows)
+        t = time.perf_counter()
+        f_all, g_all = cs.extension_counts(current, unit_of, umasks)
+        stats.seconds["extension_counts"] += time.perf_counter() - t
+        stats.extension_formula_blocks += int(current[1].size)
+        stats.extension_entries += int(cs.block_entry_counts[current[1]].sum())
+        stats.extension_full += int(cs.block_full_counts[current[1]].sum())
         pending = []      # new beam members to materialise: (unit, entry, src row, op, concept)
         offset = 0
         for k in range(n):
@@ -343,7 +421,7 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params) -> l
             beams[k] = new_beam
             pending += [(k, *b) for b in born]
         if _step + 1 < p.max_length:
-            formulas = _materialize_new(cs, formulas, pending)
+            formulas = _materialize_new(cs, formulas, pending, stats)
 
     out = []
     for k in range(n):
@@ -419,7 +497,7 @@ def _extend(beam: list[_Entry], cands: np.ndarray, f: np.ndarray, g: np.ndarray,
     return new_beam, born
 
 
-def _materialize_new(cs: ConceptSet, formulas, pending):
+def _materialize_new(cs: ConceptSet, formulas, pending, stats: _Stats):
     """Masks for the newly born entries, appended to `formulas`; sets each entry's row.
 
     Rows of entries that were not born keep pointing into `formulas` unchanged.
@@ -430,7 +508,9 @@ def _materialize_new(cs: ConceptSet, formulas, pending):
     op = np.array([o for _, _, _, o, _ in pending], np.int32)
     concept = np.array([c for _, _, _, _, c in pending], np.int32)
     src[op == _core.OP_LEAF] = 0
+    t = time.perf_counter()
     new = cs.materialize(formulas, src, op, concept)
+    stats.seconds["materialize"] += time.perf_counter() - t
     base = formulas[0].size - 1
     for i, (_, entry, _, _, _) in enumerate(pending):
         entry.row = base + i
