@@ -102,6 +102,8 @@ void primitive_counts(const ConceptIndexView& index, const MaskSetView& units, i
 // (b) Fused extension counts for pairs (formula F_i, unit U_{unit_of[i]}):
 //   f[i * K + j] = |F_i AND C_j|,  g[i * K + j] = |U AND F_i AND C_j|,
 // touching only the concept blocks that lie in blocks where F_i is set. Overwrites f and g.
+// Consecutive formulas of the same unit (a unit's beam) are walked together, so a concept
+// block they share is read from memory once: pass each unit's formulas contiguously.
 void extension_counts(const ConceptIndexView& index, const MaskSetView& formulas,
                       const int64_t* unit_of, const MaskSetView& units, int64_t* f, int64_t* g,
                       Simd simd = Simd::kAuto, int n_threads = 0);

@@ -167,3 +167,11 @@ def test_simd_paths_agree_at_scale():
         f, g = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd)
         np.testing.assert_array_equal(f, f0)
         np.testing.assert_array_equal(g, g0)
+
+
+def test_wide_unsigned_labels_do_not_wrap():
+    b = ConceptSetBuilder(1, (1, 2), ["a"])
+    with pytest.raises(ValueError, match="32-bit"):
+        b.add_label_maps(np.array([[[[1, 2**31 + 1]]]], np.uint32), [-1, 0])
+    b.add_label_maps(np.array([[[[1, 0]]]], np.uint64), [-1, 0])
+    assert b.build().sizes.tolist() == [1]

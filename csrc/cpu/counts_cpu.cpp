@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include <climits>
+
 #include "../compexp.h"
 #include "block_ops.h"
 #include "parallel.h"
@@ -41,7 +43,7 @@ COMPEXP_INLINE void primitive_range(const ConceptIndexView& ix, const MaskSetVie
 // most kBlockCells to a 32-bit half, so 2^22 blocks stay below 2^31.
 constexpr int64_t kFlushBlocks = int64_t{1} << 22;
 // How many formula blocks ahead the concept entries are prefetched.
-constexpr int64_t kPrefetchAhead = 4;
+constexpr int64_t kPrefetchAhead = 16;
 
 inline void prefetch_block(const ConceptIndexView& ix, int64_t b) {
   const int64_t e0 = ix.block_ptr[b], n = std::min<int64_t>(ix.block_ptr[b + 1] - e0, 16);
@@ -58,56 +60,82 @@ inline void flush_packed(uint64_t* acc, int64_t* fi, int64_t* gi, int64_t K) {
   }
 }
 
-// f = |F_i & C_j| and g = |U & F_i & C_j| for pairs [begin, end). While a formula is walked,
-// f and g of each concept are accumulated packed in one word (f | g << 32): one add per block.
+// f = |F_i & C_j| and g = |U & F_i & C_j| for the formulas of groups [begin, end). A group is a
+// run of consecutive formulas of the same unit (a unit's beam): the union of their blocks is
+// walked once in block order, and each block's concept entries, read from memory once, are
+// counted against every formula of the group that has that block (they stay in L1 meanwhile).
+// f and g of each (formula, concept) are accumulated packed in one word (f | g << 32).
 template <class Ops>
 COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetView& formulas,
-                                    const int64_t* unit_of, const MaskSetView& units, int64_t* f,
-                                    int64_t* g, int64_t begin, int64_t end) {
+                                    const int64_t* unit_of, const MaskSetView& units,
+                                    const int64_t* group_ptr, int64_t* f, int64_t* g,
+                                    int64_t begin, int64_t end) {
   const int64_t K = ix.n_concepts;
-  alignas(64) uint64_t uf[kBlockWords];
-  std::vector<uint64_t> acc_buf(K, 0);
-  uint64_t* acc = acc_buf.data();
-  for (int64_t i = begin; i < end; ++i) {
-    int64_t* fi = f + i * K;
-    int64_t* gi = g + i * K;
-    std::memset(fi, 0, sizeof(int64_t) * K);
-    std::memset(gi, 0, sizeof(int64_t) * K);
-    const int64_t u = unit_of[i];
+  std::vector<uint64_t> acc_buf;
+  std::vector<int64_t> cursor, since_flush;
+  std::vector<uint64_t> uf_buf;
+  std::vector<int64_t> active;
+  for (int64_t grp = begin; grp < end; ++grp) {
+    const int64_t i0 = group_ptr[grp], n = group_ptr[grp + 1] - i0;
+    acc_buf.assign(static_cast<size_t>(n) * K, 0);
+    cursor.assign(n, 0);
+    since_flush.assign(n, 0);
+    uf_buf.resize(static_cast<size_t>(n) * kBlockWords);
+    for (int64_t a = 0; a < n; ++a) {
+      cursor[a] = formulas.ptr[i0 + a];
+      std::memset(f + (i0 + a) * K, 0, sizeof(int64_t) * K);
+      std::memset(g + (i0 + a) * K, 0, sizeof(int64_t) * K);
+    }
+    const int64_t u = unit_of[i0];
     int64_t up = units.ptr[u];
     const int64_t uend = units.ptr[u + 1];
-    const int64_t p0 = formulas.ptr[i], p1 = formulas.ptr[i + 1];
-    for (int64_t p = p0; p < std::min(p1, p0 + kPrefetchAhead); ++p) prefetch_block(ix, formulas.block[p]);
-    for (int64_t p = p0; p < p1; ++p) {
-      if (p + kPrefetchAhead < p1) prefetch_block(ix, formulas.block[p + kPrefetchAhead]);
-      const int64_t b = formulas.block[p];
-      const uint64_t* fw = formulas.words + p * kBlockWords;
-      // Both block lists are sorted: advance the unit's cursor to block b.
+    for (;;) {
+      // Next block of the union, and the formulas that have it.
+      int64_t b = INT64_MAX;
+      for (int64_t a = 0; a < n; ++a)
+        if (cursor[a] < formulas.ptr[i0 + a + 1]) b = std::min(b, formulas.block[cursor[a]]);
+      if (b == INT64_MAX) break;
+      active.clear();
+      for (int64_t a = 0; a < n; ++a)
+        if (cursor[a] < formulas.ptr[i0 + a + 1] && formulas.block[cursor[a]] == b) active.push_back(a);
+      // Prefetch the entries of the block a few blocks ahead along the first active formula.
+      {
+        const int64_t a = active[0], ahead = cursor[a] + kPrefetchAhead;
+        if (ahead < formulas.ptr[i0 + a + 1]) prefetch_block(ix, formulas.block[ahead]);
+      }
       while (up < uend && units.block[up] < b) ++up;
-      bool any_u = false;
-      if (up < uend && units.block[up] == b) {
-        const uint64_t* uw = units.words + up * kBlockWords;
-        uint64_t any = 0;
-        for (int w = 0; w < kBlockWords; ++w) {
-          uf[w] = fw[w] & uw[w];
-          any |= uf[w];
-        }
-        any_u = any != 0;
-      }
+      const uint64_t* uw = (up < uend && units.block[up] == b) ? units.words + up * kBlockWords : nullptr;
       const int64_t e0 = ix.block_ptr[b], e1 = ix.block_ptr[b + 1];
-      if (any_u)
-        Ops::and_count2_packed(fw, uf, ix.entry_words, ix.entry_concept, e0, e1, acc);
-      else
-        Ops::and_count_packed(fw, ix.entry_words, ix.entry_concept, e0, e1, acc);
       const int64_t f0 = ix.full_ptr[b], f1 = ix.full_ptr[b + 1];
-      if (f0 != f1) {
-        const uint64_t cf = static_cast<uint64_t>(Ops::count(fw));
-        const uint64_t cg = any_u ? static_cast<uint64_t>(Ops::count(uf)) : 0;
-        for (int64_t q = f0; q < f1; ++q) acc[ix.full_concept[q]] += cf | (cg << 32);
+      for (int64_t a : active) {
+        const uint64_t* fw = formulas.words + cursor[a] * kBlockWords;
+        uint64_t* uf = uf_buf.data() + a * kBlockWords;
+        uint64_t* acc = acc_buf.data() + a * K;
+        uint64_t any = 0;
+        if (uw) {
+          for (int w = 0; w < kBlockWords; ++w) {
+            uf[w] = fw[w] & uw[w];
+            any |= uf[w];
+          }
+        }
+        if (any)
+          Ops::and_count2_packed(fw, uf, ix.entry_words, ix.entry_concept, e0, e1, acc);
+        else
+          Ops::and_count_packed(fw, ix.entry_words, ix.entry_concept, e0, e1, acc);
+        if (f0 != f1) {
+          const uint64_t cf = static_cast<uint64_t>(Ops::count(fw));
+          const uint64_t cg = any ? static_cast<uint64_t>(Ops::count(uf)) : 0;
+          for (int64_t q = f0; q < f1; ++q) acc[ix.full_concept[q]] += cf | (cg << 32);
+        }
+        ++cursor[a];
+        if (++since_flush[a] == kFlushBlocks) {
+          flush_packed(acc, f + (i0 + a) * K, g + (i0 + a) * K, K);
+          since_flush[a] = 0;
+        }
       }
-      if ((p - p0 + 1) % kFlushBlocks == 0) flush_packed(acc, fi, gi, K);
     }
-    flush_packed(acc, fi, gi, K);
+    for (int64_t a = 0; a < n; ++a)
+      flush_packed(acc_buf.data() + a * K, f + (i0 + a) * K, g + (i0 + a) * K, K);
   }
 }
 
@@ -121,8 +149,9 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
   }                                                                                             \
   TARGET __attribute__((flatten)) void extension_##SUFFIX(                                      \
       const ConceptIndexView& ix, const MaskSetView& formulas, const int64_t* unit_of,          \
-      const MaskSetView& units, int64_t* f, int64_t* g, int64_t b, int64_t e) {                 \
-    extension_range<OPS>(ix, formulas, unit_of, units, f, g, b, e);                             \
+      const MaskSetView& units, const int64_t* group_ptr, int64_t* f, int64_t* g, int64_t b,    \
+      int64_t e) {                                                                              \
+    extension_range<OPS>(ix, formulas, unit_of, units, group_ptr, f, g, b, e);                  \
   }
 
 COMPEXP_STAMP(scalar, ScalarOps, )
@@ -186,12 +215,22 @@ void extension_counts(const ConceptIndexView& ix, const MaskSetView& formulas,
                       const int64_t* unit_of, const MaskSetView& units, int64_t* f, int64_t* g,
                       Simd simd, int n_threads) {
   const Simd s = resolve(simd);
-  for (int64_t i = 0; i < formulas.n_masks; ++i)
+  // Groups: runs of consecutive formulas of the same unit, at most kMaxGroup long (bounds the
+  // accumulators a thread holds to kMaxGroup * K words).
+  constexpr int64_t kMaxGroup = 16;
+  std::vector<int64_t> group_ptr{0};
+  for (int64_t i = 0; i < formulas.n_masks; ++i) {
     COMPEXP_CHECK(unit_of[i] >= 0 && unit_of[i] < units.n_masks, "unit_of index out of range");
-  parallel_for(formulas.n_masks, n_threads, 1, [&](int64_t b, int64_t e) {
-    if (s == Simd::kAvx512) extension_avx512(ix, formulas, unit_of, units, f, g, b, e);
-    else if (s == Simd::kPopcnt) extension_popcnt(ix, formulas, unit_of, units, f, g, b, e);
-    else extension_scalar(ix, formulas, unit_of, units, f, g, b, e);
+    if (i > group_ptr.back() && (unit_of[i] != unit_of[i - 1] || i - group_ptr.back() == kMaxGroup))
+      group_ptr.push_back(i);
+  }
+  if (formulas.n_masks > 0) group_ptr.push_back(formulas.n_masks);
+  const int64_t n_groups = static_cast<int64_t>(group_ptr.size()) - 1;
+  const int64_t* gp = group_ptr.data();
+  parallel_for(n_groups, n_threads, 1, [&](int64_t b, int64_t e) {
+    if (s == Simd::kAvx512) extension_avx512(ix, formulas, unit_of, units, gp, f, g, b, e);
+    else if (s == Simd::kPopcnt) extension_popcnt(ix, formulas, unit_of, units, gp, f, g, b, e);
+    else extension_scalar(ix, formulas, unit_of, units, gp, f, g, b, e);
   });
 }
 

@@ -29,14 +29,18 @@ __all__ = [
     "compute_thresholds", "OPERATORS", "METRICS",
     "cuda_available", "cuda_compiled", "num_gpus", "backend_info",
     "load_concepts", "save_concepts", "write_concept_sources", "save_activations",
-    "open_activations",
+    "open_activations", "load_activations", "describe",
 ]
 
 
 def __getattr__(name):
     # HDF5 I/O is imported lazily: h5py is only needed by those who use files.
     if name in ("load_concepts", "save_concepts", "write_concept_sources", "save_activations",
-                "open_activations", "load_activations"):
+                "open_activations", "load_activations", "describe", "io"):
+        import importlib
+
+        if name == "io":
+            return importlib.import_module(".io", __name__)
         from . import io
 
         return getattr(io, name)

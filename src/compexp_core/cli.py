@@ -57,9 +57,6 @@ def _cmd_search(args) -> int:
     from .io import load_concepts, open_activations
     from .search import search_formulas
 
-    for path in (args.acts, args.concepts):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"file not found: {path}")
     t0 = time.perf_counter()
     concepts = load_concepts(args.concepts)
     acts = open_activations(args.acts)
@@ -163,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, KeyError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as err:
+        # Users get the message that names the problem, not a traceback.
         print(f"compexp {args.command}: error: {err}", file=sys.stderr)
         return 2
 

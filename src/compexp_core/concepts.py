@@ -361,8 +361,9 @@ class ConceptSetBuilder:
             raise ValueError("concept_of_label is empty")
         step = _chunk_samples(label_maps.shape[0], label_maps[0].size)
         for s in range(0, label_maps.shape[0], step):
+            # Unsigned 32-bit and 64-bit labels could wrap when cast: check the range first.
             chunk = np.ascontiguousarray(label_maps[s:s + step], np.int32) \
-                if label_maps.dtype.itemsize <= 4 else _checked_int32(label_maps[s:s + step])
+                if np.can_cast(label_maps.dtype, np.int32) else _checked_int32(label_maps[s:s + step])
             self._builder.add_label_maps(chunk, sample_offset + s, mapping)
 
     def add_dense(self, masks, concepts, sample_offset: int = 0) -> None:
@@ -467,6 +468,6 @@ def _as_bool_array(x, what: str) -> np.ndarray:
 
 
 def _checked_int32(x: np.ndarray) -> np.ndarray:
-    if x.size and (x.min() < np.iinfo(np.int32).min or x.max() > np.iinfo(np.int32).max):
-        raise ValueError("label values do not fit in 32 bits")
+    if x.size and (int(x.min()) < np.iinfo(np.int32).min or int(x.max()) > np.iinfo(np.int32).max):
+        raise ValueError(f"label values must fit in 32-bit integers; found {int(x.max())}")
     return np.ascontiguousarray(x, np.int32)
