@@ -114,7 +114,7 @@ def coarse_fractions(layer: np.ndarray, n_labels: int) -> np.ndarray:
     return counts.reshape(m, MAP * MAP, n_labels + 1).astype(np.float32) / ((H // MAP) * (W // MAP))
 
 
-def unit_acts(drivers, col, obj, parts, scene_idx, rng, noise=0.12) -> np.ndarray:
+def unit_acts(drivers, col, obj, parts, scene_idx, rng, noise=0.4) -> np.ndarray:
     m = obj.shape[0]
     fo = coarse_fractions(obj, N_OBJECTS)[:, :, 1:]                    # [m, 49, objects]
     fc = coarse_fractions(col, N_COLORS)[:, :, 1:]
