@@ -199,11 +199,18 @@ struct Avx512Ops {
       _mm512_store_si512(out, reduce8(s));
       for (int i = 0; i < 8; ++i) acc[concept[e + i]] += out[i];
     }
-    for (; e < e1; ++e) {
-      const __m512i c = _mm512_loadu_si512(words + e * kBlockWords);
-      const __m512i s = _mm512_add_epi64(_mm512_popcnt_epi64(_mm512_and_si512(va, c)),
-                                         _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(vb, c)), 32));
-      acc[concept[e]] += static_cast<uint64_t>(_mm512_reduce_add_epi64(s));
+    if (e < e1) {
+      // The last 1..7 entries go through the same tree, zero-padded: no per-entry reduction
+      // and no data-dependent loop.
+      const int r = static_cast<int>(e1 - e);
+      __m512i s[8];
+      for (int i = 0; i < 8; ++i) {
+        const __m512i c = i < r ? _mm512_loadu_si512(words + (e + i) * kBlockWords) : _mm512_setzero_si512();
+        s[i] = _mm512_add_epi64(_mm512_popcnt_epi64(_mm512_and_si512(va, c)),
+                                _mm512_slli_epi64(_mm512_popcnt_epi64(_mm512_and_si512(vb, c)), 32));
+      }
+      _mm512_store_si512(out, reduce8(s));
+      for (int i = 0; i < r; ++i) acc[concept[e + i]] += out[i];
     }
   }
   static inline COMPEXP_TARGET_AVX512 void and_count_packed(const uint64_t* a, const uint64_t* words,
@@ -219,9 +226,15 @@ struct Avx512Ops {
       _mm512_store_si512(out, reduce8(s));
       for (int i = 0; i < 8; ++i) acc[concept[e + i]] += out[i];
     }
-    for (; e < e1; ++e)
-      acc[concept[e]] += static_cast<uint64_t>(_mm512_reduce_add_epi64(
-          _mm512_popcnt_epi64(_mm512_and_si512(va, _mm512_loadu_si512(words + e * kBlockWords)))));
+    if (e < e1) {
+      const int r = static_cast<int>(e1 - e);
+      __m512i s[8];
+      for (int i = 0; i < 8; ++i)
+        s[i] = i < r ? _mm512_popcnt_epi64(_mm512_and_si512(va, _mm512_loadu_si512(words + (e + i) * kBlockWords)))
+                     : _mm512_setzero_si512();
+      _mm512_store_si512(out, reduce8(s));
+      for (int i = 0; i < r; ++i) acc[concept[e + i]] += out[i];
+    }
   }
 };
 

@@ -45,11 +45,20 @@ constexpr int64_t kFlushBlocks = int64_t{1} << 22;
 // How many formula blocks ahead the concept entries are prefetched.
 constexpr int64_t kPrefetchAhead = 16;
 
-inline void prefetch_block(const ConceptIndexView& ix, int64_t b) {
-  const int64_t e0 = ix.block_ptr[b], n = std::min<int64_t>(ix.block_ptr[b + 1] - e0, 16);
-  const char* words = reinterpret_cast<const char*>(ix.entry_words + e0 * kBlockWords);
-  for (int64_t i = 0; i < n; ++i) __builtin_prefetch(words + 64 * i);
-  __builtin_prefetch(ix.entry_concept + e0);
+// Two-level prefetch along a formula's blocks: the block pointers kPrefetchAhead * 2 blocks
+// ahead (so that reading them below does not stall), the entries kPrefetchAhead blocks ahead.
+inline void prefetch_block(const ConceptIndexView& ix, const int64_t* blocks, int64_t p, int64_t end) {
+  if (p + kPrefetchAhead < end) {
+    if (p + 2 * kPrefetchAhead < end) {
+      __builtin_prefetch(ix.block_ptr + blocks[p + 2 * kPrefetchAhead]);
+      __builtin_prefetch(ix.full_ptr + blocks[p + 2 * kPrefetchAhead]);
+    }
+    const int64_t b = blocks[p + kPrefetchAhead];
+    const int64_t e0 = ix.block_ptr[b], n = std::min<int64_t>(ix.block_ptr[b + 1] - e0, 12);
+    const char* words = reinterpret_cast<const char*>(ix.entry_words + e0 * kBlockWords);
+    for (int64_t i = 0; i < n; ++i) __builtin_prefetch(words + 64 * i);
+    __builtin_prefetch(ix.entry_concept + e0);
+  }
 }
 
 inline void flush_packed(uint64_t* acc, int64_t* fi, int64_t* gi, int64_t K) {
@@ -98,11 +107,8 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
       active.clear();
       for (int64_t a = 0; a < n; ++a)
         if (cursor[a] < formulas.ptr[i0 + a + 1] && formulas.block[cursor[a]] == b) active.push_back(a);
-      // Prefetch the entries of the block a few blocks ahead along the first active formula.
-      {
-        const int64_t a = active[0], ahead = cursor[a] + kPrefetchAhead;
-        if (ahead < formulas.ptr[i0 + a + 1]) prefetch_block(ix, formulas.block[ahead]);
-      }
+      // Prefetch along the first active formula (the others mostly share its blocks).
+      prefetch_block(ix, formulas.block, cursor[active[0]], formulas.ptr[i0 + active[0] + 1]);
       while (up < uend && units.block[up] < b) ++up;
       const uint64_t* uw = (up < uend && units.block[up] == b) ? units.words + up * kBlockWords : nullptr;
       const int64_t e0 = ix.block_ptr[b], e1 = ix.block_ptr[b + 1];
