@@ -391,37 +391,37 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
         candidates.append(np.arange(K) if p.candidate_limit is None else ranked[:p.candidate_limit])
 
     op_codes = np.array([_OP_CODE[o] for o in p.ops], np.int32)
+    # `formulas` holds exactly the masks of the current beams, unit-major in beam order, so the
+    # extension kernel reads it as is and its size never grows with the search's history.
     formulas = empty_masks(0)
     if p.max_length > 1:
-        formulas = _materialize_new(cs, formulas, [(k, e, -1, _core.OP_LEAF, e.key[0])
-                                                   for k in range(n) for e in beams[k]], stats)
+        formulas = _next_formulas(cs, formulas, beams, [(e, -1, _core.OP_LEAF, e.key[0])
+                                                        for beam in beams for e in beam], stats)
 
     for _step in range(1, p.max_length):
-        rows = [e.row for k in range(n) for e in beams[k]]
-        if not rows:
-            break
         unit_of = np.array([k for k in range(n) for _ in beams[k]], np.int64)
-        current = take_masks(formulas, rows)
+        if unit_of.size == 0:
+            break
         t = time.perf_counter()
-        f_all, g_all = cs.extension_counts(current, unit_of, umasks)
+        f_all, g_all = cs.extension_counts(formulas, unit_of, umasks)
         stats.seconds["extension_counts"] += time.perf_counter() - t
-        stats.extension_formula_blocks += int(current[1].size)
-        stats.extension_entries += int(cs.block_entry_counts[current[1]].sum())
-        stats.extension_full += int(cs.block_full_counts[current[1]].sum())
-        pending = []      # new beam members to materialise: (unit, entry, src row, op, concept)
+        stats.extension_formula_blocks += int(formulas[1].size)
+        stats.extension_entries += int(cs.block_entry_counts[formulas[1]].sum())
+        stats.extension_full += int(cs.block_full_counts[formulas[1]].sum())
+        born = []         # new beam members: (entry, parent row, op, concept)
         offset = 0
         for k in range(n):
             beam = beams[k]
             if not beam:
                 continue
-            new_beam, born = _extend(beam, candidates[k], f_all[offset:offset + len(beam)],
-                                     g_all[offset:offset + len(beam)], int(unit_size[k]), prim[k],
-                                     sizes, P, op_codes, p)
+            new_beam, born_k = _extend(beam, candidates[k], f_all[offset:offset + len(beam)],
+                                       g_all[offset:offset + len(beam)], int(unit_size[k]), prim[k],
+                                       sizes, P, op_codes, p)
             offset += len(beam)
             beams[k] = new_beam
-            pending += [(k, *b) for b in born]
+            born += born_k
         if _step + 1 < p.max_length:
-            formulas = _materialize_new(cs, formulas, pending, stats)
+            formulas = _next_formulas(cs, formulas, beams, born, stats)
 
     out = []
     for k in range(n):
@@ -497,21 +497,24 @@ def _extend(beam: list[_Entry], cands: np.ndarray, f: np.ndarray, g: np.ndarray,
     return new_beam, born
 
 
-def _materialize_new(cs: ConceptSet, formulas, pending, stats: _Stats):
-    """Masks for the newly born entries, appended to `formulas`; sets each entry's row.
-
-    Rows of entries that were not born keep pointing into `formulas` unchanged.
-    """
-    if not pending:
-        return formulas
-    src = np.array([s for _, _, s, _, _ in pending], np.int64)
-    op = np.array([o for _, _, _, o, _ in pending], np.int32)
-    concept = np.array([c for _, _, _, _, c in pending], np.int32)
+def _next_formulas(cs: ConceptSet, formulas, beams: list, born: list, stats: _Stats):
+    """Masks of the new beams, unit-major in beam order: survivors are taken from `formulas`
+    (by their row), the newly born are materialised from their parents' rows. Sets every beam
+    entry's row to its position in the returned mask set."""
+    src = np.array([s for _, s, _, _ in born], np.int64)
+    op = np.array([o for _, _, o, _ in born], np.int32)
+    concept = np.array([c for _, _, _, c in born], np.int32)
     src[op == _core.OP_LEAF] = 0
     t = time.perf_counter()
-    new = cs.materialize(formulas, src, op, concept)
+    new = cs.materialize(formulas, src, op, concept) if born else empty_masks(0)
     stats.seconds["materialize"] += time.perf_counter() - t
-    base = formulas[0].size - 1
-    for i, (_, entry, _, _, _) in enumerate(pending):
-        entry.row = base + i
-    return concat_masks([formulas, new])
+    n_old = formulas[0].size - 1
+    new_row = {id(e): n_old + i for i, (e, _, _, _) in enumerate(born)}
+    order = []
+    for beam in beams:
+        for e in beam:
+            order.append(new_row.get(id(e), e.row))
+    combined = concat_masks([formulas, new])
+    for i, e in enumerate(e for beam in beams for e in beam):
+        e.row = i
+    return take_masks(combined, order)
