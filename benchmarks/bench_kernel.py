@@ -16,19 +16,9 @@ import numpy as np
 import compexp_core as cx
 from compexp_core import _core
 from compexp_core.search import materialize_formulas
+
+from bench_search import memory_bandwidth
 from compexp_core.units import compute_thresholds, unit_masks
-
-
-def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Copy bandwidth in bytes/s, counting bytes read plus bytes written."""
-    a = np.ones(int(gib * (1 << 27)), np.uint64)
-    b = np.empty_like(a)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.copyto(b, a)
-        times.append(time.perf_counter() - t)
-    return 2 * a.nbytes / float(np.median(times))
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return 2 * a.nbytes / float(np.median(times))
 
 
-def _engine_child(d: str, length: int, beam: int, units, out):
+def _engine_child(d: str, length: int, beam: int, units, out, quantile: float = 0.005):
     """One end-to-end run from the files, in its own process (so its peak RSS is its own)."""
     import compexp_core as cx
 
@@ -67,7 +67,7 @@ def _engine_child(d: str, length: int, beam: int, units, out):
     cs = cx.load_concepts(f"{d}/concepts.h5")
     t_index = time.perf_counter() - t0
     res = cx.search_formulas(cx.open_activations(f"{d}/acts.h5"), cs, max_length=length,
-                             beam_size=beam, units=units)
+                             beam_size=beam, units=units, quantile=quantile)
     total = time.perf_counter() - t0
     out.put({"index_s": t_index, "total_s": total, "stats": res.stats, "n_units": len(res),
              "iou": [e.iou for e in res], "formulas": [str(e.formula) for e in res],
@@ -75,10 +75,10 @@ def _engine_child(d: str, length: int, beam: int, units, out):
              "P": cs.n_cells, "K": cs.n_concepts, "index_mib": cs.nbytes / 2**20})
 
 
-def run_engine(d: Path, length: int, beam: int, units=None) -> dict:
+def run_engine(d: Path, length: int, beam: int, units=None, quantile: float = 0.005) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_engine_child, args=(str(d), length, beam, units, q))
+    p = ctx.Process(target=_engine_child, args=(str(d), length, beam, units, q, quantile))
     p.start()
     r = q.get()
     p.join()
@@ -142,7 +142,7 @@ def section_peer(args) -> None:
            "--colors", "11", "--scenes", "39", "--units", str(args.peer_units),
            "--length", "3", "--beam", str(args.beam)]
     print(f"\n## peer: engine vs compositional-explanations 0.0.3.4 on the same unit masks "
-          f"(`python benchmarks/{' '.join(cmd[1:])}`)", flush=True)
+          f"(`python benchmarks/peer.py {' '.join(cmd[2:])}`)", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     print(proc.stdout[-6000:])
     if proc.returncode != 0:
@@ -150,6 +150,7 @@ def section_peer(args) -> None:
 
 
 def section_scaling(args) -> None:
+    """Time against units, beam, length; against unit sparsity at fixed P x K; against scale."""
     print(f"\n## scaling: search time (excluding index/thresholds/upsampling) and the extension "
           f"kernel's work (scale {args.scaling_scale})")
     d = workload(args.data_dir, args.scaling_scale, args.units)
@@ -165,6 +166,16 @@ def section_scaling(args) -> None:
         search = s["primitive_counts"] + s["extension_counts"] + s["materialize"] + s["driver"]
         print(f"| {row['units']} | {row['beam']} | {row['length']} | {search:.2f} | "
               f"{r['stats']['extension_entries'] / 1e6:.1f} | {s['extension_counts']:.2f} |", flush=True)
+    # Same P and K, different unit sparsity: cost follows the overlapping blocks, not P x K.
+    print("\n| quantile (fraction of cells a unit fires on) | P x K (G) | kernel blocks touched (M) "
+          "| kernel s | search s |")
+    print("|---:|---:|---:|---:|---:|")
+    for q in (0.001, 0.005, 0.02):
+        r = run_engine(d, 3, 5, units=list(range(128)), quantile=q)
+        s = r["stats"]["seconds"]
+        search = s["primitive_counts"] + s["extension_counts"] + s["materialize"] + s["driver"]
+        print(f"| {q} | {r['P'] * r['K'] / 1e9:.0f} | {r['stats']['extension_entries'] / 1e6:.1f} | "
+              f"{s['extension_counts']:.2f} | {search:.2f} |", flush=True)
     print("\n| scale | images | cells P | K | P x K (G) | kernel blocks touched (M) | search s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for scale in (0.05, 0.1, 0.25, 0.5, 1.0):

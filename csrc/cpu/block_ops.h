@@ -19,40 +19,25 @@
 namespace compexp {
 namespace cpu {
 
-// Portable: __builtin_popcountll compiles to a library call or a bit-trick sequence when
-// the target has no POPCNT instruction. This is the oracle the fast versions are tested against.
-struct ScalarOps {
-  static inline int64_t pop(uint64_t x) { return __builtin_popcountll(x); }
+// Word-at-a-time popcount kernels, generic in the popcount of one word (`Pop::pop`). Instantiated
+// with the portable builtin (the oracle) and with the POPCNT instruction; the per-target wrappers
+// in counts_cpu.cpp `flatten` them, so Pop's target attribute reaches the whole loop.
+template <class Pop>
+struct WordOps {
+  static inline int64_t pop(uint64_t x) { return Pop::pop(x); }
   static inline int64_t count(const uint64_t* a) {
     int64_t s = 0;
     for (int w = 0; w < kBlockWords; ++w) s += pop(a[w]);
     return s;
   }
   // out_f[concept[e]] += |a & words_e| for entries e in [e0, e1).
-  static inline void and_count_entries(const uint64_t* a, const uint64_t* words,
-                                               const int32_t* concept, int64_t e0, int64_t e1,
-                                               int64_t* out_f) {
+  static inline void and_count_entries(const uint64_t* a, const uint64_t* words, const int32_t* concept,
+                                       int64_t e0, int64_t e1, int64_t* out_f) {
     for (int64_t e = e0; e < e1; ++e) {
       const uint64_t* c = words + e * kBlockWords;
       int64_t s = 0;
       for (int w = 0; w < kBlockWords; ++w) s += pop(a[w] & c[w]);
       out_f[concept[e]] += s;
-    }
-  }
-  // out_f[concept[e]] += |a & words_e|, out_g[concept[e]] += |b & words_e|.
-  static inline void and_count2_entries(const uint64_t* a, const uint64_t* b,
-                                                const uint64_t* words, const int32_t* concept,
-                                                int64_t e0, int64_t e1, int64_t* out_f,
-                                                int64_t* out_g) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const uint64_t* c = words + e * kBlockWords;
-      int64_t sf = 0, sg = 0;
-      for (int w = 0; w < kBlockWords; ++w) {
-        sf += pop(a[w] & c[w]);
-        sg += pop(b[w] & c[w]);
-      }
-      out_f[concept[e]] += sf;
-      out_g[concept[e]] += sg;
     }
   }
   // acc[concept[e]] += |a & words_e| + (|b & words_e| << 32): f and g packed in one word.
@@ -80,64 +65,17 @@ struct ScalarOps {
   }
 };
 
-// The POPCNT instruction on 64-bit words (x86-64 with SSE4.2-era CPUs and later).
-struct PopcntOps {
-  static inline COMPEXP_TARGET_POPCNT int64_t pop(uint64_t x) {
-    return static_cast<int64_t>(_mm_popcnt_u64(x));
-  }
-  static inline COMPEXP_TARGET_POPCNT int64_t count(const uint64_t* a) {
-    int64_t s = 0;
-    for (int w = 0; w < kBlockWords; ++w) s += pop(a[w]);
-    return s;
-  }
-  static inline COMPEXP_TARGET_POPCNT void and_count_entries(
-      const uint64_t* a, const uint64_t* words, const int32_t* concept, int64_t e0, int64_t e1,
-      int64_t* out_f) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const uint64_t* c = words + e * kBlockWords;
-      int64_t s = 0;
-      for (int w = 0; w < kBlockWords; ++w) s += pop(a[w] & c[w]);
-      out_f[concept[e]] += s;
-    }
-  }
-  static inline COMPEXP_TARGET_POPCNT void and_count2_entries(
-      const uint64_t* a, const uint64_t* b, const uint64_t* words, const int32_t* concept,
-      int64_t e0, int64_t e1, int64_t* out_f, int64_t* out_g) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const uint64_t* c = words + e * kBlockWords;
-      int64_t sf = 0, sg = 0;
-      for (int w = 0; w < kBlockWords; ++w) {
-        sf += pop(a[w] & c[w]);
-        sg += pop(b[w] & c[w]);
-      }
-      out_f[concept[e]] += sf;
-      out_g[concept[e]] += sg;
-    }
-  }
-  // acc[concept[e]] += |a & words_e| + (|b & words_e| << 32): f and g packed in one word.
-  static inline COMPEXP_TARGET_POPCNT void and_count2_packed(const uint64_t* a, const uint64_t* b, const uint64_t* words,
-                                       const int32_t* concept, int64_t e0, int64_t e1, uint64_t* acc) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const uint64_t* c = words + e * kBlockWords;
-      uint64_t sf = 0, sg = 0;
-      for (int w = 0; w < kBlockWords; ++w) {
-        sf += static_cast<uint64_t>(pop(a[w] & c[w]));
-        sg += static_cast<uint64_t>(pop(b[w] & c[w]));
-      }
-      acc[concept[e]] += sf | (sg << 32);
-    }
-  }
-  // acc[concept[e]] += |a & words_e| (the g half stays 0).
-  static inline COMPEXP_TARGET_POPCNT void and_count_packed(const uint64_t* a, const uint64_t* words, const int32_t* concept,
-                                      int64_t e0, int64_t e1, uint64_t* acc) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const uint64_t* c = words + e * kBlockWords;
-      uint64_t sf = 0;
-      for (int w = 0; w < kBlockWords; ++w) sf += static_cast<uint64_t>(pop(a[w] & c[w]));
-      acc[concept[e]] += sf;
-    }
-  }
+// Portable: __builtin_popcountll compiles to a library call or a bit-trick sequence when the
+// target has no POPCNT instruction. This is the oracle the fast versions are tested against.
+struct BuiltinPop {
+  static inline int64_t pop(uint64_t x) { return __builtin_popcountll(x); }
 };
+// The POPCNT instruction on 64-bit words (x86-64 CPUs of the last 15 years).
+struct HardwarePop {
+  static inline COMPEXP_TARGET_POPCNT int64_t pop(uint64_t x) { return static_cast<int64_t>(_mm_popcnt_u64(x)); }
+};
+using ScalarOps = WordOps<BuiltinPop>;
+using PopcntOps = WordOps<HardwarePop>;
 
 // AVX-512 VPOPCNTDQ: one block is one register.
 struct Avx512Ops {
