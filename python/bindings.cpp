@@ -124,13 +124,15 @@ class PyConceptIndex {
 
   py::array_t<int64_t> primitive_counts(const py::tuple& units, const std::string& simd, int n_threads) {
     PyMaskSet u(units, view_.n_blocks, "units");
-    std::vector<int64_t> out(static_cast<size_t>(u.view.n_masks) * view_.n_concepts);
     const Simd s = parse_simd(simd);
+    // Uninitialised: the kernel writes every entry.
+    py::array_t<int64_t> out({u.view.n_masks, static_cast<int64_t>(view_.n_concepts)});
+    int64_t* o = out.mutable_data();
     {
       py::gil_scoped_release nogil;
-      cpu::primitive_counts(view_, u.view, out.data(), s, n_threads);
+      cpu::primitive_counts(view_, u.view, o, s, n_threads);
     }
-    return to_numpy(std::move(out), {u.view.n_masks, view_.n_concepts});
+    return out;
   }
 
   py::tuple extension_counts(const py::tuple& formulas, Arr<int64_t> unit_of, const py::tuple& units,
@@ -138,15 +140,17 @@ class PyConceptIndex {
     PyMaskSet fm(formulas, view_.n_blocks, "formulas");
     PyMaskSet u(units, view_.n_blocks, "units");
     require(unit_of.ndim() == 1 && unit_of.shape(0) == fm.view.n_masks, "unit_of must have one entry per formula");
-    const size_t n = static_cast<size_t>(fm.view.n_masks) * view_.n_concepts;
-    std::vector<int64_t> f(n), g(n);
     const Simd s = parse_simd(simd);
+    // Uninitialised: the kernel writes every entry.
+    const std::vector<py::ssize_t> shape{fm.view.n_masks, view_.n_concepts};
+    py::array_t<int64_t> f(shape), g(shape);
+    int64_t* fo = f.mutable_data();
+    int64_t* go = g.mutable_data();
     {
       py::gil_scoped_release nogil;
-      cpu::extension_counts(view_, fm.view, unit_of.data(), u.view, f.data(), g.data(), s, n_threads);
+      cpu::extension_counts(view_, fm.view, unit_of.data(), u.view, fo, go, s, n_threads);
     }
-    return py::make_tuple(to_numpy(std::move(f), {fm.view.n_masks, view_.n_concepts}),
-                          to_numpy(std::move(g), {fm.view.n_masks, view_.n_concepts}));
+    return py::make_tuple(f, g);
   }
 
   py::tuple materialize(const py::tuple& formulas, Arr<int64_t> src, Arr<int32_t> op,

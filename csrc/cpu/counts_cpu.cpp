@@ -80,10 +80,10 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
                                     const int64_t* group_ptr, int64_t* f, int64_t* g,
                                     int64_t begin, int64_t end) {
   const int64_t K = ix.n_concepts;
-  std::vector<uint64_t> acc_buf;
-  std::vector<int64_t> cursor, since_flush;
-  std::vector<uint64_t> uf_buf;
-  std::vector<int64_t> active;
+  // Scratch reused across calls on this thread: no allocation (and no page faults on fresh
+  // memory) per group, which serialised the threads.
+  static thread_local std::vector<uint64_t> acc_buf, uf_buf;
+  static thread_local std::vector<int64_t> cursor, since_flush, active;
   for (int64_t grp = begin; grp < end; ++grp) {
     const int64_t i0 = group_ptr[grp], n = group_ptr[grp + 1] - i0;
     acc_buf.assign(static_cast<size_t>(n) * K, 0);
