@@ -26,7 +26,7 @@ sys.path.insert(0, HERE)
 
 import compexp_core as cx  # noqa: E402
 from reference import reference_search, reference_unit_masks  # noqa: E402
-from workloads import broden_like  # noqa: E402
+from workloads import add_workload_arguments, workload_from_arguments  # noqa: E402
 
 
 def same(result, expected) -> bool:
@@ -42,22 +42,16 @@ def same(result, expected) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--grid", type=int, default=56)
-    ap.add_argument("--objects", type=int, default=250)
-    ap.add_argument("--colors", type=int, default=11)
-    ap.add_argument("--scenes", type=int, default=39)
+    add_workload_arguments(ap)
     ap.add_argument("--units", type=int, default=64)
     ap.add_argument("--length", type=int, default=3)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--ref-units", type=int, default=None, help="units the reference runs (default: all)")
     ap.add_argument("--repeats", type=int, default=3, help="engine timing repeats (median)")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     t = time.perf_counter()
-    wl = broden_like(args.samples, (args.grid, args.grid), args.objects, args.colors, args.scenes,
-                     args.units, seed=args.seed)
+    wl = workload_from_arguments(args, args.units)
     cs = wl.concept_set()
     t_build = time.perf_counter() - t
     P = cs.n_cells

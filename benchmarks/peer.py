@@ -276,17 +276,15 @@ def run_peer(unit_masks, concept_masks, names: Sequence[str], *, max_length: int
 # Timing script: peer vs our engine on the same Broden-like masks.
 # --------------------------------------------------------------------------------------
 def main(argv=None) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from workloads import add_workload_arguments
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--grid", type=int, default=56)
-    ap.add_argument("--objects", type=int, default=250)
-    ap.add_argument("--colors", type=int, default=11)
-    ap.add_argument("--scenes", type=int, default=39)
+    add_workload_arguments(ap)
     ap.add_argument("--units", type=int, default=3, help="units timed (the first ones of the workload)")
     ap.add_argument("--workload-units", type=int, default=64)
     ap.add_argument("--length", type=int, default=3)
     ap.add_argument("--beam", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="engine timing repeats (median)")
     ap.add_argument("--cache-dir",
                     default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "compexp-peer-cache"))
@@ -315,12 +313,11 @@ def main(argv=None) -> None:
     sys.path.insert(0, here)
     import compexp_core as cx
     from reference import reference_unit_masks
-    from workloads import broden_like
+    from workloads import workload_from_arguments
 
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
-    wl = broden_like(args.samples, (args.grid, args.grid), args.objects, args.colors, args.scenes,
-                     args.workload_units, seed=args.seed)
+    wl = workload_from_arguments(args, args.workload_units)
     cs = wl.concept_set()
     N, H, W, U = args.samples, args.grid, args.grid, args.units
     umasks = reference_unit_masks(wl.acts[:, :U], (H, W)).reshape(U, N, H, W)

@@ -119,3 +119,18 @@ def broden_like(n_samples: int = 1000, grid=(56, 56), n_objects: int = 250, n_co
             acts[s:s + m, u] = val + rng.normal(0.0, noise, val.shape).astype(np.float32)
     return Workload(label_maps, concept_of_label, scene, names, categories, acts, n_objects,
                     n_colors, n_scenes)
+
+
+def add_workload_arguments(ap) -> None:
+    """The command-line options of broden_like's size (shared by the benchmark scripts)."""
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--grid", type=int, default=56)
+    ap.add_argument("--objects", type=int, default=250)
+    ap.add_argument("--colors", type=int, default=11)
+    ap.add_argument("--scenes", type=int, default=39)
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def workload_from_arguments(args, n_units: int) -> Workload:
+    return broden_like(args.samples, (args.grid, args.grid), args.objects, args.colors, args.scenes,
+                       n_units, seed=args.seed)

@@ -35,18 +35,25 @@ def default_names(k: int) -> list[str]:
     return [f"c{j}" for j in range(k)]
 
 
+def check_strings(values, n: int, what: str, expected: Optional[str] = None) -> list[str]:
+    """Validate a sequence of n strings (TypeError/ValueError naming `what`). `expected` words
+    the length mismatch (default "expected n")."""
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a sequence of {n} strings, not a single string")
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{what} has {len(values)} entries" + (expected or f", expected {n}"))
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must contain strings, got {type(v).__name__} {v!r}")
+    return values
+
+
 def check_names(names: Optional[Sequence[str]], k: int, what: str = "names") -> list[str]:
     """Validate K unique concept names (default ``c0..``), raising ValueError/TypeError."""
     if names is None:
         return default_names(k)
-    if isinstance(names, str):
-        raise TypeError(f"{what} must be a sequence of {k} strings, not a single string")
-    names = list(names)
-    if len(names) != k:
-        raise ValueError(f"{what} has {len(names)} entries but there are {k} concepts")
-    for n in names:
-        if not isinstance(n, str):
-            raise TypeError(f"{what} must contain strings, got {type(n).__name__} {n!r}")
+    names = check_strings(names, k, what, expected=f" but there are {k} concepts")
     if len(set(names)) != k:
         seen, dup = set(), []
         for n in names:

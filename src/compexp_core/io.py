@@ -51,7 +51,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import h5py
 import numpy as np
 
-from .concepts import BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names
+from .concepts import BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names, check_strings
 
 __all__ = [
     "ACTIVATIONS_FORMAT",
@@ -268,18 +268,6 @@ def _check_str(value: Any, what: str) -> Optional[str]:
     return value
 
 
-def _check_strings(values: Any, n: int, what: str) -> list[str]:
-    if isinstance(values, str):
-        raise TypeError(f"{what} must be a sequence of {n} strings, not a single string")
-    values = list(values)
-    if len(values) != n:
-        raise ValueError(f"{what} has {len(values)} entries, expected {n}")
-    for v in values:
-        if not isinstance(v, str):
-            raise TypeError(f"{what} must contain strings, got {type(v).__name__} {v!r}")
-    return values
-
-
 # =============================================================================== activations
 
 def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
@@ -333,7 +321,7 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
     shape = tuple(int(s) for s in acts.shape)
     n, u = shape[0], shape[1]
     if unit_names is not None:
-        unit_names = _check_strings(unit_names, u, "unit_names")
+        unit_names = check_strings(unit_names, u, "unit_names")
     row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
     chunk = _chunk_rows(n, row_bytes, chunk_samples)
     step = _io_rows(n, row_bytes, chunk)
@@ -656,7 +644,7 @@ def write_concept_sources(path: PathLike, *, n_samples: int, grid: Sequence[int]
                 if c >= 0 and not cats[c]:
                     cats[c] = category
     else:
-        cats = _check_strings(categories, k, "categories")
+        cats = check_strings(categories, k, "categories")
 
     # ---- write
     with _writing(path) as f:
