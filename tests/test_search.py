@@ -162,3 +162,15 @@ def test_snli_words_real_data(shared_data):
     assert result[0].iou == 1.0
     expected = reference_search(unit[None, :], present.T, words, max_length=3, beam_size=5)
     assert_same(result, expected)
+
+
+def test_progress_bar_reports_units(capsys):
+    rng = np.random.default_rng(12)
+    dense = rng.random((30, 4, 4, 4)) < 0.3
+    acts = rng.standard_normal((30, 3, 2, 2)).astype(np.float32)
+    cx.search_formulas(acts, dense, max_length=2, progress=True)
+    err = capsys.readouterr().err
+    # Thresholds and search each advance the bar by one step per unit: 2 x 3 units.
+    assert "compexp" in err and "6/6" in err
+    cx.search_formulas(acts, dense, max_length=2, progress=False)
+    assert capsys.readouterr().err == ""
