@@ -77,8 +77,9 @@ struct MaskSet {
   }
 };
 
-// Formula operators. Codes are shared with the Python driver.
-enum Op : int32_t { kLeaf = 0, kOr = 1, kAnd = 2, kAndNot = 3, kOrNot = 4 };
+// Formula operators. Codes are shared with the Python driver. kCopy is no operator: its
+// result is F itself, so one materialisation call can also carry surviving masks over.
+enum Op : int32_t { kLeaf = 0, kOr = 1, kAnd = 2, kAndNot = 3, kOrNot = 4, kCopy = 5 };
 
 // Which popcount implementation the CPU kernels use. kAuto picks the fastest the CPU supports.
 // kScalar: portable __builtin_popcountll (the oracle); kPopcnt: the x86 POPCNT instruction;
@@ -109,7 +110,8 @@ void extension_counts(const ConceptIndexView& index, const MaskSetView& formulas
                       Simd simd = Simd::kAuto, int n_threads = 0);
 
 // (c) Materialisation: out mask i = op[i](F_{src[i]}, C_{concept[i]}). For op == kLeaf the
-// result is C_{concept[i]} alone and src[i] is ignored. Only non-empty blocks are kept, so an
+// result is C_{concept[i]} alone and src[i] is ignored; for op == kCopy it is F_{src[i]} and
+// concept[i] is ignored. Only non-empty blocks are kept, so an
 // empty result has no blocks. Padding cells (>= P) stay zero, also for kOrNot.
 MaskSet materialize(const ConceptIndexView& index, const MaskSetView& formulas, int64_t n_out,
                     const int64_t* src, const int32_t* op, const int32_t* concept, int n_threads = 0);

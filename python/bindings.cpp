@@ -252,6 +252,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("OP_AND") = static_cast<int>(kAnd);
   m.attr("OP_AND_NOT") = static_cast<int>(kAndNot);
   m.attr("OP_OR_NOT") = static_cast<int>(kOrNot);
+  m.attr("OP_COPY") = static_cast<int>(kCopy);
 
   m.def("best_simd", [] { return std::string(cpu::simd_name(cpu::best_simd())); },
         "Fastest popcount implementation this CPU supports.");

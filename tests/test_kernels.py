@@ -68,7 +68,7 @@ def test_materialize_every_operator(shape, seed):
     ops = {_core.OP_OR: np.logical_or, _core.OP_AND: np.logical_and,
            _core.OP_AND_NOT: lambda a, b: a & ~b, _core.OP_OR_NOT: lambda a, b: a | ~b}
     src, op, con = [], [], []
-    for code in [_core.OP_LEAF, *ops]:
+    for code in [_core.OP_LEAF, _core.OP_COPY, *ops]:
         for j in range(k):
             src.append(int(rng.integers(0, 3)))
             op.append(code)
@@ -76,7 +76,12 @@ def test_materialize_every_operator(shape, seed):
     out = cs.materialize(fm, src, op, con)
     got = masks_to_dense(*out, P)
     for i in range(len(src)):
-        expected = D[con[i]] if op[i] == _core.OP_LEAF else ops[op[i]](F[src[i]], D[con[i]])
+        if op[i] == _core.OP_LEAF:
+            expected = D[con[i]]
+        elif op[i] == _core.OP_COPY:
+            expected = F[src[i]]
+        else:
+            expected = ops[op[i]](F[src[i]], D[con[i]])
         np.testing.assert_array_equal(got[i], expected)
     # Only non-empty blocks are stored, and padding bits stay zero (also for OR NOT).
     assert (out[2].reshape(out[1].size, -1).any(axis=1)).all()

@@ -46,7 +46,7 @@ struct Builder {
 void materialize_one(const ConceptIndexView& ix, const MaskSetView& F, int64_t src, int32_t op,
                      int32_t j, Builder& out) {
   uint64_t w[kBlockWords], c[kBlockWords];
-  const int64_t q0 = ix.concept_ptr[j], q1 = ix.concept_ptr[j + 1];
+  const int64_t q0 = op == kCopy ? 0 : ix.concept_ptr[j], q1 = op == kCopy ? 0 : ix.concept_ptr[j + 1];
   if (op == kLeaf) {
     for (int64_t q = q0; q < q1; ++q) {
       item_words(ix, q, w);
@@ -55,6 +55,11 @@ void materialize_one(const ConceptIndexView& ix, const MaskSetView& F, int64_t s
     return;
   }
   const int64_t p0 = F.ptr[src], p1 = F.ptr[src + 1];
+  if (op == kCopy) {
+    out.block.insert(out.block.end(), F.block + p0, F.block + p1);
+    out.words.insert(out.words.end(), F.words + p0 * kBlockWords, F.words + p1 * kBlockWords);
+    return;
+  }
   int64_t p = p0, q = q0;
   if (op == kOrNot) {
     // F | ~C touches every block of the dataset.
@@ -114,8 +119,9 @@ MaskSet concat(std::vector<Builder>& parts) {
 MaskSet materialize(const ConceptIndexView& ix, const MaskSetView& F, int64_t n_out,
                     const int64_t* src, const int32_t* op, const int32_t* concept, int n_threads) {
   for (int64_t i = 0; i < n_out; ++i) {
-    COMPEXP_CHECK(op[i] >= kLeaf && op[i] <= kOrNot, "unknown operator code");
-    COMPEXP_CHECK(concept[i] >= 0 && concept[i] < ix.n_concepts, "concept index out of range");
+    COMPEXP_CHECK(op[i] >= kLeaf && op[i] <= kCopy, "unknown operator code");
+    COMPEXP_CHECK(op[i] == kCopy || (concept[i] >= 0 && concept[i] < ix.n_concepts),
+                  "concept index out of range");
     COMPEXP_CHECK(op[i] == kLeaf || (src[i] >= 0 && src[i] < F.n_masks),
                   "source formula index out of range");
   }

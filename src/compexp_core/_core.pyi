@@ -17,6 +17,7 @@ OP_OR: int
 OP_AND: int
 OP_AND_NOT: int
 OP_OR_NOT: int
+OP_COPY: int
 
 def best_simd() -> str: ...
 def simd_supported(simd: str) -> bool: ...
@@ -33,7 +34,7 @@ class ConceptIndex:
         """(f, g): |F_i & C_j| and |U_unit_of[i] & F_i & C_j|, int64 [n_formulas, K] each."""
     def materialize(self, formulas: MaskSet, src: npt.ArrayLike, op: npt.ArrayLike, concept: npt.ArrayLike,
                     n_threads: int = 0) -> MaskSet:
-        """Masks op[i](F_src[i], C_concept[i]) (OP_LEAF: C alone)."""
+        """Masks op[i](F_src[i], C_concept[i]) (OP_LEAF: C alone; OP_COPY: F_src alone)."""
     def concept_sizes(self) -> npt.NDArray[np.int64]: ...
     def concept_major(self) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
     @property

@@ -391,6 +391,11 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
         candidates.append(np.arange(K) if p.candidate_limit is None else ranked[:p.candidate_limit])
 
     op_codes = np.array([_OP_CODE[o] for o in p.ops], np.int32)
+    cand_pos = []
+    for cands in candidates:
+        pos = np.full(K, -1, np.int64)
+        pos[cands] = np.arange(cands.size)
+        cand_pos.append(pos)
     # `formulas` holds exactly the masks of the current beams, unit-major in beam order, so the
     # extension kernel reads it as is and its size never grows with the search's history.
     formulas = empty_masks(0)
@@ -414,7 +419,7 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
             beam = beams[k]
             if not beam:
                 continue
-            new_beam, born_k = _extend(beam, candidates[k], f_all[offset:offset + len(beam)],
+            new_beam, born_k = _extend(beam, candidates[k], cand_pos[k], f_all[offset:offset + len(beam)],
                                        g_all[offset:offset + len(beam)], int(unit_size[k]), prim[k],
                                        sizes, P, op_codes, p)
             offset += len(beam)
@@ -439,9 +444,11 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
     return out
 
 
-def _extend(beam: list[_Entry], cands: np.ndarray, f: np.ndarray, g: np.ndarray, unit_size: int,
-            prim: np.ndarray, sizes: np.ndarray, n_cells: int, op_codes: np.ndarray, p: _Params):
-    """One beam step for one unit. Returns the new beam and the entries born in this step as
+def _extend(beam: list[_Entry], cands: np.ndarray, cand_pos: np.ndarray, f: np.ndarray, g: np.ndarray,
+            unit_size: int, prim: np.ndarray, sizes: np.ndarray, n_cells: int, op_codes: np.ndarray,
+            p: _Params):
+    """One beam step for one unit. `cand_pos[j]` is concept j's position among the candidates
+    (-1 if it is none). Returns the new beam and the entries born in this step as
     (entry, parent row, op, concept)."""
     B, C = len(beam), cands.size
     fc, gc = f[:, cands], g[:, cands]                                    # [B, C]
@@ -464,12 +471,10 @@ def _extend(beam: list[_Entry], cands: np.ndarray, f: np.ndarray, g: np.ndarray,
     score = metric * factor
 
     valid = np.ones(metric.shape, bool)
-    pos_of = {int(c): i for i, c in enumerate(cands)}
     if not p.allow_repeats:
         for b, e in enumerate(beam):
-            for c in e.concepts():
-                if c in pos_of:
-                    valid[b, pos_of[c], :] = False
+            pos = cand_pos[list(e.concepts())]
+            valid[b, pos[pos >= 0], :] = False
     # A surviving beam member regenerates the formulas it produced earlier: skip those texts.
     row_of_key = {e.key: b for b, e in enumerate(beam)}
     op_pos = {int(code): o for o, code in enumerate(op_codes)}
@@ -477,8 +482,8 @@ def _extend(beam: list[_Entry], cands: np.ndarray, f: np.ndarray, g: np.ndarray,
         parent = row_of_key.get(e.key[:-1]) if e.length > 1 else None
         if parent is not None:
             op, c = e.key[-1]
-            if c in pos_of and op in op_pos:
-                valid[parent, pos_of[c], op_pos[op]] = False
+            if cand_pos[c] >= 0 and op in op_pos:
+                valid[parent, cand_pos[c], op_pos[op]] = False
 
     flat = np.flatnonzero(valid.ravel())
     pool = np.concatenate([np.array([e.score for e in beam]), score.ravel()[flat]])
@@ -498,23 +503,20 @@ def _extend(beam: list[_Entry], cands: np.ndarray, f: np.ndarray, g: np.ndarray,
 
 
 def _next_formulas(cs: ConceptSet, formulas, beams: list, born: list, stats: _Stats):
-    """Masks of the new beams, unit-major in beam order: survivors are taken from `formulas`
-    (by their row), the newly born are materialised from their parents' rows. Sets every beam
-    entry's row to its position in the returned mask set."""
-    src = np.array([s for _, s, _, _ in born], np.int64)
-    op = np.array([o for _, _, o, _ in born], np.int32)
-    concept = np.array([c for _, _, _, c in born], np.int32)
-    src[op == _core.OP_LEAF] = 0
-    t = time.perf_counter()
-    new = cs.materialize(formulas, src, op, concept) if born else empty_masks(0)
-    stats.seconds["materialize"] += time.perf_counter() - t
-    n_old = formulas[0].size - 1
-    new_row = {id(e): n_old + i for i, (e, _, _, _) in enumerate(born)}
-    order = []
+    """Masks of the new beams, unit-major in beam order, in one materialisation call: survivors
+    are copied from their rows in `formulas`, the newly born are built from their parents' rows.
+    Sets every beam entry's row to its position in the returned mask set."""
+    parent = {id(e): (s, o, c) for e, s, o, c in born}
+    src, op, concept = [], [], []
     for beam in beams:
         for e in beam:
-            order.append(new_row.get(id(e), e.row))
-    combined = concat_masks([formulas, new])
+            s_, o_, c_ = parent.get(id(e), (e.row, _core.OP_COPY, 0))
+            src.append(max(s_, 0))      # a leaf's source is ignored
+            op.append(o_)
+            concept.append(c_)
+    t = time.perf_counter()
+    out = cs.materialize(formulas, src, op, concept)
+    stats.seconds["materialize"] += time.perf_counter() - t
     for i, e in enumerate(e for beam in beams for e in beam):
         e.row = i
-    return take_masks(combined, order)
+    return out
