@@ -177,7 +177,6 @@ class ConceptIndexBuilder {
               std::vector<int32_t>& full_concept);
 
   int64_t n_cells() const { return n_cells_; }
-  int64_t staged_entries() const { return static_cast<int64_t>(staged_.size()); }
 
  private:
   struct Staged {

@@ -173,13 +173,6 @@ class PyConceptIndex {
     return to_numpy(std::move(out), {view_.n_concepts});
   }
 
-  py::tuple concept_major() {
-    auto cp = concept_ptr_, cb = concept_block_, ce = concept_entry_;
-    const py::ssize_t n = static_cast<py::ssize_t>(cb.size());
-    return py::make_tuple(to_numpy(std::move(cp), {view_.n_concepts + 1}), to_numpy(std::move(cb), {n}),
-                          to_numpy(std::move(ce), {n}));
-  }
-
   int64_t n_cells() const { return view_.n_cells; }
   int64_t n_blocks() const { return view_.n_blocks; }
   int32_t n_concepts() const { return view_.n_concepts; }
@@ -234,7 +227,6 @@ class PyBuilder {
                           to_numpy(std::move(ew), {ne, kBlockWords}), to_numpy(std::move(fp), {nb}),
                           to_numpy(std::move(fc), {nf}));
   }
-  int64_t staged_entries() const { return b_.staged_entries(); }
 
  private:
   cpu::ConceptIndexBuilder b_;
@@ -271,7 +263,6 @@ PYBIND11_MODULE(_core, m) {
       .def("materialize", &PyConceptIndex::materialize, py::arg("formulas"), py::arg("src"), py::arg("op"),
            py::arg("concept"), py::arg("n_threads") = 0)
       .def("concept_sizes", &PyConceptIndex::concept_sizes)
-      .def("concept_major", &PyConceptIndex::concept_major)
       .def_property_readonly("n_cells", &PyConceptIndex::n_cells)
       .def_property_readonly("n_blocks", &PyConceptIndex::n_blocks)
       .def_property_readonly("n_concepts", &PyConceptIndex::n_concepts);
@@ -284,8 +275,7 @@ PYBIND11_MODULE(_core, m) {
       .def("add_dense", &PyBuilder::add_dense, py::arg("masks"), py::arg("sample_offset"), py::arg("concepts"))
       .def("add_sample_labels", &PyBuilder::add_sample_labels, py::arg("present"), py::arg("sample_offset"),
            py::arg("concepts"))
-      .def("finish", &PyBuilder::finish)
-      .def_property_readonly("staged_entries", &PyBuilder::staged_entries);
+      .def("finish", &PyBuilder::finish);
 
   m.def(
       "unit_masks_from_maps",

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from compexp_core import ConceptSet, ConceptSetBuilder, _core
-from compexp_core.concepts import dense_to_masks, masks_to_dense, take_masks, concat_masks
+from compexp_core.concepts import dense_to_masks, masks_to_dense
 from conftest import available_simd
 
 SIMDS = available_simd()
@@ -142,8 +142,6 @@ def test_mask_set_helpers_round_trip():
     dense = rng.random((5, 1500)) < 0.01
     m = dense_to_masks(dense)
     np.testing.assert_array_equal(masks_to_dense(*m, 1500), dense)
-    np.testing.assert_array_equal(masks_to_dense(*take_masks(m, [4, 0, 0]), 1500), dense[[4, 0, 0]])
-    np.testing.assert_array_equal(masks_to_dense(*concat_masks([m, m]), 1500), np.vstack([dense, dense]))
 
 
 def test_kernels_reject_malformed_mask_sets():
@@ -180,3 +178,18 @@ def test_wide_unsigned_labels_do_not_wrap():
         b.add_label_maps(np.array([[[[1, 2**31 + 1]]]], np.uint32), [-1, 0])
     b.add_label_maps(np.array([[[[1, 0]]]], np.uint64), [-1, 0])
     assert b.build().sizes.tolist() == [1]
+
+
+def test_materialize_formulas_equals_evaluate():
+    from compexp_core import Formula
+    from compexp_core.search import materialize_formulas
+
+    rng = np.random.default_rng(7)
+    dense = rng.random((20, 4, 5, 6)) < 0.4
+    cs = ConceptSet.from_dense(dense, names=["a", "b", "c", "d"])
+    formulas = [Formula.parse(t) for t in ("a", "(a OR b)", "((a AND NOT c) OR NOT d)", "(((b AND c) OR a) AND d)")]
+    got = masks_to_dense(*materialize_formulas(cs, formulas), cs.n_cells)
+    for row, f in zip(got, formulas):
+        np.testing.assert_array_equal(row, f.evaluate(cs).ravel())
+    with pytest.raises(ValueError, match="left-deep"):
+        materialize_formulas(cs, [Formula.parse("(a AND (b OR c))")])

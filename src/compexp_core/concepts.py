@@ -132,6 +132,10 @@ class ConceptSet:
                                          a.entry_words, a.full_ptr, a.full_concept)
         self.sizes = self._index.concept_sizes()
         self.sizes.flags.writeable = False
+        #: Partial and full concept blocks stored in each block, int64 [n_blocks] (the
+        #: extension kernel's work per formula block, for profiling).
+        self.block_entry_counts = np.diff(a.block_ptr)
+        self.block_full_counts = np.diff(a.full_ptr)
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
 
     # ----------------------------------------------------------------------------- shape
@@ -172,20 +176,6 @@ class ConceptSet:
     def n_stored_blocks(self) -> tuple[int, int]:
         """(partial blocks, full blocks) stored over all concepts."""
         return int(self._arrays.entry_concept.size), int(self._arrays.full_concept.size)
-
-    @property
-    def block_entry_counts(self) -> np.ndarray:
-        """Partial concept blocks stored in each block: int64 [n_blocks]."""
-        if not hasattr(self, "_block_entry_counts"):
-            self._block_entry_counts = np.diff(self._arrays.block_ptr)
-            self._block_full_counts = np.diff(self._arrays.full_ptr)
-        return self._block_entry_counts
-
-    @property
-    def block_full_counts(self) -> np.ndarray:
-        """Full concept blocks in each block: int64 [n_blocks]."""
-        self.block_entry_counts
-        return self._block_full_counts
 
     def index(self, name: str) -> int:
         """Position of the concept called ``name`` (ValueError if there is none)."""
@@ -413,28 +403,6 @@ class ConceptSetBuilder:
 def empty_masks(n: int):
     """A mask set of n empty masks."""
     return (np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros((0, BLOCK_WORDS), np.uint64))
-
-
-def take_masks(masks, rows) -> tuple:
-    """Rows of a mask set, in the given order (rows may repeat)."""
-    ptr, block, words = masks
-    rows = np.asarray(rows, np.int64)
-    counts = ptr[rows + 1] - ptr[rows]
-    new_ptr = np.zeros(rows.size + 1, np.int64)
-    np.cumsum(counts, out=new_ptr[1:])
-    starts = np.repeat(ptr[rows] - new_ptr[:-1], counts)
-    src = starts + np.arange(new_ptr[-1], dtype=np.int64)
-    return new_ptr, block[src], words[src]
-
-
-def concat_masks(parts) -> tuple:
-    """Concatenate mask sets (their masks one after the other)."""
-    parts = list(parts)
-    if not parts:
-        return empty_masks(0)
-    offsets = np.cumsum([0] + [p[0][-1] for p in parts[:-1]])
-    ptr = np.concatenate([parts[0][0][:1]] + [p[0][1:] + o for p, o in zip(parts, offsets)])
-    return ptr, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 
 def masks_to_dense(ptr, block, words, n_cells: int) -> np.ndarray:

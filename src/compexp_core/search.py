@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _core
 from .backend import resolve_device
-from .concepts import ConceptSet, check_names, concat_masks, empty_masks, take_masks
+from .concepts import ConceptSet, check_names, empty_masks
 from .formula import Formula, Leaf
 from .results import Explanation, SearchResult
 from .units import (as_activations, check_activations, check_quantile, compute_thresholds,
@@ -346,18 +346,15 @@ def materialize_formulas(concepts: ConceptSet, formulas: Sequence[Formula]):
     """Block-sparse masks of left-deep formulas (one per formula), built step by step with the
     materialisation kernel: a mask set ``(ptr, block, words)``."""
     keys = [formula_key(f, concepts) for f in formulas]
-    rows = np.arange(len(keys))
-    masks = concepts.materialize(empty_masks(0), np.zeros(len(keys), np.int64),
-                                 np.full(len(keys), _core.OP_LEAF, np.int32),
+    n = len(keys)
+    masks = concepts.materialize(empty_masks(0), np.zeros(n, np.int64), np.full(n, _core.OP_LEAF, np.int32),
                                  np.array([k[0] for k in keys], np.int32))
     for step in range(1, max((len(k) for k in keys), default=1)):
-        grow = [i for i, k in enumerate(keys) if len(k) > step]
-        new = concepts.materialize(masks, rows[grow], np.array([keys[i][step][0] for i in grow], np.int32),
-                                   np.array([keys[i][step][1] for i in grow], np.int32))
-        rows = rows.copy()
-        rows[grow] = masks[0].size - 1 + np.arange(len(grow))
-        masks = concat_masks([masks, new])
-    return take_masks(masks, rows)
+        # Formulas that are already complete are carried over with COPY.
+        op = [k[step][0] if len(k) > step else _core.OP_COPY for k in keys]
+        concept = [k[step][1] if len(k) > step else 0 for k in keys]
+        masks = concepts.materialize(masks, np.arange(n), op, concept)
+    return masks
 
 
 def _key_to_formula(key: tuple, names: Sequence[str]) -> Formula:
