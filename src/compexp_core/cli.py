@@ -1,4 +1,10 @@
-"""The ``compexp`` command line: ``search``, ``info`` and ``demo``."""
+"""The ``compexp`` command line: ``search``, ``info``, ``demo``, ``extract``, ``convert-broden``
+and ``report``.
+
+Subcommands that live with their feature (extraction, Broden conversion, the report) are
+registered from their module's ``add_cli_arguments(parser)`` and run by its
+``run_cli(args) -> int``; those modules import torch and other heavy packages only inside
+their functions, so ``compexp --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
@@ -152,7 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    import importlib
+
+    for name, module, help_text in _FEATURE_COMMANDS:
+        mod = importlib.import_module(f".{module}", __package__)
+        p = sub.add_parser(name, help=help_text)
+        mod.add_cli_arguments(p)
+        p.set_defaults(func=mod.run_cli)
     return parser
+
+
+# (subcommand, module of compexp_core, help): registered by build_parser.
+_FEATURE_COMMANDS = (
+    ("extract", "extract", "run a PyTorch model over images and write a layer's activations"),
+    ("convert-broden", "broden", "convert a Broden-format dataset directory to a concepts file"),
+    ("report", "report", "write an HTML report of explanations"),
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
