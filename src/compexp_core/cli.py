@@ -73,6 +73,9 @@ def _cmd_search(args) -> int:
                              units=args.units, progress=not args.no_progress,
                              **_search_kwargs(args))
     elapsed = time.perf_counter() - t0
+    # Where the inputs were, so that `compexp report` finds them by default.
+    result.params["acts_path"] = os.path.abspath(args.acts)
+    result.params["concepts_path"] = os.path.abspath(args.concepts)
     result.save(args.output)
     print(result.summary(args.top))
     print(f"{len(result)} units in {elapsed:.2f} s ({1000 * elapsed / len(result):.1f} ms/unit); "

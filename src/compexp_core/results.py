@@ -33,6 +33,12 @@ class Explanation:
         primitive: the best single concept (the unit's Network Dissection label), or None.
         primitive_iou: its metric value.
         beam: the final beam as ``(formula, score)`` pairs, best first.
+        threshold: the activation threshold that binarised the unit (None for bool
+            activations).
+        by_length: ``(formula, iou)`` per maximum length 1..max_length: the best formula of
+            the beam after that many steps, which is exactly what a search with that
+            ``max_length`` returns (beam search never revisits earlier steps), so one search
+            at the longest length gives the whole IoU-against-length curve.
     """
 
     unit: int
@@ -42,6 +48,8 @@ class Explanation:
     primitive: Optional[Formula]
     primitive_iou: float
     beam: tuple = field(default=())
+    threshold: Optional[float] = None
+    by_length: tuple = field(default=())
 
     @property
     def length(self) -> int:
@@ -105,7 +113,8 @@ class SearchResult(Sequence):
         raise KeyError(f"unit {unit} was not searched")
 
     def to_pandas(self):
-        """One row per unit: unit, formula, iou, score, length, primitive, primitive_iou, beam."""
+        """One row per unit: unit, formula, iou, score, length, primitive, primitive_iou,
+        threshold, beam, by_length (lists of ``(formula text, value)`` pairs)."""
         import pandas as pd
 
         rows = [{
@@ -116,9 +125,12 @@ class SearchResult(Sequence):
             "length": e.length,
             "primitive": None if e.primitive is None else str(e.primitive),
             "primitive_iou": e.primitive_iou,
+            "threshold": e.threshold,
             "beam": [(str(f), s) for f, s in e.beam],
+            "by_length": [(_text(f), v) for f, v in e.by_length],
         } for e in self]
-        columns = ["unit", "formula", "iou", "score", "length", "primitive", "primitive_iou", "beam"]
+        columns = ["unit", "formula", "iou", "score", "length", "primitive", "primitive_iou",
+                   "threshold", "beam", "by_length"]
         return pd.DataFrame(rows, columns=columns)
 
     def summary(self, top: int = 10) -> str:
@@ -136,6 +148,7 @@ class SearchResult(Sequence):
         if kind == "csv":
             df = self.to_pandas()
             df["beam"] = [json.dumps(b) for b in df["beam"]]
+            df["by_length"] = [json.dumps(b) for b in df["by_length"]]
             df = df.drop(columns=["length"])
             with open(path, "w", newline="") as fh:
                 fh.write("# " + json.dumps({"format": RESULTS_FORMAT, "version": RESULTS_VERSION,
@@ -152,6 +165,13 @@ class SearchResult(Sequence):
             for b, (f, s) in enumerate(e.beam):
                 beam_text[i, b] = str(f)
                 beam_score[i, b] = s
+        lengths = max([len(e.by_length) for e in self] + [1])
+        by_length_text = np.full((n, lengths), "", dtype=object)
+        by_length_iou = np.full((n, lengths), np.nan)
+        for i, e in enumerate(self):
+            for b, (f, v) in enumerate(e.by_length):
+                by_length_text[i, b] = _text(f)
+                by_length_iou[i, b] = v
         text = h5py.string_dtype("utf-8")
         with h5py.File(path, "w") as h5:
             h5.attrs["format"] = RESULTS_FORMAT
@@ -165,6 +185,10 @@ class SearchResult(Sequence):
             h5["primitive_iou"] = np.array([e.primitive_iou for e in self], np.float64)
             h5.create_dataset("beam_formula", data=beam_text, dtype=text)
             h5["beam_score"] = beam_score
+            h5["threshold"] = np.array([np.nan if e.threshold is None else e.threshold
+                                        for e in self], np.float64)
+            h5.create_dataset("by_length_formula", data=by_length_text, dtype=text)
+            h5["by_length_iou"] = by_length_iou
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SearchResult":
@@ -222,9 +246,12 @@ def _load_csv(path) -> SearchResult:
     out = []
     for row in df.itertuples(index=False):
         beam = tuple((Formula.parse(f), float(s)) for f, s in json.loads(row.beam))
-        out.append(Explanation(int(row.unit), _parse(str(row.formula)), float(row.iou),
-                               float(row.score), _parse(str(row.primitive)),
-                               float(row.primitive_iou), beam))
+        row = row._asdict()
+        by_length = tuple((_parse(f), float(v)) for f, v in json.loads(row.get("by_length") or "[]"))
+        threshold = float(row["threshold"]) if row.get("threshold", "") != "" else None
+        out.append(Explanation(int(row["unit"]), _parse(str(row["formula"])), float(row["iou"]),
+                               float(row["score"]), _parse(str(row["primitive"])),
+                               float(row["primitive_iou"]), beam, threshold, by_length))
     return SearchResult(out, params)
 
 
@@ -246,15 +273,23 @@ def _load_h5(path) -> SearchResult:
         if missing:
             raise ValueError(f"{path} lacks the datasets {missing}")
         d = {n: h5[n][()] for n in names}
+        # Files written before these fields existed lack them.
+        for n in ("threshold", "by_length_formula", "by_length_iou"):
+            d[n] = h5[n][()] if n in h5 else None
         params = json.loads(h5.attrs.get("params", "{}"))
     out = []
     for i in range(len(d["unit"])):
         beam = tuple((Formula.parse(_str(t)), float(s))
                      for t, s in zip(d["beam_formula"][i], d["beam_score"][i])
                      if _str(t) != "" and not math.isnan(s))
+        by_length = () if d["by_length_iou"] is None else tuple(
+            (_parse(_str(t)), float(v)) for t, v in zip(d["by_length_formula"][i],
+                                                       d["by_length_iou"][i]) if not math.isnan(v))
+        threshold = (None if d["threshold"] is None or math.isnan(d["threshold"][i])
+                     else float(d["threshold"][i]))
         out.append(Explanation(int(d["unit"][i]), _parse(_str(d["formula"][i])), float(d["iou"][i]),
                                float(d["score"][i]), _parse(_str(d["primitive"][i])),
-                               float(d["primitive_iou"][i]), beam))
+                               float(d["primitive_iou"][i]), beam, threshold, by_length))
     return SearchResult(out, params)
 
 

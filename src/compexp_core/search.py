@@ -14,6 +14,7 @@ the formulas that enter the beam are materialised as masks.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -278,8 +279,9 @@ def search_formulas(
             umasks = unit_masks(acts, batch, concepts.grid,
                                 None if thresholds is None else thresholds[pos])
             stats.seconds["unit_masks"] += time.perf_counter() - t
-            for e in _search_batch(concepts, umasks, batch, params, stats):
-                found[e.unit] = e
+            for e, t in zip(_search_batch(concepts, umasks, batch, params, stats), pos):
+                found[e.unit] = e if thresholds is None else dataclasses.replace(
+                    e, threshold=float(thresholds[t]))
             if bar is not None:
                 bar.update(batch.size)
     finally:
@@ -395,6 +397,8 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
         cand_pos.append(pos)
     # `formulas` holds exactly the masks of the current beams, unit-major in beam order, so the
     # extension kernel reads it as is and its size never grows with the search's history.
+    # The best of each beam after every step: the answer of a search stopped at that length.
+    best_by_step: list[list] = [[b[0] if b else None] for b in beams]
     formulas = empty_masks(0)
     if p.max_length > 1:
         formulas = _next_formulas(cs, formulas, beams, [(e, -1, _core.OP_LEAF, e.key[0])
@@ -422,11 +426,15 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
             offset += len(beam)
             beams[k] = new_beam
             born += born_k
+        for k in range(n):
+            best_by_step[k].append(beams[k][0] if beams[k] else None)
         if _step + 1 < p.max_length:
             formulas = _next_formulas(cs, formulas, beams, born, stats)
 
     out = []
     for k in range(n):
+        steps = best_by_step[k]
+        steps += steps[-1:] * (p.max_length - len(steps))   # the search stopped early: no beam
         beam = beams[k]
         prim_k = primitives[k]
         best = beam[0] if beam else None
@@ -437,7 +445,9 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
             score=best.score if best else 0.0,
             primitive=Leaf(cs.names[prim_k[0]]) if prim_k else None,
             primitive_iou=prim_k[1] if prim_k else 0.0,
-            beam=tuple((_key_to_formula(e.key, cs.names), e.score) for e in beam)))
+            beam=tuple((_key_to_formula(e.key, cs.names), e.score) for e in beam),
+            by_length=tuple((_key_to_formula(e.key, cs.names), e.metric) if e else (None, 0.0)
+                            for e in best_by_step[k])))
     return out
 
 
