@@ -1,9 +1,1034 @@
-"""Placeholder: being written (see the open issue). Replaced by the real module."""
+"""Activation extraction: run a PyTorch model over images and write layers' activations.
+
+:func:`extract_activations` runs any :class:`torch.nn.Module` (a Python module or a TorchScript
+one) over a dataset, captures the outputs of one or more layers named by their module path
+(``"layer4"``, ``"layer4.1.conv2"``) and writes them, batch by batch, to activations files
+(``format = "compexp-activations"``, see ``docs/FORMAT.md``) that :func:`~compexp_core.io.
+open_activations` and ``compexp search`` read. Only one batch of activations is ever in memory.
+
+An extraction writes into ``<output>.partial`` and records after each batch how many samples
+are done; an interrupted run (Ctrl-C, a crash, a lost machine) is continued with
+``resume=True`` without recomputing the finished samples, and the partial file is renamed onto
+``<output>`` only when every sample is written. The finished file records the model, layer and
+dataset it came from (root attributes ``model``, ``layer``, ``dataset``).
+
+:class:`ImageDataset` turns a ``compexp-images`` file (or a uint8 array) into normalised float
+tensors; :func:`load_model` builds a model from a TorchScript file, a ``torch.export``
+program or a ``module:function`` spec. ``compexp extract`` wraps the three.
+
+torch is imported inside the functions only, so importing this module (and ``compexp --help``)
+stays fast.
+
+Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import torch
+    >>> from compexp_core.io import read_activations_metadata
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    >>> images = np.zeros((10, 8, 8, 3), np.uint8)
+    >>> out = os.path.join(tempfile.mkdtemp(), "acts.h5")
+    >>> extract_activations(model, ImageDataset(images), "0", out, batch_size=4,
+    ...                     progress=False, model_name="tiny") == [out]
+    True
+    >>> meta = read_activations_metadata(out)
+    >>> meta["shape"], meta["model"], meta["layer"]
+    ((10, 4, 6, 6), 'tiny', '0')
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import errno
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import time
+from typing import Any, Optional, Sequence, Union
+
+import h5py
+import numpy as np
+
+from .io import (
+    ACTIVATIONS_FORMAT,
+    FORMAT_VERSION,
+    _CHUNK_TARGET_BYTES,
+    _attr_str,
+    _check_str,
+    _fspath,
+    open_images,
+)
+
+__all__ = ["ImageDataset", "extract_activations", "load_model", "PARTIAL_SUFFIX",
+           "add_cli_arguments", "run_cli"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: An extraction in progress is written to ``output + PARTIAL_SUFFIX``.
+PARTIAL_SUFFIX = ".partial"
+
+# Root attribute ``format`` of a partial file: deliberately not "compexp-activations", so that
+# an unfinished file is never mistaken for a complete one by the readers.
+_PARTIAL_FORMAT = "compexp-activations-partial"
+# Root attributes only a partial file has (removed when the extraction finishes).
+_PARTIAL_ONLY_ATTRS = ("n_done", "n_samples", "dtype")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def add_cli_arguments(parser):
-    pass
+# =============================================================================== the dataset
+
+def _check_triple(values: Any, what: str, *, positive: bool = False) -> tuple:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be 3 numbers (one per RGB channel), got {values!r}") from None
+    if len(out) != 3 or not all(np.isfinite(out)):
+        raise ValueError(f"{what} must be 3 finite numbers (one per RGB channel), got {values!r}")
+    if positive and min(out) <= 0:
+        raise ValueError(f"{what} must be > 0, got {values!r}")
+    return out
 
 
-def run_cli(args) -> int:
-    raise RuntimeError("not implemented yet")
+def _check_size(size: Any) -> Optional[tuple]:
+    """``None``, an int or an (h, w) pair -> ``None`` or ``(h, w)``."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, (int, np.integer)) else size
+    try:
+        h, w = pair
+    except (TypeError, ValueError):
+        raise TypeError(f"size must be an int or an (height, width) pair, got {size!r}") from None
+    for v in (h, w):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"size must be an int or an (height, width) pair of ints, got "
+                            f"{size!r}")
+        if v < 1:
+            raise ValueError(f"size must be >= 1, got {size!r}")
+    return int(h), int(w)
+
+
+class ImageDataset:
+    """RGB images as normalised float tensors, for :func:`extract_activations`.
+
+    A map-style dataset (``len(ds)``, ``ds[i]``), usable with :class:`torch.utils.data.
+    DataLoader` and :class:`~torch.utils.data.Subset`, over a ``compexp-images`` HDF5 file
+    (see :func:`compexp_core.io.save_images`) or a uint8 ``[N, H, W, 3]`` NumPy array. Item i
+    is the float32 tensor ``[3, H, W]`` of ``(image / 255 - mean) / std``, resized bilinearly
+    to ``size`` when one is given. The file is opened on first access in each process (so
+    DataLoader workers each get their own handle) and never read whole.
+
+    (The class does not derive from :class:`torch.utils.data.Dataset`, so that importing this
+    module does not import torch; DataLoader needs only ``__len__`` and ``__getitem__``.)
+
+    Args:
+        source: the images file path, or a uint8 array ``[N, H, W, 3]`` (a memmap works).
+        mean, std: per-channel normalisation (default: the ImageNet statistics).
+        size: resize every image to ``size`` (an int for a square, or ``(height, width)``);
+            default: keep the stored size.
+
+    Attributes:
+        description: provenance string (the file's absolute path, or "array of N images HxW"),
+            recorded as the ``dataset`` attribute of the activations files.
+        shape: ``(N, H, W, 3)`` of the stored images.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not a compexp-images file; an array of the wrong shape; bad mean/std/size.
+        TypeError: an array that is not uint8.
+
+    Examples:
+        >>> import numpy as np
+        >>> ds = ImageDataset(np.full((2, 4, 6, 3), 255, np.uint8), mean=(0, 0, 0),
+        ...                   std=(1, 1, 1), size=2)
+        >>> len(ds), tuple(ds[0].shape), float(ds[1].max())
+        (2, (3, 2, 2), 1.0)
+    """
+
+    def __init__(self, source: Union[PathLike, np.ndarray], *,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 size: Union[int, Sequence[int], None] = None) -> None:
+        self.mean = _check_triple(mean, "mean")
+        self.std = _check_triple(std, "std", positive=True)
+        self.size = _check_size(size)
+        self._images: Any = None
+        self._pid: Optional[int] = None
+        if isinstance(source, (str, os.PathLike)):
+            self.path: Optional[str] = os.path.abspath(_fspath(source))
+            ds = open_images(self.path)  # validates the file (FileNotFoundError / ValueError)
+            try:
+                self.shape = tuple(int(s) for s in ds.shape)
+            finally:
+                ds.file.close()  # reopened lazily in whichever process reads it
+            self.description = self.path
+        else:
+            self.path = None
+            array = source if isinstance(source, np.ndarray) else np.asarray(source)
+            if array.ndim != 4 or array.shape[3] != 3 or any(s < 1 for s in array.shape):
+                raise ValueError(f"images must be uint8 [N, H, W, 3] RGB with N, H, W >= 1, got "
+                                 f"shape {array.shape}")
+            if array.dtype != np.uint8:
+                raise TypeError(f"images must be uint8 (0..255 RGB), got dtype {array.dtype}")
+            self._images = array
+            self.shape = tuple(int(s) for s in array.shape)
+            self.description = (f"array of {self.shape[0]} images "
+                                f"{self.shape[1]}x{self.shape[2]}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _source(self) -> Any:
+        if self.path is None:
+            return self._images
+        # One h5py handle per process: a handle inherited through fork must not be shared.
+        if self._images is None or self._pid != os.getpid():
+            self._images = open_images(self.path)
+            self._pid = os.getpid()
+        return self._images
+
+    def __getitem__(self, index: int):
+        import torch
+
+        n = len(self)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"ImageDataset index must be an integer, got {index!r}")
+        i = int(index) + n if index < 0 else int(index)
+        if not 0 <= i < n:
+            raise IndexError(f"image index {index} out of range for {n} images")
+        image = np.asarray(self._source()[i])
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        if self.size is not None and tuple(x.shape[1:]) != self.size:
+            x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear",
+                                                align_corners=False)[0]
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (x - mean) / std
+
+    def close(self) -> None:
+        """Close the images file if this process opened it (it reopens on the next access)."""
+        if self.path is not None and self._images is not None:
+            with contextlib.suppress(Exception):
+                self._images.file.close()
+            self._images = None
+
+    def __getstate__(self) -> dict:
+        # Pickled for DataLoader workers (spawn): open h5py handles do not pickle.
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["_images"] = None
+            state["_pid"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"ImageDataset({self.description!r}, {len(self)} images, size={self.size})"
+
+
+# =============================================================================== layers
+
+def _find_layer(model: Any, path: str) -> Any:
+    """The submodule at a dotted ``path``; ValueError listing what exists when there is none."""
+    module = model
+    walked: list[str] = []
+    for part in path.split("."):
+        children = dict(module.named_children())
+        if part not in children:
+            where = f"'{'.'.join(walked)}'" if walked else "the model"
+            names = list(children)
+            all_names = [n for n, _ in model.named_modules() if n]
+            close = difflib.get_close_matches(path, all_names, n=3, cutoff=0.6)
+            shown = ", ".join(names[:12]) + (f", ... ({len(names)} in all)"
+                                             if len(names) > 12 else "")
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"layer '{path}' does not exist: {where} has no submodule '{part}' "
+                             f"(its submodules: {shown or 'none'}){hint}")
+        module = children[part]
+        walked.append(part)
+    return module
+
+
+def _check_layers(layers: Any) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be a module path or a list of them, got {layers!r}") from None
+    if not layers:
+        raise ValueError("layers is empty: name at least one layer (a module path like 'layer4')")
+    for layer in layers:
+        if not isinstance(layer, str):
+            raise TypeError(f"a layer must be a module path string, got {layer!r}")
+        if not layer or any(not p for p in layer.split(".")):
+            raise ValueError(f"layer {layer!r} is not a module path like 'layer4' or "
+                             f"'layer4.1.conv2'")
+    dup = sorted({x for x in layers if layers.count(x) > 1})
+    if dup:
+        raise ValueError(f"layers must be distinct; repeated: {dup}")
+    return layers
+
+
+class _LayersCaptured(BaseException):
+    """Raised by the last hook to stop the forward pass once every layer is captured.
+
+    A BaseException, so that a model's own ``except Exception`` does not swallow it."""
+
+
+def _capture(output: Any, dtype: Any) -> Any:
+    """A CPU copy of a layer's output in the output dtype (a copy: an in-place operation later
+    in the forward pass, such as ``ReLU(inplace=True)``, must not change what was captured)."""
+    import torch
+
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        return output.detach().to(device="cpu", dtype=dtype, copy=True)
+    return output  # refused by _as_block, which names the layer
+
+
+class _HookTaps:
+    """Captures layer outputs with forward hooks (Python modules).
+
+    Each layer keeps the output of its first call in a forward pass (a module called twice,
+    such as a shared ReLU, is captured at its first call); the forward pass stops as soon as
+    every layer has been captured, so the rest of the network is not computed."""
+
+    def __init__(self, model: Any, layers: list[str], dtype: Any) -> None:
+        self.model = model
+        self.layers = layers
+        self.outputs: dict[str, Any] = {}
+        self.handles = []
+        modules = [_find_layer(model, layer) for layer in layers]  # all checked before hooking
+        for layer, module in zip(layers, modules):
+            try:
+                self.handles.append(module.register_forward_hook(self._hook(layer, dtype)))
+            except RuntimeError as e:  # a submodule of a TorchScript module
+                self.remove()
+                raise ValueError(f"cannot capture layer '{layer}': it belongs to a TorchScript "
+                                 f"submodule, which takes no hooks ({e}); pass the TorchScript "
+                                 f"module itself as the model, or a Python model") from None
+
+    def _hook(self, layer: str, dtype: Any):
+        def hook(module, inputs, output):
+            if layer not in self.outputs:
+                self.outputs[layer] = _capture(output, dtype)
+                if len(self.outputs) == len(self.layers):
+                    raise _LayersCaptured()
+        return hook
+
+    def __call__(self, x: Any) -> list:
+        self.outputs = {}
+        try:
+            self.model(x)
+        except _LayersCaptured:
+            pass
+        # None for a layer the forward pass did not call (reported by _as_block).
+        return [self.outputs.get(layer) for layer in self.layers]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+_HIERARCHY_ENTRY = re.compile(r"([^.()]+)\(([^()]*)\)")
+
+
+def _instance_path(node: Any) -> list[str]:
+    """The module path of the module whose code produced a node of an inlined TorchScript
+    graph, from its module hierarchy ``"layer4(Sequential).1(BasicBlock).conv2(Conv2d).SELF(..)"``
+    (``SELF`` and ``UNKNOWN_INSTANCE`` mark the module's own code and plain function calls)."""
+    path = []
+    for name, _ in _HIERARCHY_ENTRY.findall(node.getModuleHierarchy()):
+        if name in ("SELF", "UNKNOWN_INSTANCE"):
+            break
+        path.append(name)
+    return path
+
+
+class _ScriptTaps:
+    """Captures layer outputs of a TorchScript module, which takes no forward hooks.
+
+    The module's forward graph is copied and inlined; in the inlined graph every node records
+    the module instance whose code produced it. The output of layer L is the first tensor value
+    computed inside L's code that is used outside it (first, as for hooks: a module called
+    twice is captured at its first call). A new graph returns a copy of each captured value;
+    everything after the last captured layer is dead code and removed, so it is not computed.
+    This uses the TorchScript graph API of ``torch._C``."""
+
+    def __init__(self, model: Any, layers: list[str], dtype: Any) -> None:
+        import torch
+
+        self.model = model
+        self.layers = layers
+        self.dtype = dtype
+        for layer in layers:
+            _find_layer(model, layer)  # a clear error for a layer that does not exist
+        graph, nodes, paths = self._inlined_graph(model)
+        values = [self._layer_value(nodes, paths, layer) for layer in layers]
+        try:
+            self.function = self._capture_function(graph, values)
+        except Exception as e:  # pragma: no cover - a TorchScript API change
+            raise RuntimeError(f"cannot build a TorchScript graph that captures layers "
+                               f"{layers}: {type(e).__name__}: {e}") from e
+
+    @staticmethod
+    def _inlined_graph(model: Any) -> tuple:
+        """The inlined forward graph, its top-level nodes and each node's module path."""
+        import torch
+
+        try:
+            graph = model.forward.graph.copy()
+            torch._C._jit_pass_inline(graph)
+            paths = {}
+
+            def record(block):
+                for node in block.nodes():
+                    paths[node] = _instance_path(node)
+                    for sub in node.blocks():
+                        record(sub)
+            record(graph.block())
+            # Only values of the top-level block can become outputs of the graph.
+            return graph, list(graph.nodes()), paths
+        except Exception as e:  # pragma: no cover - a TorchScript API change
+            raise RuntimeError(f"cannot read the TorchScript graph of the model to capture "
+                               f"layers: {type(e).__name__}: {e}") from e
+
+    @staticmethod
+    def _capture_function(graph: Any, values: list) -> Any:
+        """A function of (module, input) returning copies of ``values`` (a tuple)."""
+        import torch
+
+        copies = []
+        for v in values:  # aten::clone(v, memory_format=None) right after v is computed
+            none = graph.insertConstant(None)
+            clone = graph.create("aten::clone", [v, none])
+            clone.output().setType(v.type())
+            clone.insertAfter(v.node())
+            none.node().moveBefore(clone)
+            copies.append(clone.output())
+        while len(list(graph.outputs())):
+            graph.eraseOutput(0)
+        for c in copies:
+            graph.registerOutput(c)
+        graph.makeMultiOutputIntoTuple()
+        torch._C._jit_pass_dce(graph)  # drops the rest of the network
+        graph.lint()
+        return torch._C._create_function_from_graph("compexp_capture_layers", graph)
+
+    @staticmethod
+    def _layer_value(nodes: list, paths: dict, layer: str) -> Any:
+        import torch
+
+        want = layer.split(".")
+
+        def inside(node) -> bool:
+            return paths.get(node, [])[:len(want)] == want
+
+        for node in nodes:
+            if not inside(node) or node.kind() in ("prim::Constant", "prim::GetAttr"):
+                continue
+            for value in node.outputs():
+                if any(use.user.kind() == "prim::Return" or not inside(use.user)
+                       for use in value.uses()):
+                    if not isinstance(value.type(), torch._C.TensorType):
+                        raise ValueError(f"layer '{layer}' returns {value.type()}, not a tensor; "
+                                         f"choose a layer whose output is a tensor [B, U, h, w] "
+                                         f"or [B, U]")
+                    return value
+        raise ValueError(f"cannot capture layer '{layer}' of the TorchScript model: its output "
+                         f"was not found in the model's forward graph (the layer is not called, "
+                         f"is called inside a loop or branch, or returns its input unchanged)")
+
+    def __call__(self, x: Any) -> list:
+        outputs = self.function(self.model._c, x)
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        return [_capture(o, self.dtype) for o in outputs]
+
+    def remove(self) -> None:
+        pass
+
+
+# =============================================================================== partial files
+
+def _check_output_paths(output: Any, layers: list[str]) -> list[str]:
+    if not isinstance(output, (str, os.PathLike)):
+        raise TypeError(f"output must be a file path, got {output!r}")
+    output = _fspath(output)
+    if len(layers) > 1 and "{layer}" not in output:
+        raise ValueError(f"output {output!r} must contain '{{layer}}' when extracting several "
+                         f"layers ({', '.join(layers)}): one file is written per layer")
+    paths = [output.replace("{layer}", layer) for layer in layers]
+    for p in paths:
+        d = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(d):
+            raise FileNotFoundError(errno.ENOENT, "Output directory does not exist", d)
+        if os.path.isdir(p):
+            raise IsADirectoryError(errno.EISDIR, "Output path is a directory", p)
+    return paths
+
+
+def _chunk_samples(batch_size: int, n: int, row_bytes: int) -> int:
+    """Samples per HDF5 chunk: the largest divisor of the batch size whose chunk stays within
+    about 2 MiB, so that each batch fills whole chunks (HDF5 then writes them directly instead
+    of reading back partly written ones)."""
+    fits = [d for d in range(1, batch_size + 1)
+            if batch_size % d == 0 and d * row_bytes <= _CHUNK_TARGET_BYTES]
+    return max(1, min(n, max(fits, default=1)))
+
+
+class _PartialFile:
+    """The ``<output>.partial`` file of one layer: created at the first batch (whose output
+    tells the shape), resumed from its ``n_done`` attribute, renamed onto ``output`` when
+    complete."""
+
+    def __init__(self, path: str, layer: str, provenance: dict) -> None:
+        self.path = path
+        self.partial = path + PARTIAL_SUFFIX
+        self.layer = layer
+        self.provenance = provenance  # model, layer, dataset, n_samples, dtype
+        self.file: Optional[h5py.File] = None
+        self.acts: Optional[h5py.Dataset] = None
+
+    def reopen(self) -> int:
+        """Reopen an existing partial file for ``resume``; return its ``n_done`` (0 when there
+        is no partial file). Raises ValueError when it was written for something else."""
+        if not os.path.exists(self.partial):
+            return 0
+        p = self.partial
+        try:
+            f = h5py.File(p, "r+")
+        except OSError as e:
+            raise ValueError(f"cannot resume from '{p}': not a readable HDF5 file ({e}); delete "
+                             f"it or run without resume") from None
+        try:
+            found = _attr_str(f.attrs["format"]) if "format" in f.attrs else None
+            if found != _PARTIAL_FORMAT:
+                raise ValueError(f"cannot resume from '{p}': it is not a partial activations file "
+                                 f"(format = {found!r}, expected '{_PARTIAL_FORMAT}')")
+            for key, want in self.provenance.items():
+                have = f.attrs.get(key)
+                have = None if have is None else (
+                    int(have) if key == "n_samples" else _attr_str(have))
+                if have != want:
+                    raise ValueError(f"cannot resume from '{p}': it was written for {key} "
+                                     f"{have!r}, this extraction has {key} {want!r}; run "
+                                     f"without resume to start over")
+            acts = f.get("acts")
+            n = self.provenance["n_samples"]
+            if (not isinstance(acts, h5py.Dataset) or acts.ndim not in (2, 4)
+                    or acts.shape[0] != n or acts.dtype != np.dtype(self.provenance["dtype"])):
+                raise ValueError(f"cannot resume from '{p}': its dataset 'acts' is missing or "
+                                 f"does not hold {n} samples of {self.provenance['dtype']}")
+            n_done = int(np.asarray(f.attrs.get("n_done", -1)).reshape(-1)[0])
+            if not 0 <= n_done <= n:
+                raise ValueError(f"cannot resume from '{p}': attribute n_done = {n_done} is "
+                                 f"outside 0..{n}")
+        except BaseException:
+            f.close()
+            raise
+        self.file, self.acts = f, acts
+        return n_done
+
+    def write(self, start: int, block: np.ndarray, batch_size: int) -> None:
+        """Write samples ``start .. start + len(block) - 1`` and record them as done."""
+        if self.file is None:
+            self._create(block, batch_size)
+        assert self.acts is not None and self.file is not None
+        if self.acts.shape[1:] != block.shape[1:]:
+            raise ValueError(f"layer '{self.layer}' gives [U, h, w] = {block.shape[1:]} on samples "
+                             f"{start}..{start + len(block) - 1} but {self.acts.shape[1:]} on "
+                             f"the samples before (in '{self.partial}'); all inputs must give "
+                             f"maps of one size")
+        self.acts[start:start + len(block)] = block
+        self.file.attrs["n_done"] = np.int64(start + len(block))
+        self.file.flush()  # n_done on disk never counts samples that are not
+
+    def _create(self, block: np.ndarray, batch_size: int) -> None:
+        n = self.provenance["n_samples"]
+        shape = (n,) + block.shape[1:]
+        row_bytes = int(np.prod(block.shape[1:])) * block.dtype.itemsize
+        chunk = _chunk_samples(batch_size, n, row_bytes)
+        f = h5py.File(self.partial, "w")  # replaces a stale partial file (no resume asked)
+        try:
+            f.attrs["format"] = _PARTIAL_FORMAT
+            f.attrs["version"] = np.int64(FORMAT_VERSION)
+            for key, value in self.provenance.items():
+                f.attrs[key] = np.int64(value) if key == "n_samples" else value
+            f.attrs["n_done"] = np.int64(0)
+            self.acts = f.create_dataset("acts", shape=shape, dtype=block.dtype,
+                                         chunks=(chunk,) + shape[1:])
+        except BaseException:
+            f.close()
+            raise
+        self.file = f
+
+    def finish(self) -> None:
+        """Turn the complete partial file into the activations file at ``path``."""
+        assert self.file is not None
+        f = self.file
+        f.attrs["format"] = ACTIVATIONS_FORMAT
+        for key in _PARTIAL_ONLY_ATTRS:
+            if key in f.attrs:
+                del f.attrs[key]
+        f.close()
+        self.file = self.acts = None
+        os.replace(self.partial, self.path)
+
+    def close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(Exception):
+                self.file.close()
+            self.file = self.acts = None
+
+
+# =============================================================================== extraction
+
+def _resolve_device(device: Any) -> str:
+    import torch
+
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if re.fullmatch(r"cuda(:\d+)?", device):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was requested but CUDA is not available to "
+                               f"PyTorch (no GPU, or a CPU-only torch build); use device='cpu'")
+        return device
+    raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+
+
+def _check_int(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _brief(err: BaseException) -> str:
+    """One line for an exception: TorchScript errors put the cause on their last line."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
+def _as_block(output: Any, layer: str, batch: int, lo: int, hi: int,
+              out_dtype: np.dtype) -> np.ndarray:
+    """A captured layer output as a NumPy block ``[B, U, h, w]`` or ``[B, U]``, checked."""
+    import torch
+
+    if output is None:
+        raise RuntimeError(f"layer '{layer}' was not called during the model's forward pass on "
+                           f"samples {lo}..{hi - 1}, so it has no output to capture")
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f"layer '{layer}' returns a {type(output).__name__}, not a tensor; "
+                         f"choose a layer whose output is a tensor [B, U, h, w] or [B, U] (a "
+                         f"submodule of it, say)")
+    if not output.is_floating_point():
+        raise TypeError(f"layer '{layer}' returns a {output.dtype} tensor; activations must "
+                        f"be floating point")
+    if output.ndim not in (2, 4) or output.shape[0] != batch:
+        raise ValueError(f"layer '{layer}' returns shape {tuple(output.shape)} for a batch of "
+                         f"{batch}; extraction needs [B, U, h, w] feature maps or [B, U] "
+                         f"vectors")
+    block = output.numpy()
+    if block.dtype != out_dtype:  # pragma: no cover - _capture converted it already
+        block = block.astype(out_dtype)
+    finite = np.isfinite(block)
+    if not finite.all():
+        bad = tuple(int(i) for i in np.argwhere(~finite)[0])
+        note = (" (in float16, values beyond +-65504 overflow to infinity; use float32)"
+                if out_dtype == np.float16 else "")
+        raise ValueError(f"layer '{layer}' gives a non-finite value ({block[bad]}) on sample "
+                         f"{lo + bad[0]} (of samples {lo}..{hi - 1}), at index "
+                         f"{(lo + bad[0],) + bad[1:]}{note}")
+    return block
+
+
+def _model_description(model: Any) -> str:
+    return str(getattr(model, "original_name", None) or type(model).__name__)
+
+
+def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[str]],
+                        output: PathLike, *, batch_size: int = 64, device: str = "cpu",
+                        dtype: str = "float32", num_workers: int = 0, resume: bool = False,
+                        progress: bool = True, model_name: Optional[str] = None,
+                        dataset_name: Optional[str] = None) -> list[str]:
+    """Run a model over a dataset and write the activations of one or more layers.
+
+    The model runs in ``eval()`` mode under ``torch.no_grad()``, a batch at a time. Each
+    layer's output (captured by a forward hook; in a TorchScript model, read from its graph)
+    must be a float tensor ``[B, U, h, w]`` or ``[B, U]``; it is written into an activations
+    file (``docs/FORMAT.md`` section 1) as the batch comes, chunked along samples, so memory
+    holds one batch whatever N is. The forward pass stops after the last layer asked for.
+
+    Each file is written as ``<path>.partial`` (with a root attribute ``n_done``, flushed
+    after every batch) and renamed onto ``<path>`` when all N samples are in. An interrupted
+    extraction leaves the partial file; ``resume=True`` continues it from ``n_done``, after
+    checking that it was written for the same model, layer, dataset (names), N and dtype.
+    Without ``resume`` a partial file left by an earlier run is overwritten. A partial file is
+    also kept when the extraction stops on an error (NaN, a model failure).
+
+    Args:
+        model: a :class:`torch.nn.Module` (Python or TorchScript). It is put in eval mode and
+            moved to ``device``; the train/eval mode of its modules is restored afterwards.
+        dataset: a map-style dataset (``len`` and ``[i]``; :class:`ImageDataset`, a
+            :class:`torch.utils.data.Dataset`) whose items are input tensors, or tuples
+            whose first element is the input tensor (the rest, labels say, is ignored).
+        layers: a module path (``"layer4"``, ``"layer4.1.conv2"``, as in
+            ``model.named_modules()``) or a list of them. A module called more than once in a
+            forward pass is captured at its first call.
+        output: the activations file to write; with several layers it must contain
+            ``{layer}``, replaced by each layer's path (``"acts_{layer}.h5"``).
+        batch_size: samples per forward pass (and per write).
+        device: ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``), or ``"auto"`` (CUDA when available).
+        dtype: ``"float32"`` or ``"float16"`` (half the file size) for the stored activations.
+        num_workers: DataLoader worker processes loading the samples (0: in this process).
+        resume: continue the partial files of an interrupted extraction (when there is none,
+            the extraction starts from the beginning).
+        progress: show a progress bar over samples (tqdm).
+        model_name, dataset_name: provenance written as the ``model`` and ``dataset``
+            attributes (defaults: the model's class name; the dataset's ``description``
+            attribute, else its class name). A resumed extraction must use the same names.
+
+    Returns:
+        The paths written, one per layer, in the order of ``layers``.
+
+    Raises:
+        ValueError: a layer that does not exist (the message lists the valid names near it);
+            a layer whose output is not a tensor of rank 4 or 2; non-finite activations
+            (naming the layer and the sample); several layers and no ``{layer}`` in
+            ``output``; an empty dataset; a partial file that does not match (``resume``).
+        RuntimeError: the model fails on a batch (the message names the samples and the input
+            shape; the original exception is chained); a sample fails to load; ``"cuda"``
+            without CUDA.
+        TypeError: ``model`` is not a Module; dataset items are not tensors.
+        FileNotFoundError: the output directory does not exist.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import torch
+        >>> from compexp_core.io import open_activations
+        >>> block = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.ReLU())
+        >>> model = torch.nn.Sequential(block, torch.nn.AdaptiveAvgPool2d(1))
+        >>> out = os.path.join(tempfile.mkdtemp(), "acts_{layer}.h5")
+        >>> paths = extract_activations(model, ImageDataset(np.zeros((5, 4, 4, 3), np.uint8)),
+        ...                             ["0.0", "1"], out, batch_size=2, progress=False)
+        >>> [open_activations(p).shape for p in paths]
+        [(5, 2, 4, 4), (5, 2, 1, 1)]
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    layers = _check_layers(layers)
+    paths = _check_output_paths(output, layers)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    out_dtype = np.dtype(dtype)
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    num_workers = _check_int(num_workers, "num_workers", 0)
+    model_name = _check_str(model_name, "model_name") or _model_description(model)
+    dataset_name = (_check_str(dataset_name, "dataset_name")
+                    or str(getattr(dataset, "description", "") or type(dataset).__name__))
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise TypeError(f"dataset must have a length (a map-style dataset), got "
+                        f"{type(dataset).__name__}") from None
+    if n < 1:
+        raise ValueError(f"dataset '{dataset_name}' is empty")
+    device = _resolve_device(device)
+
+    is_script = isinstance(model, torch.jit.ScriptModule)
+    taps = (_ScriptTaps if is_script else _HookTaps)(model, layers, torch_dtype)
+    files = [_PartialFile(p, layer, {"model": model_name, "layer": layer,
+                                     "dataset": dataset_name, "n_samples": n, "dtype": dtype})
+             for p, layer in zip(paths, layers)]
+    modes = [(m, m.training) for m in model.modules()]
+    bar = None
+    try:
+        # Resume from the least advanced layer (a missing partial file counts as 0 done);
+        # rows written twice get the same values.
+        start = min(f.reopen() for f in files) if resume else 0
+        model.eval()
+        model.to(device)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=start, unit="img", desc=f"extract {', '.join(layers)}")
+        subset = dataset if start == 0 else torch.utils.data.Subset(dataset, range(start, n))
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
+                                             num_workers=num_workers,
+                                             pin_memory=device.startswith("cuda"))
+        batches = iter(loader)
+        with torch.no_grad():
+            for lo in range(start, n, batch_size):
+                hi = min(n, lo + batch_size)
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(f"the dataset yielded only {lo} samples, but its length "
+                                       f"is {n}") from None
+                except Exception as e:
+                    raise RuntimeError(f"loading samples {lo}..{hi - 1} from the dataset failed: "
+                                       f"{_brief(e)}") from e
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                if not isinstance(x, torch.Tensor):
+                    raise TypeError(f"dataset items must be tensors or tuples whose first "
+                                    f"element is a tensor, got batches of {type(x).__name__}")
+                if x.shape[0] != hi - lo:
+                    raise RuntimeError(f"the data loader gave {x.shape[0]} samples for samples "
+                                       f"{lo}..{hi - 1}")
+                shape = tuple(x.shape)
+                x = x.to(device, non_blocking=True)
+                try:
+                    outputs = taps(x)
+                except Exception as e:
+                    raise RuntimeError(f"model failed on samples {lo}..{hi - 1} (input shape "
+                                       f"{shape}): {_brief(e)}") from e
+                blocks = [_as_block(o, layer, hi - lo, lo, hi, out_dtype)
+                          for o, layer in zip(outputs, layers)]
+                for f, block in zip(files, blocks):
+                    f.write(lo, block, batch_size)
+                if bar is not None:
+                    bar.update(hi - lo)
+        for f in files:
+            f.finish()
+    finally:
+        if bar is not None:
+            bar.close()
+        for f in files:
+            f.close()  # an unfinished partial file stays on disk, ready for resume
+        taps.remove()
+        for m, training in modes:
+            m.train(training)
+    return paths
+
+
+# =============================================================================== models
+
+def _is_spec_with_function(spec: str) -> bool:
+    head, sep, tail = spec.rpartition(":")
+    return bool(sep and head and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", tail))
+
+
+def load_model(spec: str) -> Any:
+    """Build a model from a saved file or a ``module:function`` spec.
+
+    Args:
+        spec: one of
+
+            * a TorchScript file written by ``torch.jit.save`` (loaded on the CPU);
+            * a ``torch.export`` program written by ``torch.export.save`` (a ``.pt2`` file,
+              exported with a dynamic batch dimension); it is unflattened
+              (``torch.export.unflatten``) so that its layers keep their module paths;
+            * ``"package.module:function"``: imports the module and calls ``function()``;
+            * ``"path/to/file.py:function"``: runs the file as a module (its directory is on
+              ``sys.path`` meanwhile, so it can import its neighbours) and calls ``function()``.
+
+            The function takes no arguments and returns a :class:`torch.nn.Module` (it may load
+            weights, e.g. ``torchvision.models:resnet18`` where torchvision is installed).
+
+    Returns:
+        The model.
+
+    Raises:
+        FileNotFoundError: the model file or the ``.py`` file does not exist.
+        ValueError: a file that is neither TorchScript nor a torch.export program; the module
+            cannot be imported; it has no such function.
+        RuntimeError: the function raised an exception.
+        TypeError: the function did not return a ``torch.nn.Module``.
+
+    Examples:
+        >>> m = load_model("torch.nn:Identity")
+        >>> type(m).__name__
+        'Identity'
+    """
+    import torch
+
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"a model spec must be a non-empty string, got {spec!r}")
+    if not _is_spec_with_function(spec) or os.path.isfile(spec):
+        return _load_model_file(spec)
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py") or os.sep in where:
+        module = _import_file(where, spec)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ValueError(f"model spec '{spec}': cannot import module '{where}' ({e})") from e
+        except Exception as e:
+            raise ValueError(f"model spec '{spec}': importing module '{where}' failed: "
+                             f"{_brief(e)}") from e
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model spec '{spec}': module '{where}' has no attribute '{name}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model spec '{spec}': '{name}' is not callable")
+    try:
+        model = obj()
+    except Exception as e:
+        raise RuntimeError(f"model spec '{spec}': {name}() failed: {_brief(e)}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model spec '{spec}': {name}() returned a {type(model).__name__}, not a "
+                        f"torch.nn.Module")
+    return model
+
+
+def _load_model_file(path: str) -> Any:
+    """A TorchScript file or a torch.export program (tried first for a ``.pt2`` file)."""
+    import torch
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "No such model file (or give 'module:function')",
+                                path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory, not a model file", path)
+
+    def torchscript() -> Any:
+        return torch.jit.load(path, map_location="cpu")
+
+    def exported() -> Any:
+        # unflatten restores the module hierarchy (and its paths) that hooks need.
+        return torch.export.unflatten(torch.export.load(path))
+
+    loaders = [("torch.export.load", exported), ("torch.jit.load", torchscript)]
+    if not path.endswith(".pt2"):
+        loaders.reverse()
+    failures = []
+    for what, loader in loaders:
+        try:
+            return loader()
+        except Exception as e:
+            failures.append(f"{what}: {_brief(e)}")
+    raise ValueError(f"'{path}' is neither a TorchScript file nor a torch.export program "
+                     f"({'; '.join(failures)}); save the model with torch.jit.save or "
+                     f"torch.export.save, or give 'module:function'")
+
+
+def _import_file(filename: str, spec: str) -> Any:
+    """Run a ``.py`` file as a fresh module (named after the file) and return it."""
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(errno.ENOENT, f"No such Python file (model spec '{spec}')",
+                                filename)
+    path = os.path.abspath(filename)
+    mod_name = "compexp_model_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"model spec '{spec}': cannot load '{filename}' as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    folder = os.path.dirname(path)
+    sys.path.insert(0, folder)
+    sys.modules[mod_name] = module  # so that classes defined there pickle and script
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(mod_name, None)
+        raise ValueError(f"model spec '{spec}': running '{filename}' failed: {_brief(e)}") from e
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+    return module
+
+
+# =============================================================================== command line
+
+def _floats3(text: str) -> tuple:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got "
+                                         f"{text!r}")
+    return values
+
+
+def _size_arg(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--size takes H or H,W (positive integers), got "
+                                         f"{text!r}")
+    return values * 2 if len(values) == 1 else values
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``compexp extract``."""
+    parser.description = (
+        "Run a PyTorch model over images and write the activations of one or more layers to "
+        "activations files (one per layer). An interrupted run continues with --resume.")
+    parser.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, or "
+                                      "module:function / file.py:function that returns a "
+                                      "torch.nn.Module")
+    parser.add_argument("images", help="a compexp-images HDF5 file, or a Broden-format dataset "
+                                       "directory (with index.csv)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="activations file to write; with several --layer it must contain "
+                             "{layer}, e.g. acts_{layer}.h5")
+    parser.add_argument("--layer", action="append", required=True, dest="layers",
+                        help="module path of a layer (e.g. layer4 or layer4.1.conv2); repeat "
+                             "for several layers")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--float16", action="store_true", help="store float16 (default float32)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted extraction from its .partial file")
+    parser.add_argument("--size", type=_size_arg, default=None,
+                        help="resize images to H or H,W before the model (default: as stored)")
+    parser.add_argument("--mean", type=_floats3, default=IMAGENET_MEAN,
+                        help="per-channel mean R,G,B of images scaled to 0..1 (default ImageNet)")
+    parser.add_argument("--std", type=_floats3, default=IMAGENET_STD,
+                        help="per-channel std R,G,B (default ImageNet)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="data loading worker processes (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _open_dataset(images: str, args: argparse.Namespace) -> Any:
+    if os.path.isdir(images):
+        if not os.path.isfile(os.path.join(images, "index.csv")):
+            raise ValueError(f"'{images}' is a directory without index.csv: give a "
+                             f"compexp-images HDF5 file or a Broden-format dataset directory")
+        from .broden import BrodenDataset
+
+        return BrodenDataset(images, size=args.size, mean=args.mean, std=args.std)
+    return ImageDataset(images, mean=args.mean, std=args.std, size=args.size)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``compexp extract``; return the exit status."""
+    from .io import read_activations_metadata
+
+    t0 = time.perf_counter()
+    dataset = _open_dataset(args.images, args)
+    model = load_model(args.model)
+    print(f"model: {args.model}; images: {args.images} ({len(dataset)} samples)")
+    try:
+        paths = extract_activations(
+            model, dataset, args.layers, args.output, batch_size=args.batch_size,
+            device=args.device, dtype="float16" if args.float16 else "float32",
+            num_workers=args.workers, resume=args.resume, progress=not args.no_progress,
+            model_name=args.model)
+    except KeyboardInterrupt:
+        print("compexp extract: interrupted; run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+    elapsed = time.perf_counter() - t0
+    for path, layer in zip(paths, args.layers):
+        meta = read_activations_metadata(path)
+        print(f"wrote {path}: layer {layer}, shape {meta['shape']}, {meta['dtype']}")
+    print(f"{len(dataset)} samples in {elapsed:.1f} s")
+    return 0
