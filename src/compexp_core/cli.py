@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -33,6 +32,16 @@ def _units_arg(text: str) -> list[int]:
     if not out:
         raise argparse.ArgumentTypeError("--units is empty")
     return out
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
@@ -91,45 +100,17 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .io import save_activations, save_concepts
-    from .search import search_formulas
-    from .io import load_concepts, open_activations
-    from .synthetic import make_planted_dataset
-    import numpy as np
+    from .demo import DemoConfig, run_demo
 
-    out_dir = args.out or tempfile.mkdtemp(prefix="compexp-demo-")
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"compexp demo: {args.samples} synthetic samples of {args.grid}x{args.grid} cells, "
-          f"{args.units} units firing on planted formulas (plus noise)")
-    data = make_planted_dataset(n_samples=args.samples, grid=(args.grid, args.grid),
-                                n_units=args.units, noise_units=1, seed=args.seed)
-    acts_path = os.path.join(out_dir, "acts.h5")
-    concepts_path = os.path.join(out_dir, "concepts.h5")
-    out_path = os.path.join(out_dir, "explanations.h5")
-    save_activations(acts_path, data.acts, model="planted", layer="synthetic", dataset="synthetic")
-    save_concepts(concepts_path, data.concepts)
-    print(f"wrote {acts_path} and {concepts_path}")
+    config = DemoConfig(train_images=args.train_images, eval_images=args.eval_images,
+                        epochs=args.epochs)
     t0 = time.perf_counter()
-    concepts = load_concepts(concepts_path)
-    result = search_formulas(open_activations(acts_path), concepts, threshold=0.5,
-                             max_length=3, beam_size=5, progress=not args.no_progress)
-    elapsed = time.perf_counter() - t0
-    result.save(out_path)
-    print(f"\n{'unit':>4}  {'planted formula':<36} {'found formula':<36} {'iou':>6}  single")
-    recovered = 0
-    n_planted = 0
-    for e, planted in zip(result, data.planted):
-        # Recovered = the same mask on this data (OR/AND commute, so the order may differ).
-        ok = planted is not None and e.formula is not None and np.array_equal(
-            e.formula.evaluate(concepts), planted.evaluate(concepts))
-        n_planted += planted is not None
-        recovered += ok
-        mark = "ok" if ok else ("--" if planted is None else "xx")
-        print(f"{e.unit:>4}  {str(planted):<36} {str(e.formula):<36} {e.iou:6.3f}  "
-              f"{e.primitive} {e.primitive_iou:.3f}  {mark}")
-    print(f"\nrecovered {recovered}/{n_planted} planted formulas in {elapsed:.2f} s "
-          f"(search from the HDF5 files); explanations in {out_path}")
-    return 0 if recovered == n_planted else 1
+    print(f"compexp demo: explaining a small CNN trained on a procedural image world "
+          f"(files in {os.path.abspath(args.out)})")
+    summary = run_demo(args.out, config, retrain=args.retrain, progress=not args.no_progress,
+                       report=not args.no_report)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0 if summary.n_units else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,12 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="run the built-in example end to end")
-    p.add_argument("--out", default=None, help="folder for the demo files (default: a temp dir)")
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--grid", type=int, default=28)
-    p.add_argument("--units", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="run the built-in example end to end: train a small CNN on "
+                                    "a procedural world, explain its units, write a report")
+    p.add_argument("--out", default="compexp-demo",
+                   help="folder for the demo files (default: ./compexp-demo)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the CNN again even if cached weights exist")
+    p.add_argument("--train-images", type=_positive, default=5000, help=argparse.SUPPRESS)
+    p.add_argument("--eval-images", type=_positive, default=2000, help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=_positive, default=6, help=argparse.SUPPRESS)
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 

@@ -300,8 +300,9 @@ def run_demo(out_dir: str = "compexp-demo", config: DemoConfig = DemoConfig(), *
         f"concept (IoU at least 1.2x and 0.05 higher)")
     log("mean IoU by maximum formula length: " +
         ", ".join(f"{i + 1}: {v:.3f}" for i, v in enumerate(curve)))
-    log(f"explanation IoU against accuracy where the unit fires: Pearson r = "
-        f"{stats.pearson:.3f} (permutation p = {stats.p_value:.3f}, {stats.units.size} units)")
+    p_text = "< 0.001" if stats.p_value < 0.001 else f"= {stats.p_value:.3f}"
+    log(f"explanation IoU against the CNN's accuracy on the images where the unit fires: "
+        f"Pearson r = {stats.pearson:.3f} (permutation p {p_text}, {stats.units.size} units)")
     if index:
         log(f"report: {index}")
     return DemoSummary(out_dir, index, accuracy, len(result), n_better, curve, stats.pearson,
