@@ -21,13 +21,14 @@ Everything is generated in chunks of images; no full-size array is ever held.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from compexp_core.broden import read_index_csv
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "broden"
 N_COLORS, N_OBJECTS, N_PARTS = 11, 580, 230
@@ -38,13 +39,9 @@ CHUNK = 1024
 
 def read_index(index_csv: Path, n: int):
     """Scene label (or -1) and number of part layers of the first n images of the index."""
-    scene_labels, part_layers = [], []
-    with open(index_csv) as fh:
-        for row in csv.DictReader(fh):
-            scene_labels.append(int(row["scene"]) if row["scene"] else -1)
-            part_layers.append(len(row["part"].split(";")) if row["part"] else 0)
-            if len(scene_labels) == n:
-                break
+    rows = read_index_csv(index_csv)[0][:n]
+    scene_labels = [r.labels["scene"][0] if r.labels.get("scene") else -1 for r in rows]
+    part_layers = [len(r.pixel.get("part", ())) for r in rows]
     return np.array(scene_labels), np.array(part_layers)
 
 
