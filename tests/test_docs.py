@@ -5,7 +5,8 @@ import importlib
 import pytest
 
 MODULES = ["compexp_core", "compexp_core.search", "compexp_core.concepts", "compexp_core.results",
-           "compexp_core.units", "compexp_core.formula"]
+           "compexp_core.units", "compexp_core.formula", "compexp_core.io", "compexp_core.analysis",
+           "compexp_core.world"]
 
 
 @pytest.mark.parametrize("name", MODULES)
