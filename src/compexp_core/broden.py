@@ -46,6 +46,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import h5py
 import numpy as np
 
+from .io import _check_chunk_samples as io_check_chunk_samples
+
 __all__ = [
     "BrodenRow",
     "BrodenLabel",
@@ -576,14 +578,7 @@ def _decode_png(path: str, row: BrodenRow, grid: tuple, valid: np.ndarray) -> np
 
 
 def _check_chunk_samples(chunk_samples: Any) -> Optional[int]:
-    if chunk_samples is None:
-        return None
-    if isinstance(chunk_samples, (bool, np.bool_)) \
-            or not isinstance(chunk_samples, (int, np.integer)):
-        raise TypeError(f"chunk_samples must be a positive integer, got {chunk_samples!r}")
-    if chunk_samples < 1:
-        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
-    return int(chunk_samples)
+    return None if chunk_samples is None else io_check_chunk_samples(chunk_samples)
 
 
 @contextlib.contextmanager
