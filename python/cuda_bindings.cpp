@@ -6,6 +6,7 @@
 // bad arguments are ValueError, as on the CPU.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
 #include <string>
@@ -165,6 +166,25 @@ class PyDeviceIndex {
     return mask_set_to_python(std::move(out));
   }
 
+  std::vector<float> time_extension_counts(const py::tuple& formulas, Arr<int64_t> unit_of, const py::tuple& units,
+                                           int repeats) {
+    PyMaskSet fm(formulas, index_->n_blocks(), "formulas");
+    PyMaskSet u(units, index_->n_blocks(), "units");
+    require(unit_of.ndim() == 1 && unit_of.shape(0) == fm.view.n_masks, "unit_of must have one entry per formula");
+    for (int64_t i = 0; i < fm.view.n_masks; ++i)
+      require(unit_of.data()[i] >= 0 && unit_of.data()[i] < u.view.n_masks, "unit_of index out of range");
+    py::gil_scoped_release nogil;
+    const cuda::DeviceMaskSet df = index_->upload(fm.view);
+    const cuda::DeviceMaskSet du = index_->upload(u.view);
+    return index_->time_extension_counts(df, unit_of.data(), du, repeats);
+  }
+
+  double copy_bandwidth(int64_t bytes, int repeats) {
+    require(bytes > 0 && repeats > 0, "bytes and repeats must be positive");
+    py::gil_scoped_release nogil;
+    return index_->copy_bandwidth(static_cast<size_t>(bytes), repeats);
+  }
+
   int device() const { return index_->device(); }
   int64_t n_cells() const { return index_->n_cells(); }
   int64_t n_blocks() const { return index_->n_blocks(); }
@@ -196,6 +216,12 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("units"))
       .def("materialize", &PyDeviceIndex::materialize, py::arg("formulas"), py::arg("src"), py::arg("op"),
            py::arg("concept"))
+      .def("time_extension_counts", &PyDeviceIndex::time_extension_counts, py::arg("formulas"), py::arg("unit_of"),
+           py::arg("units"), py::arg("repeats") = 20,
+           "Benchmark: milliseconds of each run of the extension kernel alone (CUDA events).")
+      .def("copy_bandwidth", &PyDeviceIndex::copy_bandwidth, py::arg("bytes") = int64_t{1} << 30,
+           py::arg("repeats") = 20,
+           "Benchmark: device-to-device copy bandwidth in bytes (read + written) per second.")
       .def_property_readonly("device", &PyDeviceIndex::device)
       .def_property_readonly("n_cells", &PyDeviceIndex::n_cells)
       .def_property_readonly("n_blocks", &PyDeviceIndex::n_blocks)

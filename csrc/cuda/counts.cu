@@ -135,8 +135,28 @@ void launch(const IndexPtrs& ix, const MaskPtrs& fm, const MaskPtrs& um, const C
 
 }  // namespace
 
+namespace {
+
+// Owned CUDA event (benchmark timing).
+class Event {
+ public:
+  Event() { COMPEXP_CUDA_CHECK(cudaEventCreate(&e_)); }
+  ~Event() { (void)cudaEventDestroy(e_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
+}  // namespace
+
+// With timing_repeats > 0: runs the kernels that many more times after the first, timing each
+// run with events into *times, and copies nothing back (f_host, g_host unused).
 void DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of, const DeviceMaskSet* units,
-                                bool with_g, int64_t* f_host, int64_t* g_host) {
+                                bool with_g, int64_t* f_host, int64_t* g_host, int timing_repeats,
+                                std::vector<float>* times) {
   activate();
   const int64_t n = fm.n_masks, K = n_concepts_;
   if (n == 0) return;
@@ -168,13 +188,35 @@ void DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of,
     const MaskPtrs up = with_g ? ptrs(*units) : MaskPtrs{0, nullptr, nullptr, nullptr};
     const size_t shared = static_cast<size_t>(K) * sizeof(u64);
     const bool use_shared = shared <= shared_optin_;
-    if (with_g) {
-      if (use_shared) launch<true, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), shared, s);
-      else launch<true, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), shared, s);
-    } else {
-      if (use_shared) launch<false, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, shared, s);
-      else launch<false, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, shared, s);
+    auto run = [&] {
+      if (with_g) {
+        if (use_shared) launch<true, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), shared, s);
+        else launch<true, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), shared, s);
+      } else {
+        if (use_shared) launch<false, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, shared, s);
+        else launch<false, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, shared, s);
+      }
+    };
+    run();  // also the warm-up of a timed run
+    if (timing_repeats > 0) {
+      Event start, stop;
+      for (int r = 0; r < timing_repeats; ++r) {
+        // The counts accumulate: zero them as a real call does (outside the timed span).
+        COMPEXP_CUDA_CHECK(cudaMemsetAsync(f.data(), 0, f.bytes(), s));
+        if (with_g) COMPEXP_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, g.bytes(), s));
+        COMPEXP_CUDA_CHECK(cudaEventRecord(start.get(), s));
+        run();
+        COMPEXP_CUDA_CHECK(cudaEventRecord(stop.get(), s));
+        COMPEXP_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+        float ms = 0;
+        COMPEXP_CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
+        times->push_back(ms);
+      }
     }
+  }
+  if (timing_repeats > 0) {
+    stream_.synchronize();
+    return;
   }
   // Counts are < 2^63: the unsigned words are the int64 values.
   COMPEXP_CUDA_CHECK(cudaMemcpyAsync(f_host, f.data(), f.bytes(), cudaMemcpyDeviceToHost, s));
@@ -190,6 +232,35 @@ void DeviceIndex::primitive_counts(const DeviceMaskSet& units, int64_t* out) {
 void DeviceIndex::extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
                                    const DeviceMaskSet& units, int64_t* f, int64_t* g) {
   launch_counts(formulas, unit_of, &units, true, f, g);
+}
+
+std::vector<float> DeviceIndex::time_extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
+                                                      const DeviceMaskSet& units, int repeats) {
+  COMPEXP_CHECK(repeats >= 1, "repeats must be >= 1");
+  std::vector<float> times;
+  launch_counts(formulas, unit_of, &units, true, nullptr, nullptr, repeats, &times);
+  return times;
+}
+
+double DeviceIndex::copy_bandwidth(size_t bytes, int repeats) {
+  COMPEXP_CHECK(bytes >= 1 && repeats >= 1, "bytes and repeats must be >= 1");
+  activate();
+  cudaStream_t s = stream_.get();
+  DeviceBuffer a(bytes), b(bytes);
+  COMPEXP_CUDA_CHECK(cudaMemsetAsync(a.data(), 1, bytes, s));
+  COMPEXP_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s));  // warm-up
+  Event start, stop;
+  std::vector<float> ms(static_cast<size_t>(repeats));
+  for (int r = 0; r < repeats; ++r) {
+    COMPEXP_CUDA_CHECK(cudaEventRecord(start.get(), s));
+    COMPEXP_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, s));
+    COMPEXP_CUDA_CHECK(cudaEventRecord(stop.get(), s));
+    COMPEXP_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+    COMPEXP_CUDA_CHECK(cudaEventElapsedTime(&ms[r], start.get(), stop.get()));
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median_s = ms[ms.size() / 2] * 1e-3;
+  return 2.0 * static_cast<double>(bytes) / median_s;
 }
 
 }  // namespace cuda

@@ -132,6 +132,14 @@ class DeviceIndex {
   DeviceMaskSet materialize(const DeviceMaskSet& formulas, int64_t n_out, const int64_t* src,
                             const int32_t* op, const int32_t* concept);
 
+  // Benchmark hooks. Milliseconds of each of `repeats` runs of the extension kernel alone
+  // (CUDA events around the launches; inputs already on the GPU, outputs not copied back).
+  std::vector<float> time_extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
+                                           const DeviceMaskSet& units, int repeats);
+  // Device-to-device copy bandwidth, bytes read + written per second, median of `repeats`
+  // cudaMemcpy of `bytes` bytes timed with CUDA events.
+  double copy_bandwidth(size_t bytes, int repeats);
+
   int device() const { return device_; }
   int64_t n_cells() const { return n_cells_; }
   int64_t n_blocks() const { return n_blocks_; }
@@ -143,7 +151,8 @@ class DeviceIndex {
   // Counts of `masks` (as formulas) against all concepts into device f (and g when
   // with_g); the shared launch of primitive and extension counts.
   void launch_counts(const DeviceMaskSet& masks, const int64_t* unit_of_host,
-                     const DeviceMaskSet* units, bool with_g, int64_t* f_host, int64_t* g_host);
+                     const DeviceMaskSet* units, bool with_g, int64_t* f_host, int64_t* g_host,
+                     int timing_repeats = 0, std::vector<float>* times = nullptr);
   void activate() const;  // cudaSetDevice(device_)
   IndexPtrs device_ptrs() const;
 
