@@ -198,6 +198,31 @@ def test_gpu_errors_carry_the_cuda_text_and_are_not_sticky():
     assert out[1].size == n_blocks and (out[2] == np.uint64(2**64 - 1)).all()
 
 
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_device_masks_handles():
+    rng = np.random.default_rng(6)
+    cs = ConceptSet.from_dense(random_concepts(rng, 20, 5, 7, 9))
+    units = random_masks(rng, 3, cs.n_cells)
+    formulas = random_masks(rng, 4, cs.n_cells)
+    gpu = cs.device_index()
+    du, df = gpu.upload(units), gpu.upload(formulas)
+    assert du.n_masks == 3 and len(df) == 3
+    assert_same_masks(gpu.download(df), formulas)
+    assert_same_masks(tuple(df[i] for i in range(3)), formulas)
+    unit_of = np.array([0, 0, 1, 2])
+    np.testing.assert_array_equal(cs.primitive_counts(du, device="cuda"), cs.primitive_counts(units))
+    for a, b in zip(cs.extension_counts(df, unit_of, du, device="cuda"),
+                    cs.extension_counts(formulas, unit_of, units)):
+        np.testing.assert_array_equal(a, b)
+    src, op, con = [0, 1, 2, 3], [_core.OP_OR, _core.OP_COPY, _core.OP_AND_NOT, _core.OP_OR_NOT], [1, 0, 2, 3]
+    kept = cs.materialize(df, src, op, con, device="cuda", keep_on_device=True)
+    assert_same_masks(gpu.download(kept), cs.materialize(formulas, src, op, con))
+    other = ConceptSet.from_dense(random_concepts(rng, 2, 2, 2, 2)).device_index()
+    with pytest.raises(ValueError, match="another concept index"):
+        other.primitive_counts(du)
+
+
 def _same_results(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):

@@ -312,12 +312,20 @@ class ConceptSet:
             return gpu.extension_counts(formulas, unit_of, units)
         return self._index.extension_counts(formulas, unit_of, units, simd)
 
-    def materialize(self, formulas, src, op, concept, device: str = "cpu"):
-        """Masks op[i](F_src[i], C_concept[i]) as a block-sparse mask set."""
+    def materialize(self, formulas, src, op, concept, device: str = "cpu",
+                    keep_on_device: bool = False):
+        """Masks op[i](F_src[i], C_concept[i]) as a block-sparse mask set.
+
+        On the GPU, ``keep_on_device=True`` returns a ``compexp_core._cuda.DeviceMasks`` handle
+        that stays there (the GPU kernels take it wherever they take a mask set; it reads like
+        the (ptr, block, words) tuple, copying from the GPU when indexed).
+        """
         args = (formulas, np.ascontiguousarray(src, np.int64), np.ascontiguousarray(op, np.int32),
                 np.ascontiguousarray(concept, np.int32))
         gpu = self._kernels(device)
-        return gpu.materialize(*args) if gpu is not None else self._index.materialize(*args)
+        if gpu is not None:
+            return gpu.materialize(*args, on_device=keep_on_device)
+        return self._index.materialize(*args)
 
 
 class ConceptSetBuilder:

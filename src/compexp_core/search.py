@@ -384,6 +384,10 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
     sizes = cs.sizes
     t = time.perf_counter()
     unit_size = _core.mask_popcounts(umasks)
+    if device == "cuda":
+        # On the GPU the unit masks are uploaded once per batch and the beam formulas stay
+        # there between steps (DeviceMasks handles).
+        umasks = cs.device_index().upload(umasks)
     prim = cs.primitive_counts(umasks, device=device)                    # [n, K] |U & C_j|
     stats.seconds["primitive_counts"] += time.perf_counter() - t
     prim_metric = metric_values(p.metric, prim, sizes[None, :], unit_size[:, None])
@@ -422,9 +426,10 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
         t = time.perf_counter()
         f_all, g_all = cs.extension_counts(formulas, unit_of, umasks, device=device)
         stats.seconds["extension_counts"] += time.perf_counter() - t
-        stats.extension_formula_blocks += int(formulas[1].size)
-        stats.extension_entries += int(cs.block_entry_counts[formulas[1]].sum())
-        stats.extension_full += int(cs.block_full_counts[formulas[1]].sum())
+        blocks = formulas[1]        # (copied from the GPU when the formulas live there)
+        stats.extension_formula_blocks += int(blocks.size)
+        stats.extension_entries += int(cs.block_entry_counts[blocks].sum())
+        stats.extension_full += int(cs.block_full_counts[blocks].sum())
         born = []         # new beam members: (entry, parent row, op, concept)
         offset = 0
         for k in range(n):
@@ -534,7 +539,7 @@ def _next_formulas(cs: ConceptSet, formulas, beams: list, born: list, stats: _St
             op.append(o_)
             concept.append(c_)
     t = time.perf_counter()
-    out = cs.materialize(formulas, src, op, concept, device=device)
+    out = cs.materialize(formulas, src, op, concept, device=device, keep_on_device=True)
     stats.seconds["materialize"] += time.perf_counter() - t
     for i, e in enumerate(e for beam in beams for e in beam):
         e.row = i
