@@ -47,7 +47,8 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str) -> str:
-    """Map ``"auto"``, ``"cpu"`` or ``"cuda"`` to the backend that will run.
+    """Map ``"auto"``, ``"cpu"`` or ``"cuda"`` to the backend that will run (``"auto"``: the
+    GPU when :func:`cuda_available`, else the CPU).
 
     Raises:
         ValueError: an unknown device name.
@@ -66,9 +67,15 @@ def resolve_device(device: str) -> str:
         if not cuda_available():
             raise RuntimeError("device='cuda' was requested but no CUDA GPU is visible "
                                "(check CUDA_VISIBLE_DEVICES and the driver), or use device='cpu'.")
-        # The CUDA search path arrives with the CUDA backend issue.
-        raise RuntimeError("the CUDA search path is not available in this version; use device='cpu'")
+        return "cuda"
     return "cpu"
+
+
+def cuda_module():
+    """The compiled CUDA module ``compexp_core._cuda``; RuntimeError (as for
+    ``device="cuda"``) when it cannot be used."""
+    resolve_device("cuda")
+    return _cuda_module()
 
 
 def backend_info() -> dict:

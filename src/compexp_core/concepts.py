@@ -137,6 +137,7 @@ class ConceptSet:
         self.block_entry_counts = np.diff(a.block_ptr)
         self.block_full_counts = np.diff(a.full_ptr)
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
+        self._cuda_index = None  # the GPU copy of the index, made on first use
 
     # ----------------------------------------------------------------------------- shape
     @property
@@ -272,20 +273,59 @@ class ConceptSet:
         return b.build()
 
     # ----------------------------------------------------------------------------- kernels
-    def primitive_counts(self, units, simd: str = "auto") -> np.ndarray:
+    # Each kernel runs on the CPU or, with device="cuda", on the GPU, with identical results.
+    # The GPU copy of the index is made on first use and kept (see device_index).
+    def device_index(self):
+        """This set's concept index on the GPU (``compexp_core._cuda.DeviceConceptIndex``),
+        uploaded on first use and kept until the set is freed.
+
+        Raises:
+            RuntimeError: no CUDA build or no GPU (the message says how to fix it).
+        """
+        if self._cuda_index is None:
+            from .backend import cuda_module
+
+            a = self._arrays
+            self._cuda_index = cuda_module().DeviceConceptIndex(
+                self.n_cells, self.n_concepts, a.block_ptr, a.entry_concept, a.entry_words,
+                a.full_ptr, a.full_concept)
+        return self._cuda_index
+
+    def _kernels(self, device: str):
+        from .backend import resolve_device
+
+        return self.device_index() if resolve_device(device) == "cuda" else None
+
+    def primitive_counts(self, units, simd: str = "auto", device: str = "cpu") -> np.ndarray:
         """|U_u AND C_j| for a mask set of units: int64 [n_units, K]."""
+        gpu = self._kernels(device)
+        if gpu is not None:
+            return gpu.primitive_counts(units)
         return self._index.primitive_counts(units, simd)
 
-    def extension_counts(self, formulas, unit_of: np.ndarray, units, simd: str = "auto"):
+    def extension_counts(self, formulas, unit_of: np.ndarray, units, simd: str = "auto",
+                         device: str = "cpu"):
         """(f, g) int64 [n_formulas, K]: |F_i AND C_j| and |U AND F_i AND C_j|."""
-        return self._index.extension_counts(formulas, np.ascontiguousarray(unit_of, np.int64),
-                                            units, simd)
+        unit_of = np.ascontiguousarray(unit_of, np.int64)
+        gpu = self._kernels(device)
+        if gpu is not None:
+            return gpu.extension_counts(formulas, unit_of, units)
+        return self._index.extension_counts(formulas, unit_of, units, simd)
 
-    def materialize(self, formulas, src, op, concept):
-        """Masks op[i](F_src[i], C_concept[i]) as a block-sparse mask set."""
-        return self._index.materialize(formulas, np.ascontiguousarray(src, np.int64),
-                                       np.ascontiguousarray(op, np.int32),
-                                       np.ascontiguousarray(concept, np.int32))
+    def materialize(self, formulas, src, op, concept, device: str = "cpu",
+                    keep_on_device: bool = False):
+        """Masks op[i](F_src[i], C_concept[i]) as a block-sparse mask set.
+
+        On the GPU, ``keep_on_device=True`` returns a ``compexp_core._cuda.DeviceMasks`` handle
+        that stays there (the GPU kernels take it wherever they take a mask set; it reads like
+        the (ptr, block, words) tuple, copying from the GPU when indexed).
+        """
+        args = (formulas, np.ascontiguousarray(src, np.int64), np.ascontiguousarray(op, np.int32),
+                np.ascontiguousarray(concept, np.int32))
+        gpu = self._kernels(device)
+        if gpu is not None:
+            return gpu.materialize(*args, on_device=keep_on_device)
+        return self._index.materialize(*args)
 
 
 class ConceptSetBuilder:

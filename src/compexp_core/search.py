@@ -46,8 +46,9 @@ class _Stats:
     """Wall time per phase and the work done by the extension kernel, for profiling."""
 
     def __init__(self) -> None:
-        self.seconds = {"thresholds": 0.0, "unit_masks": 0.0, "primitive_counts": 0.0,
-                        "extension_counts": 0.0, "materialize": 0.0, "driver": 0.0}
+        self.seconds = {"thresholds": 0.0, "unit_masks": 0.0, "index_upload": 0.0,
+                        "primitive_counts": 0.0, "extension_counts": 0.0, "materialize": 0.0,
+                        "driver": 0.0}
         self.extension_entries = 0      # partial concept blocks read by the extension kernel
         self.extension_full = 0         # full concept blocks counted without reading words
         self.extension_formula_blocks = 0
@@ -224,7 +225,10 @@ def search_formulas(
         threshold: explicit threshold, a scalar or one per unit of ``acts`` (overrides
             ``quantile``).
         units: indices of the units to explain (default: all), in the order results are wanted.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (the GPU when one is usable). On the GPU
+            the concept index is uploaded once and the counting and materialisation kernels
+            run there; thresholds and unit masks are computed on the CPU. Results are
+            identical on both.
         progress: show a progress bar over units.
         unit_batch_size: units searched together (bounds memory).
 
@@ -271,7 +275,12 @@ def search_formulas(
                 thresholds = _explicit_thresholds(threshold, n_units)[uniq]
         stats.seconds["thresholds"] = time.perf_counter() - t_start
         log.info("compexp: searching %d units on %s (%s kernels), %d concepts, %d cells",
-                 ids.size, device, _core.best_simd(), concepts.n_concepts, concepts.n_cells)
+                 ids.size, device, "cuda" if device == "cuda" else _core.best_simd(),
+                 concepts.n_concepts, concepts.n_cells)
+        if device == "cuda":
+            t = time.perf_counter()
+            concepts.device_index()     # the one upload of the concept index
+            stats.seconds["index_upload"] = time.perf_counter() - t
         found: dict[int, Explanation] = {}
         for batch in unit_batches(uniq, acts, unit_batch_size):
             pos = np.searchsorted(uniq, batch)
@@ -279,7 +288,7 @@ def search_formulas(
             umasks = unit_masks(acts, batch, concepts.grid,
                                 None if thresholds is None else thresholds[pos])
             stats.seconds["unit_masks"] += time.perf_counter() - t
-            for e, t in zip(_search_batch(concepts, umasks, batch, params, stats), pos):
+            for e, t in zip(_search_batch(concepts, umasks, batch, params, stats, device), pos):
                 found[e.unit] = e if thresholds is None else dataclasses.replace(
                     e, threshold=float(thresholds[t]))
             if bar is not None:
@@ -365,8 +374,9 @@ def _key_to_formula(key: tuple, names: Sequence[str]) -> Formula:
 
 
 def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
-                  stats: Optional[_Stats] = None) -> list[Explanation]:
-    """Beam search for one batch of units whose masks are `umasks`."""
+                  stats: Optional[_Stats] = None, device: str = "cpu") -> list[Explanation]:
+    """Beam search for one batch of units whose masks are `umasks`, counting on `device`
+    (``"cpu"`` or ``"cuda"``; both give identical counts, hence identical results)."""
     stats = stats or _Stats()
     n = unit_ids.size
     K = cs.n_concepts
@@ -374,7 +384,11 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
     sizes = cs.sizes
     t = time.perf_counter()
     unit_size = _core.mask_popcounts(umasks)
-    prim = cs.primitive_counts(umasks)                                   # [n, K] |U & C_j|
+    if device == "cuda":
+        # On the GPU the unit masks are uploaded once per batch and the beam formulas stay
+        # there between steps (DeviceMasks handles).
+        umasks = cs.device_index().upload(umasks)
+    prim = cs.primitive_counts(umasks, device=device)                    # [n, K] |U & C_j|
     stats.seconds["primitive_counts"] += time.perf_counter() - t
     prim_metric = metric_values(p.metric, prim, sizes[None, :], unit_size[:, None])
 
@@ -402,18 +416,20 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
     formulas = empty_masks(0)
     if p.max_length > 1:
         formulas = _next_formulas(cs, formulas, beams, [(e, -1, _core.OP_LEAF, e.key[0])
-                                                        for beam in beams for e in beam], stats)
+                                                        for beam in beams for e in beam], stats,
+                                  device)
 
     for _step in range(1, p.max_length):
         unit_of = np.array([k for k in range(n) for _ in beams[k]], np.int64)
         if unit_of.size == 0:
             break
         t = time.perf_counter()
-        f_all, g_all = cs.extension_counts(formulas, unit_of, umasks)
+        f_all, g_all = cs.extension_counts(formulas, unit_of, umasks, device=device)
         stats.seconds["extension_counts"] += time.perf_counter() - t
-        stats.extension_formula_blocks += int(formulas[1].size)
-        stats.extension_entries += int(cs.block_entry_counts[formulas[1]].sum())
-        stats.extension_full += int(cs.block_full_counts[formulas[1]].sum())
+        blocks = formulas[1]        # (copied from the GPU when the formulas live there)
+        stats.extension_formula_blocks += int(blocks.size)
+        stats.extension_entries += int(cs.block_entry_counts[blocks].sum())
+        stats.extension_full += int(cs.block_full_counts[blocks].sum())
         born = []         # new beam members: (entry, parent row, op, concept)
         offset = 0
         for k in range(n):
@@ -429,7 +445,7 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
         for k in range(n):
             best_by_step[k].append(beams[k][0] if beams[k] else None)
         if _step + 1 < p.max_length:
-            formulas = _next_formulas(cs, formulas, beams, born, stats)
+            formulas = _next_formulas(cs, formulas, beams, born, stats, device)
 
     out = []
     for k in range(n):
@@ -509,7 +525,8 @@ def _extend(beam: list[_Entry], cands: np.ndarray, cand_pos: np.ndarray, f: np.n
     return new_beam, born
 
 
-def _next_formulas(cs: ConceptSet, formulas, beams: list, born: list, stats: _Stats):
+def _next_formulas(cs: ConceptSet, formulas, beams: list, born: list, stats: _Stats,
+                   device: str = "cpu"):
     """Masks of the new beams, unit-major in beam order, in one materialisation call: survivors
     are copied from their rows in `formulas`, the newly born are built from their parents' rows.
     Sets every beam entry's row to its position in the returned mask set."""
@@ -522,7 +539,7 @@ def _next_formulas(cs: ConceptSet, formulas, beams: list, born: list, stats: _St
             op.append(o_)
             concept.append(c_)
     t = time.perf_counter()
-    out = cs.materialize(formulas, src, op, concept)
+    out = cs.materialize(formulas, src, op, concept, device=device, keep_on_device=True)
     stats.seconds["materialize"] += time.perf_counter() - t
     for i, e in enumerate(e for beam in beams for e in beam):
         e.row = i

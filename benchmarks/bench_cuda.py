@@ -1,0 +1,183 @@
+"""GPU benchmark: the reference-scale search on one GPU against the CPU, from the same inputs.
+
+    python benchmarks/bench_cuda.py                          # reference scale, all sections
+    python benchmarks/bench_cuda.py --scale 0.1 --sections kernel
+
+Needs a CUDA build of compexp_core (nvcc at install time) and a visible GPU; without them it
+stops at once with a message saying which is missing.
+
+Sections (one workload, generated once per scale by broden_workload.py and cached under
+--data-dir; the default is the issue's reference scale: 22,210 images of 112x112, ~1,290
+concepts, 512 units, quantile 0.005):
+  kernel  the fused extension kernel alone on a realistic input (each unit's beam = its
+          --beam best single concepts, all --units units at once): median of --repeats runs
+          timed with CUDA events, the bytes of concept blocks it touches per second against
+          the device-to-device copy bandwidth measured in the same run (cudaMemcpy timed with
+          CUDA events, bytes read + written), and the CPU kernel on the same inputs (ratio).
+  engine  whole layer end to end from the HDF5 files (concept index, GPU upload, thresholds,
+          upsampling, search) on the GPU and on the CPU, each in its own process, for
+          (length, beam) in --configs (default: 3x5, 10x5, 3x10): wall times, phases, ratio,
+          and whether both found identical formulas and IoUs.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def require_gpu() -> str:
+    """Description of GPU 0, or SystemExit with what is missing."""
+    import compexp_core as cx
+
+    if not cx.cuda_compiled():
+        raise SystemExit("bench_cuda: this build of compexp_core has no CUDA backend "
+                         "(compexp_core._cuda): reinstall with the CUDA toolkit (nvcc on PATH).")
+    if not cx.cuda_available():
+        raise SystemExit("bench_cuda: no CUDA GPU is visible (compexp_core.num_gpus() == 0): run it "
+                         "on a machine with a GPU and a driver (check CUDA_VISIBLE_DEVICES).")
+    from compexp_core import _cuda
+
+    return _cuda.device_description(0)
+
+
+def _engine_child(d: str, length: int, beam: int, device: str, out) -> None:
+    """One end-to-end run from the files, in its own process."""
+    import compexp_core as cx
+
+    t0 = time.perf_counter()
+    cs = cx.load_concepts(f"{d}/concepts.h5")
+    t_index = time.perf_counter() - t0
+    res = cx.search_formulas(cx.open_activations(f"{d}/acts.h5"), cs, max_length=length,
+                             beam_size=beam, device=device)
+    out.put({"index_s": t_index, "total_s": time.perf_counter() - t0, "stats": res.stats,
+             "iou": [e.iou for e in res], "formulas": [str(e.formula) for e in res],
+             "P": cs.n_cells, "K": cs.n_concepts})
+
+
+def run_engine(d: Path, length: int, beam: int, device: str) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_engine_child, args=(str(d), length, beam, device, q))
+    p.start()
+    r = q.get()
+    p.join()
+    if p.exitcode != 0:
+        raise RuntimeError(f"the {device} engine run failed (exit code {p.exitcode})")
+    return r
+
+
+def section_kernel(args, d: Path) -> None:
+    import compexp_core as cx
+    from compexp_core import _core
+    from compexp_core.search import metric_values
+    from compexp_core.units import compute_thresholds, unit_masks
+
+    cs = cx.load_concepts(f"{d}/concepts.h5")
+    acts = cx.open_activations(f"{d}/acts.h5")
+    ids = np.arange(min(args.units, acts.shape[1]))
+    t = time.perf_counter()
+    umasks = unit_masks(acts, ids, cs.grid, compute_thresholds(acts, 0.005, ids))
+    t_masks = time.perf_counter() - t
+    # Each unit's beam: its `beam` best single concepts by IoU (the first extension step's input).
+    prim = cs.primitive_counts(umasks)
+    usize = _core.mask_popcounts(umasks)
+    iou = metric_values("iou", prim, cs.sizes[None, :], usize[:, None])
+    top = np.argsort(-iou, axis=1, kind="stable")[:, :args.beam]
+    unit_of = np.repeat(np.arange(ids.size), args.beam)
+    concept = top.ravel().astype(np.int32)
+    formulas = cs.materialize((np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 8), np.uint64)),
+                              np.zeros(concept.size, np.int64),
+                              np.full(concept.size, _core.OP_LEAF, np.int32), concept)
+    touched = int(cs.block_entry_counts[formulas[1]].sum()) * (8 * _core.BLOCK_WORDS + 4)
+
+    t = time.perf_counter()
+    gpu = cs.device_index()
+    t_upload = time.perf_counter() - t
+    bw = gpu.copy_bandwidth(1 << 30, args.repeats)
+    ms = np.array(gpu.time_extension_counts(formulas, unit_of, umasks, args.repeats))
+    # Equality and the CPU side on the same inputs.
+    f_gpu, g_gpu = cs.extension_counts(formulas, unit_of, umasks, device="cuda")
+    cpu_times = []
+    for _ in range(args.cpu_repeats):
+        t = time.perf_counter()
+        f_cpu, g_cpu = cs.extension_counts(formulas, unit_of, umasks, device="cpu")
+        cpu_times.append(time.perf_counter() - t)
+    same = bool((f_gpu == f_cpu).all() and (g_gpu == g_cpu).all())
+    t_gpu = float(np.median(ms)) * 1e-3
+    t_cpu = float(np.median(cpu_times))
+    kbw = touched / t_gpu
+    print(f"\n## kernel: fused extension counts, {ids.size} units x beam {args.beam} = {concept.size} "
+          f"formulas x {cs.n_concepts} concepts (P = {cs.n_cells:,} cells)")
+    print(f"(unit masks {t_masks:.1f} s on the CPU; index upload {t_upload:.2f} s, "
+          f"{gpu.nbytes / 2**20:.0f} MiB on the GPU)")
+    print(f"GPU counts equal CPU counts: {same}")
+    print("| | GPU | CPU |\n|---|---:|---:|")
+    print(f"| kernel ms (median of {args.repeats} GPU / {args.cpu_repeats} CPU runs) | "
+          f"{1e3 * t_gpu:.2f} (min {ms.min():.2f}, max {ms.max():.2f}) | {1e3 * t_cpu:.1f} |")
+    print(f"| concept blocks touched, GB/s | {kbw / 1e9:.0f} | {touched / t_cpu / 1e9:.1f} |")
+    print(f"| device-to-device copy bandwidth, GB/s (read + written) | {bw / 1e9:.0f} | |")
+    print(f"| kernel as % of copy bandwidth | {100 * kbw / bw:.0f}% | |")
+    print(f"| GPU vs CPU | {t_cpu / t_gpu:.0f}x | |")
+
+
+def section_engine(args, d: Path) -> None:
+    print(f"\n## engine: whole layer end to end from HDF5 (scale {args.scale}, {args.units} units)")
+    print("| length | beam | device | total s | index s | upload s | thresholds s | unit masks s | "
+          "search s | extension kernel s | identical to CPU |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for length, beam in args.configs:
+        runs = {dev: run_engine(d, length, beam, dev) for dev in ("cuda", "cpu")}
+        same = runs["cuda"]["formulas"] == runs["cpu"]["formulas"] and runs["cuda"]["iou"] == runs["cpu"]["iou"]
+        for dev, r in runs.items():
+            s = r["stats"]["seconds"]
+            search = s["primitive_counts"] + s["extension_counts"] + s["materialize"] + s["driver"]
+            print(f"| {length} | {beam} | {dev} | {r['total_s']:.1f} | {r['index_s']:.1f} | "
+                  f"{s.get('index_upload', 0.0):.2f} | {s['thresholds']:.1f} | {s['unit_masks']:.1f} | "
+                  f"{search:.1f} | {s['extension_counts']:.2f} | {same if dev == 'cuda' else ''} |", flush=True)
+        print(f"  GPU vs CPU (end to end): {runs['cpu']['total_s'] / runs['cuda']['total_s']:.1f}x; "
+              f"GPU phases {({k: round(v, 2) for k, v in runs['cuda']['stats']['seconds'].items()})}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--units", type=int, default=512)
+    ap.add_argument("--beam", type=int, default=5, help="beam of the kernel section")
+    ap.add_argument("--configs", default="3x5,10x5,3x10", help="length x beam pairs of the engine section")
+    ap.add_argument("--repeats", type=int, default=50, help="timed GPU kernel runs (median)")
+    ap.add_argument("--cpu-repeats", type=int, default=3, help="timed CPU kernel runs (median)")
+    ap.add_argument("--sections", default="kernel,engine")
+    ap.add_argument("--data-dir", type=Path, default=Path("/tmp/compexp-bench"))
+    args = ap.parse_args()
+    try:
+        args.configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+    except ValueError:
+        ap.error(f"--configs must look like 3x5,10x5; got {args.configs!r}")
+    gpu_name = require_gpu()
+    from bench_search import workload
+
+    import compexp_core as cx
+
+    print(f"# bench_cuda {time.strftime('%Y-%m-%d')}: GPU {gpu_name}; host {platform.machine()}, "
+          f"{os.cpu_count()} cores, CPU kernels {cx.backend_info()['cpu_simd']}")
+    print(f"command: python benchmarks/bench_cuda.py {' '.join(sys.argv[1:])}")
+    d = workload(args.data_dir, args.scale, args.units)
+    sections = args.sections.split(",")
+    if "kernel" in sections:
+        section_kernel(args, d)
+    if "engine" in sections:
+        section_engine(args, d)
+
+
+if __name__ == "__main__":
+    main()

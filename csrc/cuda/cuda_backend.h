@@ -1,0 +1,171 @@
+// compexp-core CUDA backend: the interface of csrc/compexp.h on one GPU.
+//
+// The concept index is uploaded once into a DeviceIndex and stays on the GPU; mask sets
+// (units, formulas) are uploaded as DeviceMaskSet objects, which kernels read in place and
+// materialisation returns, so a caller can keep a search's masks on the GPU between steps.
+// Results are bit-identical to the CPU kernels (csrc/cpu): the same exact 64-bit counts, the
+// same mask-set layout (block order, dropped empty blocks, COPY keeping its source's blocks).
+//
+// Errors: every CUDA call is checked; a failure throws std::runtime_error carrying the
+// CUDA error text (pybind11 turns it into a Python RuntimeError). Bad arguments throw
+// std::invalid_argument, as on the CPU.
+//
+// This header is plain C++17 (no device code): the bindings are compiled by the host compiler.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../compexp.h"
+
+namespace compexp {
+namespace cuda {
+
+struct IndexPtrs;  // raw device pointers of the index (kernels.cuh)
+
+// Throws std::runtime_error "CUDA error in <what> (<file>:<line>): <cudaGetErrorString>".
+void throw_cuda_error(cudaError_t code, const char* what, const char* file, int line);
+
+#define COMPEXP_CUDA_CHECK(expr)                                                    \
+  do {                                                                              \
+    const cudaError_t compexp_err_ = (expr);                                        \
+    if (compexp_err_ != cudaSuccess)                                                \
+      ::compexp::cuda::throw_cuda_error(compexp_err_, #expr, __FILE__, __LINE__);   \
+  } while (0)
+
+// Number of usable CUDA devices; 0 (never an exception) when there is no driver, no device,
+// or the driver is too old for this build: "no GPU" is a normal state, not an error.
+int device_count() noexcept;
+
+// "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" for a device index (throws on a bad index).
+std::string device_description(int device);
+
+// Owned device memory (cudaMalloc / cudaFree). Movable, not copyable. Zero bytes allocate
+// nothing (data() is nullptr).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void* data() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A typed device array of n elements.
+template <class T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(size_t n) : buf_(n * sizeof(T)), n_(n) {}
+  T* data() const { return static_cast<T*>(buf_.data()); }
+  size_t size() const { return n_; }
+  size_t bytes() const { return buf_.bytes(); }
+
+ private:
+  DeviceBuffer buf_;
+  size_t n_ = 0;
+};
+
+// An owned CUDA stream (non-blocking), created by create() on the current device (so that
+// its owner can select the device first). Not copyable.
+class Stream {
+ public:
+  Stream() = default;
+  ~Stream();
+  void create();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  void synchronize() const;
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// A block-sparse mask set on the GPU (layout of MaskSetView). ptr is also kept on the host:
+// launches are planned from it (work chunks, output sizes) without a device round trip.
+struct DeviceMaskSet {
+  int64_t n_masks = 0;
+  std::vector<int64_t> host_ptr{0};   // [n_masks + 1]
+  DeviceArray<int64_t> ptr;           // [n_masks + 1]
+  DeviceArray<int64_t> block;         // [nnz]
+  DeviceArray<uint64_t> words;        // [nnz * kBlockWords]
+  int64_t nnz() const { return host_ptr.back(); }
+};
+
+// The concept index on one GPU, with the operations of csrc/compexp.h. Not thread-safe: one
+// caller at a time (the Python bindings hold the object; the GIL orders calls on it).
+class DeviceIndex {
+ public:
+  // Uploads a fully built index (block-major and concept-major views) to `device`.
+  DeviceIndex(const ConceptIndexView& index, int device);
+  ~DeviceIndex();
+  DeviceIndex(const DeviceIndex&) = delete;
+  DeviceIndex& operator=(const DeviceIndex&) = delete;
+
+  // Copies a (checked) host mask set to the GPU, and back.
+  DeviceMaskSet upload(const MaskSetView& masks);
+  MaskSet download(const DeviceMaskSet& masks);
+
+  // out[u * K + j] = |U_u AND C_j| (host array of units.n_masks * K entries, overwritten).
+  void primitive_counts(const DeviceMaskSet& units, int64_t* out);
+
+  // f[i * K + j] = |F_i AND C_j|, g[i * K + j] = |U_{unit_of[i]} AND F_i AND C_j| (host
+  // arrays, overwritten). unit_of is a host array of formulas.n_masks checked unit indices.
+  void extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
+                        const DeviceMaskSet& units, int64_t* f, int64_t* g);
+
+  // out mask i = op[i](F_{src[i]}, C_{concept[i]}), as cpu::materialize (host arguments,
+  // checked here; the result stays on the GPU).
+  DeviceMaskSet materialize(const DeviceMaskSet& formulas, int64_t n_out, const int64_t* src,
+                            const int32_t* op, const int32_t* concept);
+
+  // Benchmark hooks. Milliseconds of each of `repeats` runs of the extension kernel alone
+  // (CUDA events around the launches; inputs already on the GPU, outputs not copied back).
+  std::vector<float> time_extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
+                                           const DeviceMaskSet& units, int repeats);
+  // Device-to-device copy bandwidth, bytes read + written per second, median of `repeats`
+  // cudaMemcpy of `bytes` bytes timed with CUDA events.
+  double copy_bandwidth(size_t bytes, int repeats);
+
+  int device() const { return device_; }
+  int64_t n_cells() const { return n_cells_; }
+  int64_t n_blocks() const { return n_blocks_; }
+  int32_t n_concepts() const { return n_concepts_; }
+  // Device memory held by the index arrays.
+  size_t nbytes() const;
+
+ private:
+  // Counts of `masks` (as formulas) against all concepts into device f (and g when
+  // with_g); the shared launch of primitive and extension counts.
+  void launch_counts(const DeviceMaskSet& masks, const int64_t* unit_of_host,
+                     const DeviceMaskSet* units, bool with_g, int64_t* f_host, int64_t* g_host,
+                     int timing_repeats = 0, std::vector<float>* times = nullptr);
+  void activate() const;  // cudaSetDevice(device_)
+  IndexPtrs device_ptrs() const;
+
+  int device_ = 0;
+  int64_t n_cells_ = 0, n_blocks_ = 0;
+  int32_t n_concepts_ = 0;
+  size_t shared_optin_ = 0;                 // max dynamic shared memory per thread block
+  std::vector<int64_t> host_concept_ptr_;   // plans materialisation output sizes
+  Stream stream_;
+  DeviceArray<int64_t> block_ptr_, full_ptr_, concept_ptr_, concept_block_, concept_entry_;
+  DeviceArray<int32_t> entry_concept_, full_concept_;
+  DeviceArray<uint64_t> entry_words_;
+};
+
+}  // namespace cuda
+}  // namespace compexp

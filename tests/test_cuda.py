@@ -1,0 +1,252 @@
+"""The CUDA backend: bit-identical to the CPU kernels, and clear errors without a GPU.
+
+Tests marked ``gpu`` need a CUDA build and a visible GPU and are skipped otherwise; the others
+check what a machine without a GPU must do (the module imports, no GPU is reported, and
+``device="cuda"`` raises a RuntimeError that says why).
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import compexp_core as cx
+from compexp_core import ConceptSet, _core
+from compexp_core.backend import resolve_device
+from compexp_core.concepts import dense_to_masks, empty_masks
+
+requires_gpu = pytest.mark.skipif(not cx.cuda_available(), reason="needs a CUDA build and a GPU")
+gpu = [pytest.mark.gpu, requires_gpu]
+
+ALL_OPS = [_core.OP_LEAF, _core.OP_COPY, _core.OP_OR, _core.OP_AND, _core.OP_AND_NOT, _core.OP_OR_NOT]
+
+
+# ---------------------------------------------------------------------------- without a GPU
+def test_cuda_module_imports_when_built():
+    if not cx.cuda_compiled():
+        pytest.skip("this build has no CUDA backend (no nvcc at build time)")
+    from compexp_core import _cuda
+
+    assert isinstance(_cuda.device_count(), int)
+    assert hasattr(_cuda, "DeviceConceptIndex")
+    assert cx.backend_info()["cuda_compiled"] is True
+
+
+def test_no_gpu_means_zero_devices_and_cpu_for_auto():
+    if cx.cuda_available():
+        pytest.skip("a GPU is present")
+    assert cx.num_gpus() == 0
+    if cx.cuda_compiled():
+        from compexp_core import _cuda
+
+        assert _cuda.device_count() == 0          # no driver or no device: 0, no exception
+    assert resolve_device("auto") == "cpu"
+
+
+def test_device_cuda_without_gpu_raises_and_says_how_to_fix():
+    if cx.cuda_available():
+        pytest.skip("a GPU is present")
+    masks = np.zeros((8, 2), bool)
+    masks[:4, 0] = True
+    cs = ConceptSet.from_dense(masks)
+    with pytest.raises(RuntimeError, match="device='cuda'.*device='cpu'"):
+        cx.search_formulas(masks[:, :1], cs, device="cuda")
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        cs.primitive_counts(dense_to_masks(masks.T), device="cuda")
+    with pytest.raises(RuntimeError, match="device='cuda'"):
+        cs.device_index()
+    # "auto" quietly runs on the CPU.
+    assert cs.primitive_counts(dense_to_masks(masks.T[:1]), device="auto").tolist() == [[4, 0]]
+    if cx.cuda_compiled():
+        from compexp_core import _cuda
+
+        a = cs.arrays
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            _cuda.DeviceConceptIndex(cs.n_cells, cs.n_concepts, a.block_ptr, a.entry_concept,
+                                     a.entry_words, a.full_ptr, a.full_concept)
+
+
+# ---------------------------------------------------------------------------- on a GPU
+def random_concepts(rng, n, k, h, w):
+    density = rng.random(k) ** 3
+    dense = rng.random((n, k, h, w)) < density[None, :, None, None]
+    if k > 1:
+        dense[:, 0] = True          # a full concept (full blocks)
+        dense[:, 1] = False         # an empty concept
+    if k > 2:
+        dense[::2, 2] = True        # whole samples, as scenes
+    return dense
+
+
+def random_masks(rng, m, n_cells):
+    dense = rng.random((m, n_cells)) < rng.random((m, 1)) ** 2
+    if m > 1:
+        dense[1] = False            # an empty mask
+    return dense_to_masks(dense)
+
+
+def assert_same_masks(got, expected):
+    for a, b, what in zip(got, expected, ("ptr", "block", "words")):
+        assert a.dtype == b.dtype, what
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def check_all_kernels(cs, rng, n_units=5, n_formulas=9):
+    P = cs.n_cells
+    units = random_masks(rng, n_units, P)
+    formulas = random_masks(rng, n_formulas, P)
+    # Grouped by unit as the driver passes them, plus a few out of order.
+    unit_of = np.sort(rng.integers(0, n_units, n_formulas))
+    unit_of[-1] = 0
+    np.testing.assert_array_equal(cs.primitive_counts(units, device="cuda"), cs.primitive_counts(units))
+    f_gpu, g_gpu = cs.extension_counts(formulas, unit_of, units, device="cuda")
+    f_cpu, g_cpu = cs.extension_counts(formulas, unit_of, units)
+    assert f_gpu.dtype == np.int64 and g_gpu.dtype == np.int64
+    np.testing.assert_array_equal(f_gpu, f_cpu)
+    np.testing.assert_array_equal(g_gpu, g_cpu)
+    n_out = 3 * len(ALL_OPS)
+    op = np.repeat(np.array(ALL_OPS, np.int32), 3)
+    src = rng.integers(0, n_formulas, n_out)
+    concept = rng.integers(0, cs.n_concepts, n_out).astype(np.int32)
+    assert_same_masks(cs.materialize(formulas, src, op, concept, device="cuda"),
+                      cs.materialize(formulas, src, op, concept))
+
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 9), st.integers(1, 13), st.integers(1, 13))
+
+
+@pytest.mark.gpu
+@requires_gpu
+@settings(max_examples=80, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**31 - 1))
+def test_gpu_kernels_equal_cpu_on_random_inputs(shape, seed):
+    rng = np.random.default_rng(seed)
+    cs = ConceptSet.from_dense(random_concepts(rng, *shape))
+    check_all_kernels(cs, rng)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_long_masks_span_several_chunks():
+    # 300 samples of 24x24 = 172,800 cells = 338 blocks: masks longer than one 256-block chunk.
+    rng = np.random.default_rng(1)
+    cs = ConceptSet.from_dense(random_concepts(rng, 300, 6, 24, 24))
+    check_all_kernels(cs, rng, n_units=3, n_formulas=4)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_many_concepts_use_global_accumulators():
+    # K * 8 bytes beyond any GPU's shared memory per block (227 KiB on H100): the kernel adds
+    # to global memory directly.
+    rng = np.random.default_rng(2)
+    cs = ConceptSet.from_dense(rng.random((3, 40000, 4, 4)) < 0.1)
+    check_all_kernels(cs, rng, n_units=2, n_formulas=3)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_empty_inputs():
+    rng = np.random.default_rng(3)
+    cs = ConceptSet.from_dense(random_concepts(rng, 5, 4, 3, 3))
+    none = empty_masks(0)
+    assert cs.primitive_counts(none, device="cuda").shape == (0, 4)
+    f, g = cs.extension_counts(none, np.zeros(0, np.int64), empty_masks(2), device="cuda")
+    assert f.shape == g.shape == (0, 4)
+    blank = empty_masks(3)                       # masks without any block
+    np.testing.assert_array_equal(cs.primitive_counts(blank, device="cuda"), np.zeros((3, 4), np.int64))
+    out = cs.materialize(blank, [0, 1, 2], [_core.OP_AND, _core.OP_COPY, _core.OP_OR_NOT], [0, 0, 1],
+                         device="cuda")
+    assert_same_masks(out, cs.materialize(blank, [0, 1, 2], [_core.OP_AND, _core.OP_COPY, _core.OP_OR_NOT],
+                                          [0, 0, 1]))
+    assert_same_masks(cs.materialize(none, [], [], [], device="cuda"), cs.materialize(none, [], [], []))
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_bad_arguments_are_value_errors():
+    rng = np.random.default_rng(4)
+    cs = ConceptSet.from_dense(random_concepts(rng, 5, 4, 3, 3))
+    fm = random_masks(rng, 2, cs.n_cells)
+    with pytest.raises(ValueError, match="unknown operator code"):
+        cs.materialize(fm, [0], [9], [0], device="cuda")
+    with pytest.raises(ValueError, match="concept index out of range"):
+        cs.materialize(fm, [0], [_core.OP_OR], [4], device="cuda")
+    with pytest.raises(ValueError, match="source formula index out of range"):
+        cs.materialize(fm, [2], [_core.OP_OR], [0], device="cuda")
+    with pytest.raises(ValueError, match="unit_of index out of range"):
+        cs.extension_counts(fm, [0, 5], fm, device="cuda")
+    with pytest.raises(ValueError, match="block id out of range"):
+        bad = (np.array([0, 1]), np.array([10**6]), np.zeros((1, 8), np.uint64))
+        cs.primitive_counts(bad, device="cuda")
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_errors_carry_the_cuda_text_and_are_not_sticky():
+    # 2^20 blocks, one full concept everywhere; OR NOT over 2^15 outputs needs 2^35 candidate
+    # slots of 8 + 8 bytes on the device (512 GiB): the allocation fails with CUDA's own message.
+    n_blocks = 1 << 20
+    cs = ConceptSet(1, (1, n_blocks * _core.BLOCK_CELLS), ["everything"],
+                    np.zeros(n_blocks + 1, np.int64), np.zeros(0, np.int32), np.zeros((0, 8), np.uint64),
+                    np.arange(n_blocks + 1, dtype=np.int64), np.zeros(n_blocks, np.int32))
+    fm = empty_masks(1)
+    n = 1 << 15
+    with pytest.raises(RuntimeError, match="CUDA error .*(out of memory|cudaErrorMemoryAllocation)"):
+        cs.materialize(fm, np.zeros(n, np.int64), np.full(n, _core.OP_OR_NOT, np.int32),
+                       np.zeros(n, np.int32), device="cuda")
+    # The index still works after the failure.
+    out = cs.materialize(fm, [0], [_core.OP_LEAF], [0], device="cuda")
+    assert out[1].size == n_blocks and (out[2] == np.uint64(2**64 - 1)).all()
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_device_masks_handles():
+    rng = np.random.default_rng(6)
+    cs = ConceptSet.from_dense(random_concepts(rng, 20, 5, 7, 9))
+    units = random_masks(rng, 3, cs.n_cells)
+    formulas = random_masks(rng, 4, cs.n_cells)
+    gpu = cs.device_index()
+    du, df = gpu.upload(units), gpu.upload(formulas)
+    assert du.n_masks == 3 and len(df) == 3
+    assert_same_masks(gpu.download(df), formulas)
+    assert_same_masks(tuple(df[i] for i in range(3)), formulas)
+    unit_of = np.array([0, 0, 1, 2])
+    np.testing.assert_array_equal(cs.primitive_counts(du, device="cuda"), cs.primitive_counts(units))
+    for a, b in zip(cs.extension_counts(df, unit_of, du, device="cuda"),
+                    cs.extension_counts(formulas, unit_of, units)):
+        np.testing.assert_array_equal(a, b)
+    src, op, con = [0, 1, 2, 3], [_core.OP_OR, _core.OP_COPY, _core.OP_AND_NOT, _core.OP_OR_NOT], [1, 0, 2, 3]
+    kept = cs.materialize(df, src, op, con, device="cuda", keep_on_device=True)
+    assert_same_masks(gpu.download(kept), cs.materialize(formulas, src, op, con))
+    other = ConceptSet.from_dense(random_concepts(rng, 2, 2, 2, 2)).device_index()
+    with pytest.raises(ValueError, match="another concept index"):
+        other.primitive_counts(du)
+
+
+def _same_results(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x.unit, str(x.formula), x.iou, x.score, str(x.primitive), x.primitive_iou) == \
+               (y.unit, str(y.formula), y.iou, y.score, str(y.primitive), y.primitive_iou)
+        assert [(str(f), s) for f, s in x.beam] == [(str(f), s) for f, s in y.beam]
+        assert [(str(f), m) for f, m in x.by_length] == [(str(f), m) for f, m in y.by_length]
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("params", [
+    dict(max_length=3, beam_size=5),
+    dict(max_length=4, beam_size=3, ops=("or", "and", "and_not", "or_not")),
+    dict(max_length=3, beam_size=4, allow_repeats=True, metric="precision"),
+    dict(max_length=2, beam_size=10, candidate_limit=3, complexity_penalty=0.9),
+])
+def test_gpu_search_equals_cpu(params):
+    rng = np.random.default_rng(5)
+    dense = random_concepts(rng, 30, 7, 9, 11)
+    cs = ConceptSet.from_dense(dense)
+    acts = rng.random((30, 6, 3, 4)).astype(np.float32)
+    cpu = cx.search_formulas(acts, cs, device="cpu", unit_batch_size=4, **params)
+    gpu_res = cx.search_formulas(acts, cs, device="cuda", unit_batch_size=4, **params)
+    assert gpu_res.params["device"] == "cuda"
+    _same_results(gpu_res, cpu)
+    assert cx.search_formulas(acts, cs, device="auto", **params).params["device"] == "cuda"
