@@ -21,6 +21,15 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    def build_extensions(self) -> None:
+        # One CMake build makes every module: compexp_core._core always, compexp_core._cuda
+        # when CMake finds a CUDA compiler. Listing _cuda as an extension lets setuptools copy
+        # it (editable installs too); it is dropped from the list when CMake did not build it.
+        core = next(e for e in self.extensions if e.name == "compexp_core._core")
+        self.build_extension(core)
+        if not Path(self.get_ext_fullpath("compexp_core._cuda")).exists():
+            self.extensions = [e for e in self.extensions if e.name != "compexp_core._cuda"]
+
     def build_extension(self, ext: Extension) -> None:
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_temp = Path(self.build_temp) / ext.name
@@ -43,4 +52,5 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", ".", *build_args], cwd=build_temp, check=True)
 
 
-setup(ext_modules=[CMakeExtension("compexp_core._core")], cmdclass={"build_ext": CMakeBuild})
+setup(ext_modules=[CMakeExtension("compexp_core._core"), CMakeExtension("compexp_core._cuda")],
+      cmdclass={"build_ext": CMakeBuild})
