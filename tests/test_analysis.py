@@ -80,6 +80,9 @@ def test_firing_samples_and_top_activating():
     top = top_activating_samples(acts, 1, 5)
     peak = acts[:, 1].reshape(30, -1).max(axis=1)
     assert np.array_equal(top, np.argsort(-peak, kind="stable")[:5])
+    many, peaks = top_activating_samples(acts, [3, 1], 5, return_peaks=True)
+    assert np.array_equal(many[1], top) and np.array_equal(many[0], top_activating_samples(acts, 3, 5))
+    assert np.array_equal(peaks[1], peak[top])
     with pytest.raises(ValueError, match="out of range"):
         top_activating_samples(acts, 4)
 

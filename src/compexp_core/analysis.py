@@ -121,20 +121,46 @@ def firing_samples(acts, result: SearchResult, grid, units: Optional[Sequence[in
     return out
 
 
-def top_activating_samples(acts, unit: int, k: int = 8) -> np.ndarray:
-    """Indices of the ``k`` inputs with the highest maximum activation of ``unit``, best first
-    (ties in index order). Reads the unit's activations a chunk of samples at a time."""
+def top_activating_samples(acts, units, k: int = 8, *, return_peaks: bool = False):
+    """The ``k`` inputs with the highest peak (maximum) activation of each unit, best first
+    (ties in index order).
+
+    One pass over the activations, a chunk of samples at a time, for all units together.
+
+    Args:
+        acts: ``[N, U, h, w]`` or ``[N, U]`` activations (array, h5py dataset or path).
+        units: a unit index, or a sequence of them.
+        k: inputs per unit (at most N are returned).
+        return_peaks: also return the peak activations of those inputs.
+
+    Returns:
+        int64 sample indices, ``[k]`` for one unit or ``[len(units), k]`` for a sequence; with
+        ``return_peaks``, ``(samples, peaks)`` with float64 peaks of the same shape.
+
+    Raises:
+        ValueError: a unit index out of range.
+    """
     acts = as_activations(acts)
-    n = acts.shape[0]
-    if not 0 <= int(unit) < acts.shape[1]:
-        raise ValueError(f"unit {unit} out of range: acts has {acts.shape[1]} units")
-    peak = np.empty(n)
-    per_sample = int(np.prod(acts.shape[2:], dtype=np.int64)) if len(acts.shape) == 4 else 1
-    step = max(1, (16 << 20) // max(1, per_sample * 4))
+    single = np.ndim(units) == 0
+    ids = np.atleast_1d(np.asarray(units, np.int64))
+    bad = ids[(ids < 0) | (ids >= acts.shape[1])]
+    if bad.size:
+        raise ValueError(f"unit {int(bad[0])} out of range: acts has {acts.shape[1]} units")
+    n = int(acts.shape[0])
+    lo, hi = (int(ids.min()), int(ids.max()) + 1) if ids.size else (0, 0)
+    per_sample = int(np.prod(acts.shape[2:], dtype=np.int64)) * max(1, hi - lo)
+    step = max(1, (64 << 20) // max(1, per_sample * 8))
+    peaks = np.empty((n, ids.size))
     for s in range(0, n, step):
-        block = np.asarray(acts[s:s + step, int(unit)], dtype=np.float64)
-        peak[s:s + block.shape[0]] = block.reshape(block.shape[0], -1).max(axis=1)
-    return np.argsort(-peak, kind="stable")[:k]
+        block = np.asarray(acts[s:s + step, lo:hi], dtype=np.float64)
+        block = block.reshape(block.shape[0], block.shape[1], -1).max(axis=2)
+        peaks[s:s + block.shape[0]] = block[:, ids - lo]
+    k = min(int(k), n)
+    order = np.argsort(-peaks, axis=0, kind="stable")[:k].T
+    top_peaks = np.take_along_axis(peaks.T, order, axis=1)
+    if single:
+        order, top_peaks = order[0], top_peaks[0]
+    return (order, top_peaks) if return_peaks else order
 
 
 def unit_mask_images(acts, unit: int, samples: Sequence[int], grid,

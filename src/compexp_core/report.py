@@ -156,31 +156,6 @@ def _check_inputs(result, acts, concepts, images: _Images, units: Sequence[int],
                                  f"these the concepts the search used?")
 
 
-def _top_samples(acts, units: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` inputs with the highest peak activation of each unit, best first (ties in index
-    order, as :func:`~compexp_core.analysis.top_activating_samples`), and those peaks.
-
-    One pass over the activations, a chunk of samples at a time, for all units together (one
-    ``top_activating_samples`` call per unit would read the whole file once per unit).
-
-    Returns:
-        ``(samples, peaks)``: int64 and float64 ``[len(units), min(k, N)]``.
-    """
-    ids = np.asarray(units, np.int64)
-    n = int(acts.shape[0])
-    lo, hi = (int(ids.min()), int(ids.max()) + 1) if ids.size else (0, 0)
-    per_sample = int(np.prod(acts.shape[2:], dtype=np.int64)) * max(1, hi - lo)
-    step = max(1, (64 << 20) // max(1, per_sample * 8))
-    peaks = np.empty((n, ids.size))
-    for s in range(0, n, step):
-        block = np.asarray(acts[s:s + step, lo:hi], dtype=np.float64)
-        block = block.reshape(block.shape[0], block.shape[1], -1).max(axis=2)
-        peaks[s:s + block.shape[0]] = block[:, ids - lo]
-    k = min(int(k), n)
-    order = np.argsort(-peaks, axis=0, kind="stable")[:k].T
-    return order, np.take_along_axis(peaks.T, order, axis=1)
-
-
 # =============================================================================== overlays
 
 def _thumb_shape(h: int, w: int, limit: int = THUMB_SIZE) -> tuple[int, int]:
@@ -656,7 +631,8 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
         >>> os.path.basename(path), sorted(os.listdir(os.path.join(os.path.dirname(path), "img")))
         ('index.html', ['iou_by_length.png', 'iou_hist.png', 'u0000_0.png', 'u0000_1.png'])
     """
-    from .analysis import formula_mask_images, mean_iou_by_length, unit_mask_images
+    from .analysis import (formula_mask_images, mean_iou_by_length, top_activating_samples,
+                           unit_mask_images)
     from .concepts import ConceptSet
     from .io import load_concepts
     from .units import as_activations
@@ -724,7 +700,7 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
                           f"1 to {means.size}, over the {len(lengths)} units of {source_text}."))
 
         index_of = {name: j for j, name in enumerate(concepts.names)}
-        samples, peaks = _top_samples(acts, units, top_images)
+        samples, peaks = top_activating_samples(acts, units, top_images, return_peaks=True)
         grid = concepts.grid
         thumbs: dict[int, np.ndarray] = {}       # a few recent thumbnails: units share images
         cards = []
