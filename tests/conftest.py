@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+import compexp_core
+
 # The NumPy reference (tests/reference.py) is imported as a plain module.
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -16,6 +18,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# The devices a kernel or search test runs on: always the CPU; the GPU too when one is usable.
+# Without one, the "cuda" variants are collected and skipped (with the reason), not dropped, so
+# the report shows what did not run. Use the `device` fixture, or, in Hypothesis tests (where
+# a function-scoped fixture would trigger a health check),
+# `@pytest.mark.parametrize("device", DEVICES)`.
+NO_GPU_REASON = "device='cuda' needs a CUDA build of compexp_core and a visible GPU"
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu,
+                                pytest.mark.skipif(not compexp_core.cuda_available(),
+                                                   reason=NO_GPU_REASON)]),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The ``device=`` to pass on: "cpu", then "cuda" (gpu marker; skipped without a GPU)."""
+    return request.param
 
 
 def available_simd():

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 import compexp_core as cx
 from compexp_core.analysis import (firing_samples, formula_mask_images, iou_accuracy_correlation,
                                    mean_iou_by_length, top_activating_samples, unit_mask_images)
+from conftest import DEVICES
 from reference import reference_thresholds, reference_unit_masks
 
 
@@ -17,13 +18,15 @@ def _data(seed, n=30, k=6, grid=(6, 5), units=4, h=3):
     return masks, acts
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), beam=st.integers(1, 4))
-def test_by_length_equals_separate_searches(seed, beam):
+def test_by_length_equals_separate_searches(seed, beam, device):
     masks, acts = _data(seed)
-    long = cx.search_formulas(acts, masks, max_length=5, beam_size=beam, quantile=0.2)
+    long = cx.search_formulas(acts, masks, max_length=5, beam_size=beam, quantile=0.2, device=device)
     for length in range(1, 6):
-        short = cx.search_formulas(acts, masks, max_length=length, beam_size=beam, quantile=0.2)
+        short = cx.search_formulas(acts, masks, max_length=length, beam_size=beam, quantile=0.2,
+                                   device=device)
         for e_long, e_short in zip(long, short):
             formula, iou = e_long.by_length[length - 1]
             assert formula == e_short.formula and iou == e_short.iou

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from compexp_core import ConceptSet, ConceptSetBuilder, _core
 from compexp_core.concepts import dense_to_masks, masks_to_dense
-from conftest import available_simd
+from conftest import DEVICES, available_simd
 
 SIMDS = available_simd()
 
@@ -29,9 +29,10 @@ def flat(dense):
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 7), st.integers(1, 13), st.integers(1, 13))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes, seed=st.integers(0, 2**31 - 1))
-def test_counts_match_numpy(shape, seed):
+def test_counts_match_numpy(shape, seed, device):
     rng = np.random.default_rng(seed)
     n, k, h, w = shape
     dense = random_dense(rng, n, k, h, w)
@@ -46,17 +47,18 @@ def test_counts_match_numpy(shape, seed):
     unit_of = rng.integers(0, 4, 6)
     um, fm = dense_to_masks(U), dense_to_masks(F)
     for simd in SIMDS:
-        prim = cs.primitive_counts(um, simd)
+        prim = cs.primitive_counts(um, simd, device=device)
         assert prim.dtype == np.int64
         np.testing.assert_array_equal(prim, (U[:, None] & D[None]).sum(2))
-        f, g = cs.extension_counts(fm, unit_of, um, simd)
+        f, g = cs.extension_counts(fm, unit_of, um, simd, device=device)
         np.testing.assert_array_equal(f, (F[:, None] & D[None]).sum(2))
         np.testing.assert_array_equal(g, (F[:, None] & D[None] & U[unit_of][:, None]).sum(2))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes, seed=st.integers(0, 2**31 - 1))
-def test_materialize_every_operator(shape, seed):
+def test_materialize_every_operator(shape, seed, device):
     rng = np.random.default_rng(seed)
     n, k, h, w = shape
     dense = random_dense(rng, n, k, h, w)
@@ -73,7 +75,7 @@ def test_materialize_every_operator(shape, seed):
             src.append(int(rng.integers(0, 3)))
             op.append(code)
             con.append(j)
-    out = cs.materialize(fm, src, op, con)
+    out = cs.materialize(fm, src, op, con, device=device)
     got = masks_to_dense(*out, P)
     for i in range(len(src)):
         if op[i] == _core.OP_LEAF:
@@ -157,7 +159,7 @@ def test_kernels_reject_malformed_mask_sets():
         cs.primitive_counts((ptr, block, words), simd="sse9")
 
 
-def test_simd_paths_agree_at_scale():
+def test_simd_paths_agree_at_scale(device):
     # Many entries per block, so the SIMD loops run long; the scalar path is the oracle.
     rng = np.random.default_rng(6)
     maps = rng.integers(0, 60, size=(200, 2, 16, 16))
@@ -166,8 +168,8 @@ def test_simd_paths_agree_at_scale():
     ref = cs.primitive_counts(U, "scalar")
     f0, g0 = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, "scalar")
     for simd in SIMDS:
-        np.testing.assert_array_equal(cs.primitive_counts(U, simd), ref)
-        f, g = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd)
+        np.testing.assert_array_equal(cs.primitive_counts(U, simd, device=device), ref)
+        f, g = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd, device=device)
         np.testing.assert_array_equal(f, f0)
         np.testing.assert_array_equal(g, g0)
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import compexp_core as cx
 from compexp_core.synthetic import make_planted_dataset
+from conftest import DEVICES
 from reference import reference_search, reference_unit_masks
 
 
@@ -48,10 +49,11 @@ search_params = st.fixed_dictionaries({
 })
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=120, deadline=None)
 @given(n=st.integers(1, 12), k=st.integers(1, 8), hw=st.sampled_from([(1, 1), (3, 5), (8, 8), (9, 7)]),
        u=st.integers(1, 4), params=search_params, seed=st.integers(0, 2**31 - 1))
-def test_engine_equals_reference(n, k, hw, u, params, seed):
+def test_engine_equals_reference(n, k, hw, u, params, seed, device):
     rng = np.random.default_rng(seed)
     dense = coarse_masks(rng, n, k, *hw)
     acts = coarse_masks(rng, n, u, *hw)
@@ -59,20 +61,20 @@ def test_engine_equals_reference(n, k, hw, u, params, seed):
     if u > 1 and k > 0:
         acts[:, 1] = dense[:, 0] | dense[:, k // 2]   # a unit that fires on a formula
     names = [f"c{j}" for j in range(k)]
-    result = cx.search_formulas(acts, dense, names=names, **params)
+    result = cx.search_formulas(acts, dense, names=names, device=device, **params)
     expected = reference_search(flat(acts), flat(dense), names, **params)
     assert_same(result, expected)
 
 
 @pytest.mark.parametrize("allow_repeats", [False, True])
-def test_float_acts_end_to_end(allow_repeats):
+def test_float_acts_end_to_end(allow_repeats, device):
     rng = np.random.default_rng(7)
     data = make_planted_dataset(n_samples=60, grid=(12, 12), n_objects=8, n_colors=4, n_scenes=3,
                                 n_units=5, map_size=(4, 4), seed=3)
     dense = data.concepts.to_dense()
     names = list(data.concepts.names)
     result = cx.search_formulas(data.acts, data.concepts, max_length=3, beam_size=5, quantile=0.05,
-                                allow_repeats=allow_repeats)
+                                allow_repeats=allow_repeats, device=device)
     umasks = reference_unit_masks(data.acts, (12, 12), 0.05)
     expected = reference_search(umasks, flat(dense), names, max_length=3, beam_size=5,
                                 allow_repeats=allow_repeats)
@@ -80,9 +82,10 @@ def test_float_acts_end_to_end(allow_repeats):
     del rng
 
 
-def test_planted_formulas_are_recovered():
+def test_planted_formulas_are_recovered(device):
     data = make_planted_dataset(n_samples=400, grid=(20, 20), n_units=12, noise_units=1, seed=1)
-    result = cx.search_formulas(data.acts, data.concepts, threshold=0.5, max_length=3, beam_size=5)
+    result = cx.search_formulas(data.acts, data.concepts, threshold=0.5, max_length=3, beam_size=5,
+                                device=device)
     for e, planted in zip(result, data.planted):
         if planted is None:
             assert e.iou < 0.2
@@ -93,25 +96,26 @@ def test_planted_formulas_are_recovered():
             assert e.iou > 0.9 and e.iou > e.primitive_iou
 
 
-def test_units_subset_order_and_duplicates():
+def test_units_subset_order_and_duplicates(device):
     rng = np.random.default_rng(8)
     dense = rng.random((30, 5, 4, 4)) < 0.3
     acts = rng.standard_normal((30, 6, 2, 2)).astype(np.float32)
-    full = cx.search_formulas(acts, dense, max_length=2, beam_size=3)
-    sub = cx.search_formulas(acts, dense, max_length=2, beam_size=3, units=[4, 1, 4], unit_batch_size=1)
+    full = cx.search_formulas(acts, dense, max_length=2, beam_size=3, device=device)
+    sub = cx.search_formulas(acts, dense, max_length=2, beam_size=3, units=[4, 1, 4], unit_batch_size=1,
+                             device=device)
     assert [e.unit for e in sub] == [4, 1, 4]
     for e in sub:
         assert e == full[e.unit]
     assert sub.by_unit(1) == full[1]
 
 
-def test_thresholds_are_per_unit_over_all_samples_even_in_batches():
+def test_thresholds_are_per_unit_over_all_samples_even_in_batches(device):
     # Batching units must not change thresholds: compare batch sizes 1 and 64.
     rng = np.random.default_rng(9)
     dense = rng.random((40, 6, 8, 8)) < 0.2
     acts = rng.standard_normal((40, 5, 3, 3)).astype(np.float32)
-    a = cx.search_formulas(acts, dense, unit_batch_size=1)
-    b = cx.search_formulas(acts, dense, unit_batch_size=64)
+    a = cx.search_formulas(acts, dense, unit_batch_size=1, device=device)
+    b = cx.search_formulas(acts, dense, unit_batch_size=64, device=device)
     assert list(a) == list(b)
 
 
@@ -129,20 +133,20 @@ def test_inputs_from_hdf5_and_torch(tmp_path):
         == list(expected)
 
 
-def test_single_cell_grid_language_style():
+def test_single_cell_grid_language_style(device):
     # NLI-style data: one cell per sample, concepts are words present in the sample.
     rng = np.random.default_rng(11)
     words = rng.random((500, 12)) < 0.2
     unit = (words[:, 0] & ~words[:, 1]) | (rng.random(500) < 0.01)
     acts = np.where(unit, 1.0, 0.0)[:, None] + rng.normal(0, 0.01, (500, 1))
-    result = cx.search_formulas(acts, words, threshold=0.5, max_length=2)
+    result = cx.search_formulas(acts, words, threshold=0.5, max_length=2, device=device)
     expected = reference_search(reference_unit_masks(acts, (1, 1), threshold=0.5), words.T,
                                 [f"c{j}" for j in range(12)], max_length=2)
     assert_same(result, expected)
     assert str(result[0].formula) == "(c0 AND NOT c1)"
 
 
-def test_snli_words_real_data(shared_data):
+def test_snli_words_real_data(shared_data, device):
     """Words of the real SNLI dev premises as sample-level concepts; a unit planted on words."""
     lines = (shared_data / "snli" / "snli_1.0_dev.tok").read_text().splitlines()[0:4000:2]
     vocab = {}
@@ -157,7 +161,8 @@ def test_snli_words_real_data(shared_data):
             if w in index:
                 present[i, index[w]] = True
     unit = (present[:, index["man"]] | present[:, index["woman"]]) & ~present[:, index["playing"]]
-    result = cx.search_formulas(unit[:, None], present, names=words, max_length=3, beam_size=5)
+    result = cx.search_formulas(unit[:, None], present, names=words, max_length=3, beam_size=5,
+                                device=device)
     assert str(result[0].formula) == "((man OR woman) AND NOT playing)"
     assert result[0].iou == 1.0
     expected = reference_search(unit[None, :], present.T, words, max_length=3, beam_size=5)
