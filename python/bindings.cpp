@@ -32,45 +32,9 @@ class PyConceptIndex {
   PyConceptIndex(int64_t n_cells, int32_t n_concepts, Arr<int64_t> block_ptr,
                  Arr<int32_t> entry_concept, Arr<uint64_t> entry_words, Arr<int64_t> full_ptr,
                  Arr<int32_t> full_concept)
-      : block_ptr_(block_ptr), entry_concept_(entry_concept), entry_words_(entry_words),
-        full_ptr_(full_ptr), full_concept_(full_concept) {
-    require(n_cells > 0, "n_cells must be positive");
-    require(n_concepts > 0, "n_concepts must be positive");
-    const int64_t nb = blocks_for_cells(n_cells);
-    require(block_ptr.ndim() == 1 && block_ptr.shape(0) == nb + 1, "block_ptr must have n_blocks + 1 entries");
-    require(full_ptr.ndim() == 1 && full_ptr.shape(0) == nb + 1, "full_ptr must have n_blocks + 1 entries");
-    const int64_t ne = entry_concept.ndim() == 1 ? entry_concept.shape(0) : -1;
-    require(ne >= 0 && entry_words.ndim() == 2 && entry_words.shape(0) == ne &&
-                entry_words.shape(1) == kBlockWords,
-            "entry_words must be [n_entries, 8] matching entry_concept");
-    require(full_concept.ndim() == 1, "full_concept must be 1-D");
-    const int64_t* bp = block_ptr.data();
-    const int64_t* fp = full_ptr.data();
-    require(bp[0] == 0 && bp[nb] == ne, "block_ptr does not span the entries");
-    require(fp[0] == 0 && fp[nb] == full_concept.shape(0), "full_ptr does not span full_concept");
-    for (int64_t b = 0; b < nb; ++b)
-      require(bp[b] <= bp[b + 1] && fp[b] <= fp[b + 1], "block pointers must be non-decreasing");
-    for (int64_t e = 0; e < ne; ++e)
-      require(entry_concept.data()[e] >= 0 && entry_concept.data()[e] < n_concepts, "entry concept out of range");
-    for (int64_t q = 0; q < full_concept.shape(0); ++q)
-      require(full_concept.data()[q] >= 0 && full_concept.data()[q] < n_concepts, "full concept out of range");
-    view_.n_cells = n_cells;
-    view_.n_blocks = nb;
-    view_.n_concepts = n_concepts;
-    view_.block_ptr = bp;
-    view_.entry_concept = entry_concept.data();
-    view_.entry_words = entry_words.data();
-    view_.full_ptr = fp;
-    view_.full_concept = full_concept.data();
-    const int64_t n_items = ne + full_concept.shape(0);
-    concept_ptr_.resize(n_concepts + 1);
-    concept_block_.resize(n_items);
-    concept_entry_.resize(n_items);
-    cpu::build_concept_major(view_, concept_ptr_.data(), concept_block_.data(), concept_entry_.data());
-    view_.concept_ptr = concept_ptr_.data();
-    view_.concept_block = concept_block_.data();
-    view_.concept_entry = concept_entry_.data();
-  }
+      : arrays_(n_cells, n_concepts, block_ptr, entry_concept, entry_words, full_ptr,
+                full_concept),
+        view_(arrays_.view) {}
 
   py::array_t<int64_t> primitive_counts(const py::tuple& units, const std::string& simd, int n_threads) {
     PyMaskSet u(units, view_.n_blocks, "units");
@@ -128,13 +92,8 @@ class PyConceptIndex {
   int32_t n_concepts() const { return view_.n_concepts; }
 
  private:
-  Arr<int64_t> block_ptr_;
-  Arr<int32_t> entry_concept_;
-  Arr<uint64_t> entry_words_;
-  Arr<int64_t> full_ptr_;
-  Arr<int32_t> full_concept_;
-  std::vector<int64_t> concept_ptr_, concept_block_, concept_entry_;
-  ConceptIndexView view_;
+  PyIndexArrays arrays_;
+  const ConceptIndexView& view_;
 };
 
 class PyBuilder {

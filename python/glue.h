@@ -66,4 +66,63 @@ struct PyMaskSet {
   }
 };
 
+// The concept index's block-major arrays from Python, checked once (the kernels trust them),
+// with the concept-major view built by the CPU code. Owns (references to) every array `view`
+// points into, so it is neither copied nor moved.
+struct PyIndexArrays {
+  Arr<int64_t> block_ptr;
+  Arr<int32_t> entry_concept;
+  Arr<uint64_t> entry_words;
+  Arr<int64_t> full_ptr;
+  Arr<int32_t> full_concept;
+  std::vector<int64_t> concept_ptr, concept_block, concept_entry;
+  ConceptIndexView view;
+
+  PyIndexArrays(const PyIndexArrays&) = delete;
+  PyIndexArrays& operator=(const PyIndexArrays&) = delete;
+
+  PyIndexArrays(int64_t n_cells, int32_t n_concepts, Arr<int64_t> block_ptr_in,
+                Arr<int32_t> entry_concept_in, Arr<uint64_t> entry_words_in,
+                Arr<int64_t> full_ptr_in, Arr<int32_t> full_concept_in)
+      : block_ptr(block_ptr_in), entry_concept(entry_concept_in), entry_words(entry_words_in),
+        full_ptr(full_ptr_in), full_concept(full_concept_in) {
+    require(n_cells > 0, "n_cells must be positive");
+    require(n_concepts > 0, "n_concepts must be positive");
+    const int64_t nb = blocks_for_cells(n_cells);
+    require(block_ptr.ndim() == 1 && block_ptr.shape(0) == nb + 1, "block_ptr must have n_blocks + 1 entries");
+    require(full_ptr.ndim() == 1 && full_ptr.shape(0) == nb + 1, "full_ptr must have n_blocks + 1 entries");
+    const int64_t ne = entry_concept.ndim() == 1 ? entry_concept.shape(0) : -1;
+    require(ne >= 0 && entry_words.ndim() == 2 && entry_words.shape(0) == ne &&
+                entry_words.shape(1) == kBlockWords,
+            "entry_words must be [n_entries, 8] matching entry_concept");
+    require(full_concept.ndim() == 1, "full_concept must be 1-D");
+    const int64_t* bp = block_ptr.data();
+    const int64_t* fp = full_ptr.data();
+    require(bp[0] == 0 && bp[nb] == ne, "block_ptr does not span the entries");
+    require(fp[0] == 0 && fp[nb] == full_concept.shape(0), "full_ptr does not span full_concept");
+    for (int64_t b = 0; b < nb; ++b)
+      require(bp[b] <= bp[b + 1] && fp[b] <= fp[b + 1], "block pointers must be non-decreasing");
+    for (int64_t e = 0; e < ne; ++e)
+      require(entry_concept.data()[e] >= 0 && entry_concept.data()[e] < n_concepts, "entry concept out of range");
+    for (int64_t q = 0; q < full_concept.shape(0); ++q)
+      require(full_concept.data()[q] >= 0 && full_concept.data()[q] < n_concepts, "full concept out of range");
+    view.n_cells = n_cells;
+    view.n_blocks = nb;
+    view.n_concepts = n_concepts;
+    view.block_ptr = bp;
+    view.entry_concept = entry_concept.data();
+    view.entry_words = entry_words.data();
+    view.full_ptr = fp;
+    view.full_concept = full_concept.data();
+    const int64_t n_items = ne + full_concept.shape(0);
+    concept_ptr.resize(static_cast<size_t>(n_concepts) + 1);
+    concept_block.resize(n_items);
+    concept_entry.resize(n_items);
+    cpu::build_concept_major(view, concept_ptr.data(), concept_block.data(), concept_entry.data());
+    view.concept_ptr = concept_ptr.data();
+    view.concept_block = concept_block.data();
+    view.concept_entry = concept_entry.data();
+  }
+};
+
 }  // namespace compexp::pyglue

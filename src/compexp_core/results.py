@@ -157,21 +157,8 @@ class SearchResult(Sequence):
             return
         import h5py
 
-        n = len(self)
-        width = max([len(e.beam) for e in self] + [1])
-        beam_text = np.full((n, width), "", dtype=object)
-        beam_score = np.full((n, width), np.nan)
-        for i, e in enumerate(self):
-            for b, (f, s) in enumerate(e.beam):
-                beam_text[i, b] = str(f)
-                beam_score[i, b] = s
-        lengths = max([len(e.by_length) for e in self] + [1])
-        by_length_text = np.full((n, lengths), "", dtype=object)
-        by_length_iou = np.full((n, lengths), np.nan)
-        for i, e in enumerate(self):
-            for b, (f, v) in enumerate(e.by_length):
-                by_length_text[i, b] = _text(f)
-                by_length_iou[i, b] = v
+        beam_text, beam_score = _pair_table([e.beam for e in self])
+        by_length_text, by_length_iou = _pair_table([e.by_length for e in self])
         text = h5py.string_dtype("utf-8")
         with h5py.File(path, "w") as h5:
             h5.attrs["format"] = RESULTS_FORMAT
@@ -204,6 +191,20 @@ class SearchResult(Sequence):
 def load_results(path: str | os.PathLike) -> SearchResult:
     """Read a :class:`SearchResult` from an HDF5 or CSV file written by ``save``."""
     return SearchResult.load(path)
+
+
+def _pair_table(rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """``(formula, value)`` pairs per unit as a padded text table and a value table (``""`` and
+    NaN where a unit has fewer pairs), the layout of the ``beam_*`` and ``by_length_*``
+    datasets."""
+    width = max([len(r) for r in rows] + [1])
+    text = np.full((len(rows), width), "", dtype=object)
+    values = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        for j, (f, v) in enumerate(row):
+            text[i, j] = _text(f)
+            values[i, j] = v
+    return text, values
 
 
 def _text(f: Optional[Formula]) -> str:
