@@ -15,10 +15,10 @@ import numpy as np
 
 import compexp_core as cx
 from compexp_core import _core
-from compexp_core.search import materialize_formulas
+from compexp_core.engine.driver import materialize_formulas
 
 from bench_search import memory_bandwidth
-from compexp_core.units import compute_thresholds, unit_masks
+from compexp_core.engine.units import compute_thresholds, unit_masks
 
 
 def main() -> None:

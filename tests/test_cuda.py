@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 import compexp_core as cx
 from compexp_core import ConceptSet, _core
-from compexp_core.backend import resolve_device
-from compexp_core.concepts import dense_to_masks, empty_masks
+from compexp_core.engine.backends import resolve_device
+from compexp_core.engine.concepts import dense_to_masks, empty_masks
 
 requires_gpu = pytest.mark.skipif(not cx.cuda_available(), reason="needs a CUDA build and a GPU")
 gpu = [pytest.mark.gpu, requires_gpu]

@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["compexp_core", "compexp_core.search", "compexp_core.concepts", "compexp_core.results",
-           "compexp_core.units", "compexp_core.formula", "compexp_core.io", "compexp_core.analysis",
+MODULES = ["compexp_core", "compexp_core.engine.driver", "compexp_core.engine.concepts", "compexp_core.engine.results",
+           "compexp_core.engine.units", "compexp_core.engine.formula", "compexp_core.io", "compexp_core.analysis",
            "compexp_core.world"]
 
 

@@ -1,11 +1,11 @@
-"""Tests for compexp_core.formula: printing, parsing, builders and evaluation."""
+"""Tests for compexp_core.engine.formula: printing, parsing, builders and evaluation."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compexp_core.formula import And, Formula, Leaf, Not, Or, format_name
+from compexp_core.engine.formula import And, Formula, Leaf, Not, Or, format_name
 
 A, B, C = Leaf("a"), Leaf("b"), Leaf("c")
 

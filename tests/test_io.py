@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import compexp_core.io as cio
-from compexp_core.concepts import ConceptSet, ConceptSetBuilder
+from compexp_core.engine.concepts import ConceptSet, ConceptSetBuilder
 from compexp_core.io import (
     describe,
     load_activations,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from compexp_core import ConceptSet, ConceptSetBuilder, _core
-from compexp_core.concepts import dense_to_masks, masks_to_dense
+from compexp_core.engine.concepts import dense_to_masks, masks_to_dense
 from conftest import DEVICES, available_simd
 
 SIMDS = available_simd()
@@ -184,7 +184,7 @@ def test_wide_unsigned_labels_do_not_wrap():
 
 def test_materialize_formulas_equals_evaluate():
     from compexp_core import Formula
-    from compexp_core.search import materialize_formulas
+    from compexp_core.engine.driver import materialize_formulas
 
     rng = np.random.default_rng(7)
     dense = rng.random((20, 4, 5, 6)) < 0.4

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import compexp_core.units as units_mod
+import compexp_core.engine.units as units_mod
 from compexp_core import compute_thresholds
-from compexp_core.concepts import masks_to_dense
-from compexp_core.units import unit_masks
+from compexp_core.engine.concepts import masks_to_dense
+from compexp_core.engine.units import unit_masks
 from reference import reference_thresholds, reference_unit_masks
 
 

@@ -14,12 +14,12 @@ Examples:
     >>> print(result[0].formula, result[0].iou)
     (water AND NOT blue) 1.0
 """
-from .backend import backend_info, cuda_available, cuda_compiled, num_gpus
-from .concepts import ConceptSet, ConceptSetBuilder
-from .formula import And, Formula, Leaf, Not, Or
-from .results import Explanation, SearchResult, load_results
-from .search import METRICS, OPERATORS, search_formulas
-from .units import compute_thresholds
+from .engine.backends import backend_info, cuda_available, cuda_compiled, num_gpus
+from .engine.concepts import ConceptSet, ConceptSetBuilder
+from .engine.formula import And, Formula, Leaf, Not, Or
+from .engine.results import Explanation, SearchResult, load_results
+from .engine.driver import METRICS, OPERATORS, search_formulas
+from .engine.units import compute_thresholds
 
 __version__ = "0.1.0"
 

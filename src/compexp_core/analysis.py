@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .concepts import BLOCK_CELLS, ConceptSet
-from .formula import Formula
-from .results import SearchResult
-from .units import as_activations, check_activations, unit_masks
+from .engine.concepts import BLOCK_CELLS, ConceptSet
+from .engine.formula import Formula
+from .engine.results import SearchResult
+from .engine.units import as_activations, check_activations, unit_masks
 
 __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "firing_samples",
            "top_activating_samples", "unit_mask_images", "formula_mask_images"]
@@ -184,7 +184,7 @@ def unit_mask_images(acts, unit: int, samples: Sequence[int], grid,
 def formula_mask_images(concepts: ConceptSet, formula: Formula,
                         samples: Sequence[int]) -> np.ndarray:
     """The mask of a search formula on the given inputs: bool ``[len(samples), H, W]``."""
-    from .search import materialize_formulas
+    from .engine.driver import materialize_formulas
 
     masks = materialize_formulas(concepts, [formula])
     cells = concepts.grid[0] * concepts.grid[1]

@@ -51,7 +51,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import h5py
 import numpy as np
 
-from .concepts import BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names, check_strings
+from .engine.concepts import BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names, check_strings
 
 __all__ = [
     "ACTIVATIONS_FORMAT",

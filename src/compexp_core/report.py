@@ -76,7 +76,7 @@ def _label(x: Any, what: str) -> str:
 
 
 def _as_result(x: Any, what: str):
-    from .results import SearchResult, load_results
+    from .engine.results import SearchResult, load_results
 
     if _is_path(x):
         return load_results(x)
@@ -633,9 +633,9 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
     """
     from .analysis import (formula_mask_images, mean_iou_by_length, top_activating_samples,
                            unit_mask_images)
-    from .concepts import ConceptSet
+    from .engine.concepts import ConceptSet
     from .io import load_concepts
-    from .units import as_activations
+    from .engine.units import as_activations
 
     labels = {"acts": _label(acts, "acts"), "concepts": _label(concepts, "concepts")}
     result = _as_result(result, "result")
@@ -842,7 +842,7 @@ def _recorded_path(args, result, key: str, option: str) -> str:
 
 def run_cli(args) -> int:
     """Run ``compexp report``: write the report and print the path of its index page."""
-    from .results import load_results
+    from .engine.results import load_results
 
     result = load_results(args.results)
     acts = _recorded_path(args, result, "acts", "--acts")

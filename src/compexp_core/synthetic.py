@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from .concepts import ConceptSet, ConceptSetBuilder
-from .formula import Formula
+from .engine.concepts import ConceptSet, ConceptSetBuilder
+from .engine.formula import Formula
 
 __all__ = ["PlantedDataset", "make_planted_dataset"]
 

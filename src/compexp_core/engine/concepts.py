@@ -19,7 +19,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 __all__ = ["ConceptSet", "ConceptSetBuilder", "default_names"]
 
@@ -283,7 +283,7 @@ class ConceptSet:
             RuntimeError: no CUDA build or no GPU (the message says how to fix it).
         """
         if self._cuda_index is None:
-            from .backend import cuda_module
+            from .backends import cuda_module
 
             a = self._arrays
             self._cuda_index = cuda_module().DeviceConceptIndex(
@@ -292,7 +292,7 @@ class ConceptSet:
         return self._cuda_index
 
     def _kernels(self, device: str):
-        from .backend import resolve_device
+        from .backends import resolve_device
 
         return self.device_index() if resolve_device(device) == "cuda" else None
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import _core
+from .. import _core
 
 __all__ = ["compute_thresholds", "unit_masks", "as_activations"]
 
@@ -32,7 +32,7 @@ def as_activations(acts):
     import os
 
     if isinstance(acts, (str, os.PathLike)):
-        from .io import open_activations
+        from ..io import open_activations
 
         return open_activations(acts)
     if hasattr(acts, "detach") and hasattr(acts, "cpu"):  # torch.Tensor without importing torch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 
-from . import _core
+from .. import _core
 
 __all__ = ["cuda_available", "cuda_compiled", "num_gpus", "resolve_device", "backend_info"]
 

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from . import _core
-from .backend import resolve_device
+from .. import _core
+from .backends import resolve_device
 from .concepts import ConceptSet, check_names, empty_masks
 from .formula import Formula, Leaf
 from .results import Explanation, SearchResult
@@ -164,7 +164,7 @@ def _as_concept_set(masks, names) -> ConceptSet:
                              "with a ConceptSet")
         return masks
     if isinstance(masks, (str, os.PathLike)):
-        from .io import load_concepts
+        from ..io import load_concepts
 
         cs = load_concepts(masks)
         if names is not None and tuple(names) != cs.names:

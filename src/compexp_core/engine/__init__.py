@@ -1,0 +1,5 @@
+"""The engine: concept sets, unit masks, formulas, backends, the beam search and its results.
+
+It owns everything between arrays and a :class:`SearchResult` and imports nothing above it
+(no file I/O, command line, report or model code): see ``docs/ARCHITECTURE.md``.
+"""
