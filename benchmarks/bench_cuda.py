@@ -79,7 +79,7 @@ def run_engine(d: Path, length: int, beam: int, device: str) -> dict:
 def section_kernel(args, d: Path) -> None:
     import compexp_core as cx
     from compexp_core import _core
-    from compexp_core.engine.driver import metric_values
+    from compexp_core.engine.beam import metric_values
     from compexp_core.engine.units import compute_thresholds, unit_masks
 
     cs = cx.load_concepts(f"{d}/concepts.h5")

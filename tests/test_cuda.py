@@ -10,11 +10,23 @@ from hypothesis import given, settings, strategies as st
 
 import compexp_core as cx
 from compexp_core import ConceptSet, _core
-from compexp_core.engine.backends import resolve_device
-from compexp_core.engine.concepts import dense_to_masks, empty_masks
+from compexp_core.engine import backends
+from compexp_core.engine.backends import get_backend
+from compexp_core.engine.masks import MaskSet
 
 requires_gpu = pytest.mark.skipif(not cx.cuda_available(), reason="needs a CUDA build and a GPU")
 gpu = [pytest.mark.gpu, requires_gpu]
+
+CPU = get_backend("cpu")
+
+
+def on(device, cs, method, *args):
+    """Run one backend method on ``device`` for concept set ``cs``; masks come back to the host."""
+    be = get_backend(device)
+    index = be.prepare(cs)
+    out = getattr(be, method)(index, *args)
+    return be.to_host(index, out) if method == "materialize" else out
+
 
 ALL_OPS = [_core.OP_LEAF, _core.OP_COPY, _core.OP_OR, _core.OP_AND, _core.OP_AND_NOT, _core.OP_OR_NOT]
 
@@ -38,7 +50,7 @@ def test_no_gpu_means_zero_devices_and_cpu_for_auto():
         from compexp_core import _cuda
 
         assert _cuda.device_count() == 0          # no driver or no device: 0, no exception
-    assert resolve_device("auto") == "cpu"
+    assert get_backend("auto").name == "cpu"
 
 
 def test_device_cuda_without_gpu_raises_and_says_how_to_fix():
@@ -50,11 +62,11 @@ def test_device_cuda_without_gpu_raises_and_says_how_to_fix():
     with pytest.raises(RuntimeError, match="device='cuda'.*device='cpu'"):
         cx.search_formulas(masks[:, :1], cs, device="cuda")
     with pytest.raises(RuntimeError, match="device='cuda'"):
-        cs.primitive_counts(dense_to_masks(masks.T), device="cuda")
-    with pytest.raises(RuntimeError, match="device='cuda'"):
-        cs.device_index()
+        get_backend("cuda")
+    with pytest.raises(RuntimeError, match="device='cuda:3'"):
+        get_backend("cuda:3")
     # "auto" quietly runs on the CPU.
-    assert cs.primitive_counts(dense_to_masks(masks.T[:1]), device="auto").tolist() == [[4, 0]]
+    assert on("auto", cs, "primitive_counts", MaskSet.from_dense(masks.T[:1])).tolist() == [[4, 0]]
     if cx.cuda_compiled():
         from compexp_core import _cuda
 
@@ -80,11 +92,11 @@ def random_masks(rng, m, n_cells):
     dense = rng.random((m, n_cells)) < rng.random((m, 1)) ** 2
     if m > 1:
         dense[1] = False            # an empty mask
-    return dense_to_masks(dense)
+    return MaskSet.from_dense(dense)
 
 
 def assert_same_masks(got, expected):
-    for a, b, what in zip(got, expected, ("ptr", "block", "words")):
+    for a, b, what in zip(got.arrays(), expected.arrays(), ("ptr", "block", "words")):
         assert a.dtype == b.dtype, what
         np.testing.assert_array_equal(a, b, err_msg=what)
 
@@ -96,18 +108,20 @@ def check_all_kernels(cs, rng, n_units=5, n_formulas=9):
     # Grouped by unit as the driver passes them, plus a few out of order.
     unit_of = np.sort(rng.integers(0, n_units, n_formulas))
     unit_of[-1] = 0
-    np.testing.assert_array_equal(cs.primitive_counts(units, device="cuda"), cs.primitive_counts(units))
-    f_gpu, g_gpu = cs.extension_counts(formulas, unit_of, units, device="cuda")
-    f_cpu, g_cpu = cs.extension_counts(formulas, unit_of, units)
+    np.testing.assert_array_equal(on("cuda", cs, "primitive_counts", units),
+                                  on("cpu", cs, "primitive_counts", units))
+    f_gpu, g_gpu, work_gpu = on("cuda", cs, "extension_counts", formulas, unit_of, units)
+    f_cpu, g_cpu, work_cpu = on("cpu", cs, "extension_counts", formulas, unit_of, units)
     assert f_gpu.dtype == np.int64 and g_gpu.dtype == np.int64
     np.testing.assert_array_equal(f_gpu, f_cpu)
     np.testing.assert_array_equal(g_gpu, g_cpu)
+    assert work_gpu == work_cpu
     n_out = 3 * len(ALL_OPS)
     op = np.repeat(np.array(ALL_OPS, np.int32), 3)
     src = rng.integers(0, n_formulas, n_out)
     concept = rng.integers(0, cs.n_concepts, n_out).astype(np.int32)
-    assert_same_masks(cs.materialize(formulas, src, op, concept, device="cuda"),
-                      cs.materialize(formulas, src, op, concept))
+    assert_same_masks(on("cuda", cs, "materialize", formulas, src, op, concept),
+                      on("cpu", cs, "materialize", formulas, src, op, concept))
 
 
 shapes = st.tuples(st.integers(1, 40), st.integers(1, 9), st.integers(1, 13), st.integers(1, 13))
@@ -147,17 +161,16 @@ def test_gpu_many_concepts_use_global_accumulators():
 def test_gpu_empty_inputs():
     rng = np.random.default_rng(3)
     cs = ConceptSet.from_dense(random_concepts(rng, 5, 4, 3, 3))
-    none = empty_masks(0)
-    assert cs.primitive_counts(none, device="cuda").shape == (0, 4)
-    f, g = cs.extension_counts(none, np.zeros(0, np.int64), empty_masks(2), device="cuda")
-    assert f.shape == g.shape == (0, 4)
-    blank = empty_masks(3)                       # masks without any block
-    np.testing.assert_array_equal(cs.primitive_counts(blank, device="cuda"), np.zeros((3, 4), np.int64))
-    out = cs.materialize(blank, [0, 1, 2], [_core.OP_AND, _core.OP_COPY, _core.OP_OR_NOT], [0, 0, 1],
-                         device="cuda")
-    assert_same_masks(out, cs.materialize(blank, [0, 1, 2], [_core.OP_AND, _core.OP_COPY, _core.OP_OR_NOT],
-                                          [0, 0, 1]))
-    assert_same_masks(cs.materialize(none, [], [], [], device="cuda"), cs.materialize(none, [], [], []))
+    none = MaskSet.empty(0)
+    assert on("cuda", cs, "primitive_counts", none).shape == (0, 4)
+    f, g, work = on("cuda", cs, "extension_counts", none, np.zeros(0, np.int64), MaskSet.empty(2))
+    assert f.shape == g.shape == (0, 4) and work.formula_blocks == 0
+    blank = MaskSet.empty(3)                     # masks without any block
+    np.testing.assert_array_equal(on("cuda", cs, "primitive_counts", blank), np.zeros((3, 4), np.int64))
+    args = (blank, [0, 1, 2], [_core.OP_AND, _core.OP_COPY, _core.OP_OR_NOT], [0, 0, 1])
+    assert_same_masks(on("cuda", cs, "materialize", *args), on("cpu", cs, "materialize", *args))
+    args = (none, [], [], [])
+    assert_same_masks(on("cuda", cs, "materialize", *args), on("cpu", cs, "materialize", *args))
 
 
 @pytest.mark.gpu
@@ -167,16 +180,16 @@ def test_gpu_bad_arguments_are_value_errors():
     cs = ConceptSet.from_dense(random_concepts(rng, 5, 4, 3, 3))
     fm = random_masks(rng, 2, cs.n_cells)
     with pytest.raises(ValueError, match="unknown operator code"):
-        cs.materialize(fm, [0], [9], [0], device="cuda")
+        on("cuda", cs, "materialize", fm, [0], [9], [0])
     with pytest.raises(ValueError, match="concept index out of range"):
-        cs.materialize(fm, [0], [_core.OP_OR], [4], device="cuda")
+        on("cuda", cs, "materialize", fm, [0], [_core.OP_OR], [4])
     with pytest.raises(ValueError, match="source formula index out of range"):
-        cs.materialize(fm, [2], [_core.OP_OR], [0], device="cuda")
+        on("cuda", cs, "materialize", fm, [2], [_core.OP_OR], [0])
     with pytest.raises(ValueError, match="unit_of index out of range"):
-        cs.extension_counts(fm, [0, 5], fm, device="cuda")
+        on("cuda", cs, "extension_counts", fm, [0, 5], fm)
     with pytest.raises(ValueError, match="block id out of range"):
-        bad = (np.array([0, 1]), np.array([10**6]), np.zeros((1, 8), np.uint64))
-        cs.primitive_counts(bad, device="cuda")
+        bad = MaskSet(np.array([0, 1]), np.array([10**6]), np.zeros((1, 8), np.uint64))
+        on("cuda", cs, "primitive_counts", bad)
 
 
 @pytest.mark.gpu
@@ -188,14 +201,14 @@ def test_gpu_errors_carry_the_cuda_text_and_are_not_sticky():
     cs = ConceptSet(1, (1, n_blocks * _core.BLOCK_CELLS), ["everything"],
                     np.zeros(n_blocks + 1, np.int64), np.zeros(0, np.int32), np.zeros((0, 8), np.uint64),
                     np.arange(n_blocks + 1, dtype=np.int64), np.zeros(n_blocks, np.int32))
-    fm = empty_masks(1)
+    fm = MaskSet.empty(1)
     n = 1 << 15
     with pytest.raises(RuntimeError, match="CUDA error .*(out of memory|cudaErrorMemoryAllocation)"):
-        cs.materialize(fm, np.zeros(n, np.int64), np.full(n, _core.OP_OR_NOT, np.int32),
-                       np.zeros(n, np.int32), device="cuda")
+        on("cuda", cs, "materialize", fm, np.zeros(n, np.int64), np.full(n, _core.OP_OR_NOT, np.int32),
+           np.zeros(n, np.int32))
     # The index still works after the failure.
-    out = cs.materialize(fm, [0], [_core.OP_LEAF], [0], device="cuda")
-    assert out[1].size == n_blocks and (out[2] == np.uint64(2**64 - 1)).all()
+    out = on("cuda", cs, "materialize", fm, [0], [_core.OP_LEAF], [0])
+    assert out.nnz == n_blocks and (out.words == np.uint64(2**64 - 1)).all()
 
 
 @pytest.mark.gpu
@@ -205,22 +218,24 @@ def test_gpu_device_masks_handles():
     cs = ConceptSet.from_dense(random_concepts(rng, 20, 5, 7, 9))
     units = random_masks(rng, 3, cs.n_cells)
     formulas = random_masks(rng, 4, cs.n_cells)
-    gpu = cs.device_index()
-    du, df = gpu.upload(units), gpu.upload(formulas)
-    assert du.n_masks == 3 and len(df) == 3
-    assert_same_masks(gpu.download(df), formulas)
-    assert_same_masks(tuple(df[i] for i in range(3)), formulas)
+    be = get_backend("cuda")
+    gpu = be.prepare(cs)
+    assert be.prepare(cs) is gpu                  # uploaded once per concept set
+    du, df = gpu.upload(units.arrays()), gpu.upload(formulas.arrays())
+    assert du.n_masks == 3 and df.n_masks == 4 and df.nnz == formulas.nnz
+    assert not hasattr(df, "__getitem__")         # nothing copies back implicitly
+    assert_same_masks(be.to_host(gpu, df), formulas)
     unit_of = np.array([0, 0, 1, 2])
-    np.testing.assert_array_equal(cs.primitive_counts(du, device="cuda"), cs.primitive_counts(units))
-    for a, b in zip(cs.extension_counts(df, unit_of, du, device="cuda"),
-                    cs.extension_counts(formulas, unit_of, units)):
+    np.testing.assert_array_equal(be.primitive_counts(gpu, du), on("cpu", cs, "primitive_counts", units))
+    for a, b in zip(be.extension_counts(gpu, df, unit_of, du),
+                    on("cpu", cs, "extension_counts", formulas, unit_of, units)):
         np.testing.assert_array_equal(a, b)
     src, op, con = [0, 1, 2, 3], [_core.OP_OR, _core.OP_COPY, _core.OP_AND_NOT, _core.OP_OR_NOT], [1, 0, 2, 3]
-    kept = cs.materialize(df, src, op, con, device="cuda", keep_on_device=True)
-    assert_same_masks(gpu.download(kept), cs.materialize(formulas, src, op, con))
-    other = ConceptSet.from_dense(random_concepts(rng, 2, 2, 2, 2)).device_index()
+    kept = be.materialize(gpu, df, src, op, con)
+    assert_same_masks(be.to_host(gpu, kept), on("cpu", cs, "materialize", formulas, src, op, con))
+    other = be.prepare(ConceptSet.from_dense(random_concepts(rng, 2, 2, 2, 2)))
     with pytest.raises(ValueError, match="another concept index"):
-        other.primitive_counts(du)
+        be.primitive_counts(other, du)
 
 
 def _same_results(a, b):
@@ -247,8 +262,8 @@ def test_gpu_search_equals_cpu(params):
     acts = rng.random((30, 6, 3, 4)).astype(np.float32)
     cpu = cx.search_formulas(acts, cs, device="cpu", unit_batch_size=4, **params)
     gpu_res = cx.search_formulas(acts, cs, device="cuda", unit_batch_size=4, **params)
-    assert gpu_res.params["device"] == "cuda"
+    assert gpu_res.params["device"] == "cuda:0"
     _same_results(gpu_res, cpu)
-    # "auto" takes the GPU only once the GPU path is validated (backend.AUTO_USES_GPU).
-    expected_auto = "cuda" if cx.backend.AUTO_USES_GPU else "cpu"
+    # "auto" takes the GPU only once the GPU path is validated (backends.AUTO_USES_GPU).
+    expected_auto = "cuda:0" if backends.AUTO_USES_GPU else "cpu"
     assert cx.search_formulas(acts, cs, device="auto", **params).params["device"] == expected_auto

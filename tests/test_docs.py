@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["compexp_core", "compexp_core.engine.driver", "compexp_core.engine.concepts", "compexp_core.engine.results",
+MODULES = ["compexp_core", "compexp_core.search", "compexp_core.engine.beam", "compexp_core.engine.masks",
+           "compexp_core.engine.backends", "compexp_core.engine.concepts", "compexp_core.engine.results",
            "compexp_core.engine.units", "compexp_core.engine.formula", "compexp_core.io", "compexp_core.analysis",
            "compexp_core.world"]
 

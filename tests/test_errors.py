@@ -149,7 +149,7 @@ def test_threshold_wrong_length():
 
 
 def test_unknown_device():
-    with pytest.raises(ValueError, match="device must be one of"):
+    with pytest.raises(ValueError, match="device must be .cpu., .cuda., .cuda:N. or .auto., got .tpu."):
         search(device="tpu")
 
 

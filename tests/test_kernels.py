@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from compexp_core import ConceptSet, ConceptSetBuilder, _core
-from compexp_core.engine.concepts import dense_to_masks, masks_to_dense
+from compexp_core.engine.backends import get_backend
+from compexp_core.engine.masks import MaskSet
 from conftest import DEVICES, available_simd
 
 SIMDS = available_simd()
@@ -45,12 +46,15 @@ def test_counts_match_numpy(shape, seed, device):
     F = rng.random((6, P)) < rng.random((6, 1))
     F[1] = False
     unit_of = rng.integers(0, 4, 6)
-    um, fm = dense_to_masks(U), dense_to_masks(F)
+    um, fm = MaskSet.from_dense(U), MaskSet.from_dense(F)
     for simd in SIMDS:
-        prim = cs.primitive_counts(um, simd, device=device)
+        be = get_backend(device, simd=simd)
+        index = be.prepare(cs)
+        prim = be.primitive_counts(index, um)
         assert prim.dtype == np.int64
         np.testing.assert_array_equal(prim, (U[:, None] & D[None]).sum(2))
-        f, g = cs.extension_counts(fm, unit_of, um, simd, device=device)
+        f, g, work = be.extension_counts(index, fm, unit_of, um)
+        assert work.formula_blocks == fm.nnz
         np.testing.assert_array_equal(f, (F[:, None] & D[None]).sum(2))
         np.testing.assert_array_equal(g, (F[:, None] & D[None] & U[unit_of][:, None]).sum(2))
 
@@ -66,7 +70,7 @@ def test_materialize_every_operator(shape, seed, device):
     D = flat(dense)
     P = D.shape[1]
     F = rng.random((3, P)) < 0.4
-    fm = dense_to_masks(F)
+    fm = MaskSet.from_dense(F)
     ops = {_core.OP_OR: np.logical_or, _core.OP_AND: np.logical_and,
            _core.OP_AND_NOT: lambda a, b: a & ~b, _core.OP_OR_NOT: lambda a, b: a | ~b}
     src, op, con = [], [], []
@@ -75,8 +79,10 @@ def test_materialize_every_operator(shape, seed, device):
             src.append(int(rng.integers(0, 3)))
             op.append(code)
             con.append(j)
-    out = cs.materialize(fm, src, op, con, device=device)
-    got = masks_to_dense(*out, P)
+    be = get_backend(device)
+    index = be.prepare(cs)
+    out = be.to_host(index, be.materialize(index, fm, src, op, con))
+    got = out.to_dense(P)
     for i in range(len(src)):
         if op[i] == _core.OP_LEAF:
             expected = D[con[i]]
@@ -86,8 +92,8 @@ def test_materialize_every_operator(shape, seed, device):
             expected = ops[op[i]](F[src[i]], D[con[i]])
         np.testing.assert_array_equal(got[i], expected)
     # Only non-empty blocks are stored, and padding bits stay zero (also for OR NOT).
-    assert (out[2].reshape(out[1].size, -1).any(axis=1)).all()
-    assert _core.mask_popcounts(out).tolist() == got.sum(1).tolist()
+    assert (out.words.any(axis=1)).all()
+    assert out.popcounts().tolist() == got.sum(1).tolist()
 
 
 def test_block_boundaries_and_full_blocks():
@@ -142,21 +148,26 @@ def test_builder_rejects_bad_labels():
 def test_mask_set_helpers_round_trip():
     rng = np.random.default_rng(5)
     dense = rng.random((5, 1500)) < 0.01
-    m = dense_to_masks(dense)
-    np.testing.assert_array_equal(masks_to_dense(*m, 1500), dense)
+    m = MaskSet.from_dense(dense)
+    np.testing.assert_array_equal(m.to_dense(1500), dense)
+    np.testing.assert_array_equal(m.popcounts(), dense.sum(1))
+    for i in range(5):
+        np.testing.assert_array_equal(m.cells(i), np.flatnonzero(dense[i]))
 
 
 def test_kernels_reject_malformed_mask_sets():
     cs = ConceptSet.from_dense(np.ones((2, 1, 4, 4), bool))
-    ptr, block, words = dense_to_masks(np.ones((1, 32), bool))
+    m = MaskSet.from_dense(np.ones((1, 32), bool))
+    cpu = get_backend("cpu")
+    index = cpu.prepare(cs)
     with pytest.raises(ValueError, match="block id out of range"):
-        cs.primitive_counts((ptr, block + 5, words))
+        cpu.primitive_counts(index, MaskSet(m.ptr, m.block + 5, m.words))
     with pytest.raises(ValueError, match="ptr does not span"):
-        cs.primitive_counts((ptr + 1, block, words))
+        cpu.primitive_counts(index, MaskSet(m.ptr + 1, m.block, m.words))
     with pytest.raises(ValueError, match="unit_of"):
-        cs.extension_counts((ptr, block, words), [3], (ptr, block, words))
+        cpu.extension_counts(index, m, [3], m)
     with pytest.raises(ValueError, match="simd"):
-        cs.primitive_counts((ptr, block, words), simd="sse9")
+        get_backend("cpu", simd="sse9")
 
 
 def test_simd_paths_agree_at_scale(device):
@@ -164,12 +175,15 @@ def test_simd_paths_agree_at_scale(device):
     rng = np.random.default_rng(6)
     maps = rng.integers(0, 60, size=(200, 2, 16, 16))
     cs = ConceptSet.from_label_maps(maps, np.arange(-1, 59), names=[f"c{i}" for i in range(59)])
-    U = dense_to_masks(rng.random((8, cs.n_cells)) < 0.3)
-    ref = cs.primitive_counts(U, "scalar")
-    f0, g0 = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, "scalar")
+    U = MaskSet.from_dense(rng.random((8, cs.n_cells)) < 0.3)
+    scalar = get_backend("cpu", simd="scalar")
+    ref = scalar.primitive_counts(scalar.prepare(cs), U)
+    f0, g0, _ = scalar.extension_counts(scalar.prepare(cs), U, np.arange(8)[::-1].copy(), U)
     for simd in SIMDS:
-        np.testing.assert_array_equal(cs.primitive_counts(U, simd, device=device), ref)
-        f, g = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd, device=device)
+        be = get_backend(device, simd=simd)
+        index = be.prepare(cs)
+        np.testing.assert_array_equal(be.primitive_counts(index, U), ref)
+        f, g, _ = be.extension_counts(index, U, np.arange(8)[::-1].copy(), U)
         np.testing.assert_array_equal(f, f0)
         np.testing.assert_array_equal(g, g0)
 
@@ -190,7 +204,7 @@ def test_materialize_formulas_equals_evaluate():
     dense = rng.random((20, 4, 5, 6)) < 0.4
     cs = ConceptSet.from_dense(dense, names=["a", "b", "c", "d"])
     formulas = [Formula.parse(t) for t in ("a", "(a OR b)", "((a AND NOT c) OR NOT d)", "(((b AND c) OR a) AND d)")]
-    got = masks_to_dense(*materialize_formulas(cs, formulas), cs.n_cells)
+    got = materialize_formulas(cs, formulas).to_dense(cs.n_cells)
     for row, f in zip(got, formulas):
         np.testing.assert_array_equal(row, f.evaluate(cs).ravel())
     with pytest.raises(ValueError, match="left-deep"):

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import compexp_core.engine.units as units_mod
 from compexp_core import compute_thresholds
-from compexp_core.engine.concepts import masks_to_dense
+
 from compexp_core.engine.units import unit_masks
 from reference import reference_thresholds, reference_unit_masks
 
@@ -18,7 +18,7 @@ def engine_masks(acts, grid, quantile=0.005, threshold=None):
         t = compute_thresholds(acts, quantile) if threshold is None else \
             np.broadcast_to(np.asarray(threshold, np.float64), ids.shape).copy()
     m = unit_masks(acts, ids, grid, t)
-    return masks_to_dense(*m, acts.shape[0] * grid[0] * grid[1])
+    return m.to_dense(acts.shape[0] * grid[0] * grid[1])
 
 
 @settings(max_examples=40, deadline=None)

@@ -18,8 +18,8 @@ from .engine.backends import backend_info, cuda_available, cuda_compiled, num_gp
 from .engine.concepts import ConceptSet, ConceptSetBuilder
 from .engine.formula import And, Formula, Leaf, Not, Or
 from .engine.results import Explanation, SearchResult, load_results
-from .engine.driver import METRICS, OPERATORS, search_formulas
 from .engine.units import compute_thresholds
+from .search import METRICS, OPERATORS, search_formulas
 
 __version__ = "0.1.0"
 

@@ -15,10 +15,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .engine.concepts import BLOCK_CELLS, ConceptSet
+from .engine.concepts import ConceptSet
+from .engine.driver import materialize_formulas
 from .engine.formula import Formula
 from .engine.results import SearchResult
-from .engine.units import as_activations, check_activations, unit_masks
+from .engine.units import check_activations, unit_masks
+from .inputs import activations_input
 
 __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "firing_samples",
            "top_activating_samples", "unit_mask_images", "formula_mask_images"]
@@ -66,15 +68,6 @@ def mean_iou_by_length(result: SearchResult) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ mask views
 
-def _mask_cells(ptr: np.ndarray, block: np.ndarray, words: np.ndarray, i: int) -> np.ndarray:
-    """Sorted cell indices set in mask ``i`` of a mask set."""
-    blocks = block[ptr[i]:ptr[i + 1]]
-    bits = np.unpackbits(np.ascontiguousarray(words[ptr[i]:ptr[i + 1]]).view(np.uint8),
-                         axis=1, bitorder="little")
-    rows, offsets = np.nonzero(bits)
-    return blocks[rows] * BLOCK_CELLS + offsets
-
-
 def _thresholds_of(result: SearchResult, units: Sequence[int]) -> Optional[np.ndarray]:
     values = [result.by_unit(int(u)).threshold for u in units]
     if all(v is None for v in values):
@@ -85,7 +78,7 @@ def _thresholds_of(result: SearchResult, units: Sequence[int]) -> Optional[np.nd
 
 
 def _checked_acts(acts, concepts_or_grid):
-    acts = as_activations(acts)
+    acts = activations_input(acts)
     if isinstance(concepts_or_grid, ConceptSet):
         grid = concepts_or_grid.grid
         check_activations(acts, concepts_or_grid.n_samples, grid)
@@ -117,7 +110,7 @@ def firing_samples(acts, result: SearchResult, grid, units: Optional[Sequence[in
     masks = unit_masks(acts, uniq, grid, _thresholds_of(result, uniq))
     for j, u in enumerate(units):
         k = int(np.searchsorted(uniq, u))
-        out[np.unique(_mask_cells(*masks, k) // cells), j] = True
+        out[np.unique(masks.cells(k) // cells), j] = True
     return out
 
 
@@ -140,7 +133,7 @@ def top_activating_samples(acts, units, k: int = 8, *, return_peaks: bool = Fals
     Raises:
         ValueError: a unit index out of range.
     """
-    acts = as_activations(acts)
+    acts = activations_input(acts)
     single = np.ndim(units) == 0
     ids = np.atleast_1d(np.asarray(units, np.int64))
     bad = ids[(ids < 0) | (ids >= acts.shape[1])]
@@ -167,7 +160,7 @@ def unit_mask_images(acts, unit: int, samples: Sequence[int], grid,
                      threshold: Optional[float]) -> np.ndarray:
     """The binarised mask of ``unit`` on the given inputs: bool ``[len(samples), H, W]``,
     identical to the cells the search scored (same threshold, same upsampling)."""
-    acts = as_activations(acts)
+    acts = activations_input(acts)
     grid = tuple(int(g) for g in grid)
     samples = np.asarray(samples, np.int64)
     sub = np.stack([np.asarray(acts[int(s), int(unit):int(unit) + 1]) for s in samples]) \
@@ -177,18 +170,16 @@ def unit_mask_images(acts, unit: int, samples: Sequence[int], grid,
     masks = unit_masks(sub, np.array([0]), grid,
                        None if threshold is None else np.array([threshold], np.float64))
     dense = np.zeros(samples.size * grid[0] * grid[1], bool)
-    dense[_mask_cells(*masks, 0)] = True
+    dense[masks.cells(0)] = True
     return dense.reshape((samples.size,) + grid)
 
 
 def formula_mask_images(concepts: ConceptSet, formula: Formula,
                         samples: Sequence[int]) -> np.ndarray:
     """The mask of a search formula on the given inputs: bool ``[len(samples), H, W]``."""
-    from .engine.driver import materialize_formulas
-
     masks = materialize_formulas(concepts, [formula])
     cells = concepts.grid[0] * concepts.grid[1]
-    set_cells = _mask_cells(*masks, 0)
+    set_cells = masks.cells(0)
     samples = np.asarray(samples, np.int64)
     out = np.zeros((samples.size, cells), bool)
     owner = set_cells // cells
@@ -276,7 +267,7 @@ def iou_accuracy_correlation(result: SearchResult, acts, correct, grid, *,
         1.0
     """
     correct = np.asarray(correct)
-    acts = as_activations(acts)
+    acts = activations_input(acts)
     if correct.dtype != bool:
         if correct.dtype.kind in "iu" and correct.size and set(np.unique(correct)) <= {0, 1}:
             correct = correct.astype(bool)

@@ -70,7 +70,7 @@ def _search_kwargs(args) -> dict:
 
 def _cmd_search(args) -> int:
     from .io import load_concepts, open_activations
-    from .engine.driver import search_formulas
+    from .search import search_formulas
 
     t0 = time.perf_counter()
     concepts = load_concepts(args.concepts)

@@ -232,7 +232,7 @@ def run_demo(out_dir: str = "compexp-demo", config: DemoConfig = DemoConfig(), *
     from .analysis import iou_accuracy_correlation, mean_iou_by_length
     from .extract import ImageDataset, extract_activations
     from .io import load_concepts, open_activations
-    from .engine.driver import search_formulas
+    from .search import search_formulas
 
     seconds = {}
     os.makedirs(out_dir, exist_ok=True)

@@ -10,7 +10,7 @@ compexp-core reads two kinds of input from HDF5, both documented field by field 
 * a **concepts file** (``format = "compexp-concepts"``) holding the K concept names and
   categories, and either the *sources* of the concept masks (integer label maps per category,
   sample-level labels, dense boolean masks), or the already built block-sparse *index* of a
-  :class:`~compexp_core.concepts.ConceptSet`, or both (the index is then used as is).
+  :class:`~compexp_core.ConceptSet`, or both (the index is then used as is).
 
 Large datasets are written and read in chunks of samples, so no function here needs a whole
 label-map or activation tensor in memory (except :func:`load_activations`, meant for small
@@ -28,7 +28,7 @@ Errors are reported the same way by every reader:
 Examples:
     >>> import os, tempfile
     >>> import numpy as np
-    >>> from compexp_core.concepts import ConceptSet
+    >>> from compexp_core import ConceptSet
     >>> d = tempfile.mkdtemp()
     >>> save_activations(os.path.join(d, "acts.h5"), np.ones((4, 3, 2, 2), np.float32),
     ...                  layer="layer4")
@@ -867,7 +867,7 @@ def save_concepts(path: PathLike, concepts: ConceptSet) -> None:
     Examples:
         >>> import os, tempfile
         >>> import numpy as np
-        >>> from compexp_core.concepts import ConceptSet
+        >>> from compexp_core import ConceptSet
         >>> cs = ConceptSet.from_sample_labels(np.eye(3, dtype=bool), grid=(4, 4),
         ...                                    names=["a", "b", "c"], categories=["scene"] * 3)
         >>> p = os.path.join(tempfile.mkdtemp(), "concepts.h5")

@@ -589,12 +589,12 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
     """Write an HTML report of a search result: an index page with one card per unit.
 
     Args:
-        result: a :class:`~compexp_core.results.SearchResult` or the path of a results file.
+        result: a :class:`~compexp_core.SearchResult` or the path of a results file.
         out_dir: the folder to write (created if needed): ``index.html`` and ``img/*.png``.
             Files of an earlier report there are overwritten.
         acts: the activations the search used: path, array or h5py dataset, ``[N, U, h, w]``
             or ``[N, U]``.
-        concepts: the :class:`~compexp_core.concepts.ConceptSet` the search used, or its path.
+        concepts: the :class:`~compexp_core.ConceptSet` the search used, or its path.
         images: the N input images, in the order of ``acts``: a ``compexp-images`` file, a
             uint8 array ``[N, H, W, 3]``, or a dataset with ``__len__`` and
             ``raw_image(i) -> uint8 [H, W, 3]``. Any size; masks are scaled to it.
@@ -635,7 +635,7 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
                            unit_mask_images)
     from .engine.concepts import ConceptSet
     from .io import load_concepts
-    from .engine.units import as_activations
+    from .inputs import activations_input
 
     labels = {"acts": _label(acts, "acts"), "concepts": _label(concepts, "concepts")}
     result = _as_result(result, "result")
@@ -661,7 +661,7 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
     if not units:
         raise ValueError("there are no units to report")
     opened = _is_path(acts)
-    acts = as_activations(acts)
+    acts = activations_input(acts)
     source = None
     try:
         source = _Images(images)

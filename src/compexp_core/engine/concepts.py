@@ -20,11 +20,9 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from .. import _core
+from .masks import BLOCK_WORDS, MaskSet
 
 __all__ = ["ConceptSet", "ConceptSetBuilder", "default_names"]
-
-BLOCK_WORDS = _core.BLOCK_WORDS
-BLOCK_CELLS = _core.BLOCK_CELLS
 
 # Samples per chunk when feeding large arrays to the builder: bounds temporary copies.
 _CHUNK_CELLS = 1 << 24
@@ -137,7 +135,6 @@ class ConceptSet:
         self.block_entry_counts = np.diff(a.block_ptr)
         self.block_full_counts = np.diff(a.full_ptr)
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
-        self._cuda_index = None  # the GPU copy of the index, made on first use
 
     # ----------------------------------------------------------------------------- shape
     @property
@@ -160,6 +157,12 @@ class ConceptSet:
         if self.grid == (1, 1):
             return (self.n_samples,)
         return (self.n_samples, *self.grid)
+
+    @property
+    def host_index(self):
+        """The checked index in the C++ engine (``_core.ConceptIndex``): what the CPU backend
+        counts with (the CUDA backend uploads :attr:`arrays`)."""
+        return self._index
 
     @property
     def arrays(self) -> _IndexArrays:
@@ -200,10 +203,10 @@ class ConceptSet:
         j = self.index(concept) if isinstance(concept, str) else int(concept)
         if not 0 <= j < self.n_concepts:
             raise ValueError(f"concept index {j} out of range for {self.n_concepts} concepts")
-        ptr, block, words = self._index.materialize(
-            empty_masks(0), np.zeros(1, np.int64), np.zeros(1, np.int32) + _core.OP_LEAF,
-            np.array([j], np.int32))
-        return masks_to_dense(ptr, block, words, self.n_cells)[0].reshape(self.mask_shape)
+        mask = MaskSet.from_arrays(self._index.materialize(
+            MaskSet.empty(0).arrays(), np.zeros(1, np.int64), np.zeros(1, np.int32) + _core.OP_LEAF,
+            np.array([j], np.int32)))
+        return mask.to_dense(self.n_cells)[0].reshape(self.mask_shape)
 
     def to_dense(self) -> np.ndarray:
         """All masks densely, bool [N, K, H, W] (or [N, K] on a 1x1 grid). Small sets only."""
@@ -271,61 +274,6 @@ class ConceptSet:
         b = ConceptSetBuilder(labels.shape[0], grid, check_names(names, labels.shape[1]), categories)
         b.add_sample_labels(labels, list(range(labels.shape[1])))
         return b.build()
-
-    # ----------------------------------------------------------------------------- kernels
-    # Each kernel runs on the CPU or, with device="cuda", on the GPU, with identical results.
-    # The GPU copy of the index is made on first use and kept (see device_index).
-    def device_index(self):
-        """This set's concept index on the GPU (``compexp_core._cuda.DeviceConceptIndex``),
-        uploaded on first use and kept until the set is freed.
-
-        Raises:
-            RuntimeError: no CUDA build or no GPU (the message says how to fix it).
-        """
-        if self._cuda_index is None:
-            from .backends import cuda_module
-
-            a = self._arrays
-            self._cuda_index = cuda_module().DeviceConceptIndex(
-                self.n_cells, self.n_concepts, a.block_ptr, a.entry_concept, a.entry_words,
-                a.full_ptr, a.full_concept)
-        return self._cuda_index
-
-    def _kernels(self, device: str):
-        from .backends import resolve_device
-
-        return self.device_index() if resolve_device(device) == "cuda" else None
-
-    def primitive_counts(self, units, simd: str = "auto", device: str = "cpu") -> np.ndarray:
-        """|U_u AND C_j| for a mask set of units: int64 [n_units, K]."""
-        gpu = self._kernels(device)
-        if gpu is not None:
-            return gpu.primitive_counts(units)
-        return self._index.primitive_counts(units, simd)
-
-    def extension_counts(self, formulas, unit_of: np.ndarray, units, simd: str = "auto",
-                         device: str = "cpu"):
-        """(f, g) int64 [n_formulas, K]: |F_i AND C_j| and |U AND F_i AND C_j|."""
-        unit_of = np.ascontiguousarray(unit_of, np.int64)
-        gpu = self._kernels(device)
-        if gpu is not None:
-            return gpu.extension_counts(formulas, unit_of, units)
-        return self._index.extension_counts(formulas, unit_of, units, simd)
-
-    def materialize(self, formulas, src, op, concept, device: str = "cpu",
-                    keep_on_device: bool = False):
-        """Masks op[i](F_src[i], C_concept[i]) as a block-sparse mask set.
-
-        On the GPU, ``keep_on_device=True`` returns a ``compexp_core._cuda.DeviceMasks`` handle
-        that stays there (the GPU kernels take it wherever they take a mask set; it reads like
-        the (ptr, block, words) tuple, copying from the GPU when indexed).
-        """
-        args = (formulas, np.ascontiguousarray(src, np.int64), np.ascontiguousarray(op, np.int32),
-                np.ascontiguousarray(concept, np.int32))
-        gpu = self._kernels(device)
-        if gpu is not None:
-            return gpu.materialize(*args, on_device=keep_on_device)
-        return self._index.materialize(*args)
 
 
 class ConceptSetBuilder:
@@ -435,40 +383,6 @@ class ConceptSetBuilder:
         bp, ec, ew, fp, fc = self._builder.finish()
         return ConceptSet(self.n_samples, self.grid, self.names, bp, ec, ew, fp, fc,
                           categories=self.categories)
-
-
-# ------------------------------------------------------------------------------ mask-set helpers
-# A mask set is the tuple (ptr int64 [n+1], block int64 [nnz], words uint64 [nnz, 8]).
-
-def empty_masks(n: int):
-    """A mask set of n empty masks."""
-    return (np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros((0, BLOCK_WORDS), np.uint64))
-
-
-def masks_to_dense(ptr, block, words, n_cells: int) -> np.ndarray:
-    """Dense bool [n_masks, n_cells] of a mask set (tests and small data)."""
-    n = ptr.size - 1
-    n_blocks = -(-n_cells // BLOCK_CELLS)
-    packed = np.zeros((n, n_blocks, BLOCK_WORDS), np.uint64)
-    rows = np.repeat(np.arange(n), np.diff(ptr))
-    packed[rows, block] = words
-    bits = np.unpackbits(packed.reshape(n, -1).view(np.uint8), axis=1, bitorder="little")
-    return bits[:, :n_cells].astype(bool)
-
-
-def dense_to_masks(dense: np.ndarray):
-    """Mask set of dense bool [n_masks, n_cells] rows (tests and small data)."""
-    dense = np.asarray(dense, bool)
-    n, p = dense.shape
-    n_blocks = -(-p // BLOCK_CELLS)
-    padded = np.zeros((n, n_blocks * BLOCK_CELLS), bool)
-    padded[:, :p] = dense
-    packed = np.packbits(padded, axis=1, bitorder="little").view(np.uint64).reshape(n, n_blocks, BLOCK_WORDS)
-    nonzero = packed.any(axis=2)
-    ptr = np.zeros(n + 1, np.int64)
-    np.cumsum(nonzero.sum(axis=1), out=ptr[1:])
-    rows, blocks = np.nonzero(nonzero)
-    return ptr, blocks.astype(np.int64), np.ascontiguousarray(packed[rows, blocks])
 
 
 def _as_bool_array(x, what: str) -> np.ndarray:

@@ -23,7 +23,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Formula", "Leaf", "Not", "And", "Or", "format_name"]
+__all__ = ["Formula", "Leaf", "Not", "And", "Or", "format_name", "OP_CODES", "formula_key",
+           "key_formula"]
+
+# Operator codes of formula keys and of the materialisation kernel (csrc/compexp.h, enum Op;
+# a test checks they agree with the compiled module's OP_* constants).
+OP_CODES = {"or": 1, "and": 2, "and_not": 3, "or_not": 4}
+_OP_NAMES = {code: name for name, code in OP_CODES.items()}
 
 _OPERATORS = frozenset({"AND", "OR", "NOT"})
 _SPECIAL = frozenset('()"\\')
@@ -136,6 +142,33 @@ class Formula(ABC):
                 raise ValueError(f"unknown step op {op!r}; allowed ops: {', '.join(map(repr, _STEP_OPS))}")
             f = build(f, name)
         return f
+
+    def steps(self) -> tuple[str, list[tuple[str, str]]]:
+        """The inverse of :meth:`from_steps`: ``(first, [(op, name), ...])`` of a left-deep
+        formula (the shape the search builds).
+
+        Raises:
+            ValueError: the formula is not left-deep over leaves.
+
+        Examples:
+            >>> Formula.parse("((water OR river) AND NOT blue)").steps()
+            ('water', [('or', 'river'), ('and_not', 'blue')])
+        """
+        steps = []
+        node: Formula = self
+        while isinstance(node, (And, Or)):
+            right, negated = node.right, isinstance(node.right, Not)
+            if negated:
+                right = right.operand
+            if not isinstance(right, Leaf):
+                raise ValueError(f"{self} is not left-deep (a search formula)")
+            op = ("and_not" if negated else "and") if isinstance(node, And) else \
+                ("or_not" if negated else "or")
+            steps.append((op, right.name))
+            node = node.left
+        if not isinstance(node, Leaf):
+            raise ValueError(f"{self} is not left-deep (a search formula)")
+        return node.name, steps[::-1]
 
     @staticmethod
     def parse(text: str) -> Formula:
@@ -433,3 +466,33 @@ class _Parser:
             self.i += 1
             return f
         raise self._error(f"expected a concept name, NOT or '(' but found {self._found()}", pos)
+
+
+# ------------------------------------------------------------------------------ formula keys
+# The search keeps formulas as keys: (first concept, (op code, concept), ...), concepts by
+# index. Keys are hashable, cheap to extend, and map one to one onto left-deep formulas.
+
+def formula_key(formula: Formula, index_of: Callable[[str], int]) -> tuple:
+    """The key ``(first, (op code, concept), ...)`` of a left-deep formula, with concepts
+    numbered by ``index_of(name)`` (e.g. ``ConceptSet.index``).
+
+    Raises:
+        ValueError: the formula is not left-deep, or ``index_of`` rejects a name.
+
+    Examples:
+        >>> names = ["water", "river", "blue"]
+        >>> formula_key(Formula.parse("((water OR river) AND NOT blue)"), names.index)
+        (0, (1, 1), (3, 2))
+    """
+    first, steps = formula.steps()
+    return (index_of(first), *((OP_CODES[op], index_of(name)) for op, name in steps))
+
+
+def key_formula(key: tuple, names: Sequence[str]) -> Formula:
+    """The formula of a key (the inverse of :func:`formula_key`).
+
+    Examples:
+        >>> str(key_formula((0, (1, 1), (3, 2)), ["water", "river", "blue"]))
+        '((water OR river) AND NOT blue)'
+    """
+    return Formula.from_steps(names[key[0]], [(_OP_NAMES[op], names[c]) for op, c in key[1:]])

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import _core
+from .masks import MaskSet
 
 __all__ = ["compute_thresholds", "unit_masks", "as_activations"]
 
@@ -25,16 +26,16 @@ _READ_BYTES = 1 << 28
 
 
 def as_activations(acts):
-    """Accept a NumPy array, an h5py dataset, a path to an activations file or a torch tensor.
+    """Accept a NumPy array, an h5py dataset or a CPU torch tensor (paths are opened by the
+    caller: :func:`compexp_core.io.open_activations`).
 
     Returns an object with ``shape``, ``dtype`` and NumPy-style slicing.
     """
     import os
 
-    if isinstance(acts, (str, os.PathLike)):
-        from ..io import open_activations
-
-        return open_activations(acts)
+    if isinstance(acts, (str, bytes, os.PathLike)):
+        raise TypeError(f"acts is a path ({acts!r}); open it with compexp_core.io.open_activations "
+                        f"or pass it to compexp_core.search_formulas, which opens it")
     if hasattr(acts, "detach") and hasattr(acts, "cpu"):  # torch.Tensor without importing torch
         acts = acts.detach().cpu().numpy()
     if hasattr(acts, "shape") and hasattr(acts, "dtype") and hasattr(acts, "__getitem__") \
@@ -154,14 +155,14 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
         thresholds: float64, one per id (ignored for boolean acts).
 
     Returns:
-        A mask set ``(ptr, block, words)`` with one mask per id.
+        A :class:`MaskSet` with one mask per id.
     """
     H, W = grid
     n = acts.shape[0]
     is_bool = np.dtype(acts.dtype) == bool
     per_sample = len(ids) * max(_values_per_unit(acts), H * W) * 4
     step = max(1, _READ_BYTES // max(1, per_sample))
-    parts = []
+    parts = []      # (ptr, block, words) tuples of consecutive sample ranges
     for s0 in range(0, n, step):
         s1 = min(n, s0 + step)
         chunk = _read(acts, s0, s1, ids)
@@ -179,4 +180,4 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
         else:
             parts.append(_core.unit_masks_from_maps(np.ascontiguousarray(chunk, np.float32), s0, H, W,
                                                     np.ascontiguousarray(thresholds, np.float64)))
-    return parts[0] if len(parts) == 1 else _core.merge_mask_parts(parts)
+    return MaskSet.from_arrays(parts[0] if len(parts) == 1 else _core.merge_mask_parts(parts))

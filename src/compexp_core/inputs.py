@@ -1,0 +1,66 @@
+"""What users pass, turned into what the engine takes: the thin layer above the engine.
+
+The engine (:mod:`compexp_core.engine`) works on arrays, h5py datasets and concept sets and
+never opens a file. The public functions that also accept file paths (``search_formulas``, the
+analyses, the report) turn them into engine inputs here, with :mod:`compexp_core.io`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .engine.concepts import ConceptSet, check_names
+from .engine.units import as_activations
+
+__all__ = ["activations_input", "concepts_input"]
+
+
+def _is_path(x) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def activations_input(acts):
+    """Activations as the engine reads them: a path is opened as an activations HDF5 file
+    (read lazily, in chunks); arrays, h5py datasets and CPU torch tensors pass through
+    :func:`compexp_core.engine.units.as_activations`."""
+    if _is_path(acts):
+        from .io import open_activations
+
+        return open_activations(acts)
+    return as_activations(acts)
+
+
+def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
+    """A :class:`ConceptSet` from a concept set, a concepts HDF5 path, or bool masks
+    ``[N, K, H, W]`` / ``[N, K]`` (with optional ``names``).
+
+    Raises:
+        TypeError / ValueError: masks of another kind or shape, names that do not fit.
+    """
+    if isinstance(masks, ConceptSet):
+        if names is not None and tuple(names) != masks.names:
+            raise ValueError("names differ from the concept set's own names; pass names=None "
+                             "with a ConceptSet")
+        return masks
+    if _is_path(masks):
+        from .io import load_concepts
+
+        cs = load_concepts(masks)
+        if names is not None and tuple(names) != cs.names:
+            raise ValueError(f"names differ from the names stored in {masks}; pass names=None")
+        return cs
+    if hasattr(masks, "detach") and hasattr(masks, "cpu"):   # a torch tensor, without torch
+        masks = masks.detach().cpu().numpy()
+    masks = np.asarray(masks)
+    if masks.dtype != bool:
+        raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "
+                        f"[N, K, H, W] / [N, K]; got an array of dtype {masks.dtype}")
+    if masks.ndim not in (2, 4):
+        raise ValueError(f"masks must be bool [N, K, H, W] or [N, K], got shape {masks.shape}")
+    if masks.shape[1] == 0:
+        raise ValueError("masks has zero concepts (K = 0)")
+    if masks.shape[0] == 0:
+        raise ValueError("masks has zero samples (N = 0)")
+    return ConceptSet.from_dense(masks, names=check_names(names, masks.shape[1]))

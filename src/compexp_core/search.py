@@ -1,0 +1,151 @@
+"""The public search: :func:`search_formulas`.
+
+Beam search for compositional explanations (Mu & Andreas, NeurIPS 2020). For each unit: score
+every concept alone; keep the ``beam_size`` best with a positive score; then, ``max_length - 1``
+times, extend every beam formula F with every candidate concept C and operator (OR, AND,
+AND NOT, optionally OR NOT), and keep the ``beam_size`` best of the old beam followed by the new
+candidates (stable ranking: ties keep the earlier entry). The exact semantics are those of
+``DESIGN.md``; the beam lives in :mod:`compexp_core.engine.beam`, the data movement in
+:mod:`compexp_core.engine.driver`, the kernels behind :mod:`compexp_core.engine.backends`.
+
+This module only turns what users pass (paths, arrays, tensors, parameters) into engine
+inputs, picks the backend, and wraps the explanations in a :class:`SearchResult`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .engine.backends import get_backend
+from .engine.beam import METRICS, OPERATORS, SearchParams
+from .engine.driver import run_search
+from .engine.results import SearchResult
+from .engine.units import check_activations, check_quantile
+from .inputs import activations_input, concepts_input
+
+__all__ = ["search_formulas", "OPERATORS", "METRICS"]
+
+
+def search_formulas(
+    acts,
+    masks,
+    *,
+    names: Optional[Sequence[str]] = None,
+    max_length: int = 3,
+    beam_size: int = 10,
+    ops: Sequence[str] = ("or", "and", "and_not"),
+    metric: str = "iou",
+    allow_repeats: bool = False,
+    candidate_limit: Optional[int] = None,
+    complexity_penalty: float = 1.0,
+    quantile: float = 0.005,
+    threshold=None,
+    units: Optional[Sequence[int]] = None,
+    device: str = "auto",
+    progress: bool = False,
+    unit_batch_size: int = 64,
+) -> SearchResult:
+    """Explain units with logical formulas over concepts, by beam search.
+
+    Args:
+        acts: ``[N, U, h, w]`` or ``[N, U]``: float activations (NumPy array, torch tensor,
+            h5py dataset or path to an activations HDF5 file), or bool unit masks on the
+            concepts' grid.
+        masks: a :class:`ConceptSet`, a path to a concepts HDF5 file, or bool
+            ``[N, K, H, W]`` / ``[N, K]`` concept masks.
+        names: K unique concept names for array masks (default ``"c0".."c{K-1}"``).
+        max_length: longest formula, in leaves (>= 1).
+        beam_size: formulas kept per step (>= 1).
+        ops: operators among ``"or"``, ``"and"``, ``"and_not"``, ``"or_not"``.
+        metric: ``"iou"``, ``"precision"`` or ``"recall"``.
+        allow_repeats: also form candidates whose new concept already occurs in the formula,
+            as the reference code does.
+        candidate_limit: extend only with the K best concepts by single-concept score.
+        complexity_penalty: scores are multiplied by ``penalty ** (length - 1)``.
+        quantile: fraction of each unit's activations above its threshold, in (0, 1).
+        threshold: explicit threshold, a scalar or one per unit of ``acts`` (overrides
+            ``quantile``).
+        units: indices of the units to explain (default: all), in the order results are wanted.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (the CPU until the CUDA
+            path has been verified on a GPU). On a GPU the concept index is uploaded once and
+            the counting and materialisation kernels run there; thresholds and unit masks are
+            computed on the CPU. Results are identical on every device.
+        progress: show a progress bar over units.
+        unit_batch_size: units searched together (bounds memory).
+
+    Returns:
+        A :class:`SearchResult`; ``result[i]`` explains the i-th requested unit.
+
+    Examples:
+        >>> import numpy as np, compexp_core as cx
+        >>> rng = np.random.default_rng(0)
+        >>> masks = rng.random((500, 4)) < 0.3                # 500 sentences, 4 words
+        >>> unit = (masks[:, 0] | masks[:, 1]) & ~masks[:, 2]  # a unit firing on a formula
+        >>> result = cx.search_formulas(unit[:, None], masks, names=["dog", "cat", "not", "red"])
+        >>> str(result[0].formula), result[0].iou
+        ('((dog OR cat) AND NOT "not")', 1.0)
+    """
+    params = SearchParams(max_length, beam_size, ops, metric, allow_repeats, candidate_limit,
+                          complexity_penalty)
+    check_quantile(quantile)
+    backend = get_backend(device)
+    concepts = concepts_input(masks, names)
+    acts = activations_input(acts)
+    check_activations(acts, concepts.n_samples, concepts.grid)
+    n_units = acts.shape[1]
+    ids = np.arange(n_units) if units is None else _unit_ids(units, n_units)
+    unit_batch_size = _positive_int(unit_batch_size, "unit_batch_size")
+    thresholds = None if threshold is None else _explicit_thresholds(threshold, n_units)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        two_passes = np.dtype(acts.dtype) != bool and threshold is None
+        bar = tqdm(total=(2 if two_passes else 1) * ids.size, unit="unit", desc="compexp")
+    try:
+        explanations, stats = run_search(acts, concepts, params, backend, units=ids,
+                                         quantile=quantile, thresholds=thresholds,
+                                         unit_batch_size=unit_batch_size,
+                                         progress=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    result = SearchResult(explanations,
+                          params={**params.as_dict(), "quantile": quantile, "device": backend.name,
+                                  "names": list(concepts.names)})
+    result.stats = stats.as_dict()
+    return result
+
+
+def _positive_int(x, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer >= 1, got {x!r}")
+    if x < 1:
+        raise ValueError(f"{what} must be >= 1, got {x}")
+    return int(x)
+
+
+def _unit_ids(units, n_units: int) -> np.ndarray:
+    ids = np.asarray(units)
+    if ids.ndim != 1:
+        raise ValueError(f"units must be a 1-D sequence of unit indices, got shape {ids.shape}")
+    if ids.size == 0:
+        raise ValueError("units is empty: name at least one unit")
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"units must hold integer unit indices, got dtype {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= n_units)]
+    if bad.size:
+        raise ValueError(f"unit index {int(bad[0])} out of range: acts has {n_units} units")
+    return ids.astype(np.int64)
+
+
+def _explicit_thresholds(threshold, n_units: int) -> np.ndarray:
+    t = np.asarray(threshold, dtype=np.float64) if not isinstance(threshold, bool) else None
+    if t is None or t.ndim > 1:
+        raise ValueError(f"threshold must be a number or one number per unit, got {threshold!r}")
+    if t.ndim == 1 and t.size != n_units:
+        raise ValueError(f"threshold has {t.size} values but acts has {n_units} units")
+    if np.isnan(t).any():
+        raise ValueError("threshold contains NaN")
+    return np.broadcast_to(t, (n_units,)).copy()
