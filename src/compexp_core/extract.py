@@ -51,6 +51,7 @@ from typing import Any, Optional, Sequence, Union
 import h5py
 import numpy as np
 
+from .engine.backends import parse_device
 from .io import (
     ACTIVATIONS_FORMAT,
     FORMAT_VERSION,
@@ -586,20 +587,23 @@ class _PartialFile:
 # =============================================================================== extraction
 
 def _resolve_device(device: Any) -> str:
+    """The torch device of a package device string (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"auto"``; see :func:`compexp_core.engine.backends.parse_device`). ``"auto"`` is the GPU
+    when PyTorch can use one."""
     import torch
 
-    if not isinstance(device, str):
-        raise TypeError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
-    if device == "auto":
+    kind, index = parse_device(device)
+    if kind == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if re.fullmatch(r"cuda(:\d+)?", device):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was requested but CUDA is not available to "
-                               f"PyTorch (no GPU, or a CPU-only torch build); use device='cpu'")
-        return device
-    raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if kind == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was requested but CUDA is not available to "
+                           f"PyTorch (no GPU, or a CPU-only torch build); use device='cpu'")
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"device={device!r} was requested but PyTorch sees only "
+                           f"{torch.cuda.device_count()} GPU(s); use device='cuda:0'..")
+    return f"cuda:{index}"
 
 
 def _check_int(value: Any, what: str, minimum: int) -> int:
