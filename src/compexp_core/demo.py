@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ._optional import require
 from .world import COLORS, SCENES, SHAPES, make_world, write_world_files
 
 __all__ = ["DemoConfig", "build_demo_model", "train_demo_model", "load_or_train",
@@ -229,6 +230,7 @@ def run_demo(out_dir: str = "compexp-demo", config: DemoConfig = DemoConfig(), *
     Returns:
         A :class:`DemoSummary`.
     """
+    require("torch", "the built-in example (training its CNN)")
     from .analysis import iou_accuracy_correlation, mean_iou_by_length
     from .extract import ImageDataset, extract_activations
     from .io import load_concepts, open_activations

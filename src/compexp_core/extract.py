@@ -51,6 +51,7 @@ from typing import Any, Optional, Sequence, Union
 import h5py
 import numpy as np
 
+from ._optional import require
 from .engine.backends import parse_device
 from .io import (
     ACTIVATIONS_FORMAT,
@@ -726,8 +727,7 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
         >>> [open_activations(p).shape for p in paths]
         [(5, 2, 4, 4), (5, 2, 1, 1)]
     """
-    import torch
-
+    torch = require("torch", "activation extraction")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     layers = _check_layers(layers)
@@ -855,7 +855,7 @@ def load_model(spec: str) -> Any:
         >>> type(m).__name__
         'Identity'
     """
-    import torch
+    torch = require("torch", "loading a model")
 
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"a model spec must be a non-empty string, got {spec!r}")
