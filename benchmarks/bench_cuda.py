@@ -79,7 +79,9 @@ def run_engine(d: Path, length: int, beam: int, device: str) -> dict:
 def section_kernel(args, d: Path) -> None:
     import compexp_core as cx
     from compexp_core import _core
+    from compexp_core.engine.backends import get_backend
     from compexp_core.engine.beam import metric_values
+    from compexp_core.engine.masks import MaskSet
     from compexp_core.engine.units import compute_thresholds, unit_masks
 
     cs = cx.load_concepts(f"{d}/concepts.h5")
@@ -89,28 +91,30 @@ def section_kernel(args, d: Path) -> None:
     umasks = unit_masks(acts, ids, cs.grid, compute_thresholds(acts, 0.005, ids))
     t_masks = time.perf_counter() - t
     # Each unit's beam: its `beam` best single concepts by IoU (the first extension step's input).
-    prim = cs.primitive_counts(umasks)
-    usize = _core.mask_popcounts(umasks)
+    cpu = get_backend("cpu")
+    cpu_index = cpu.prepare(cs)
+    prim = cpu.primitive_counts(cpu_index, umasks)
+    usize = umasks.popcounts()
     iou = metric_values("iou", prim, cs.sizes[None, :], usize[:, None])
     top = np.argsort(-iou, axis=1, kind="stable")[:, :args.beam]
     unit_of = np.repeat(np.arange(ids.size), args.beam)
     concept = top.ravel().astype(np.int32)
-    formulas = cs.materialize((np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 8), np.uint64)),
-                              np.zeros(concept.size, np.int64),
-                              np.full(concept.size, _core.OP_LEAF, np.int32), concept)
-    touched = int(cs.block_entry_counts[formulas[1]].sum()) * (8 * _core.BLOCK_WORDS + 4)
+    formulas = cpu.materialize(cpu_index, MaskSet.empty(0), np.zeros(concept.size, np.int64),
+                               np.full(concept.size, _core.OP_LEAF, np.int32), concept)
+    touched = int(cs.block_entry_counts[formulas.block].sum()) * (8 * _core.BLOCK_WORDS + 4)
 
     t = time.perf_counter()
-    gpu = cs.device_index()
+    cuda = get_backend("cuda")
+    gpu = cuda.prepare(cs)
     t_upload = time.perf_counter() - t
     bw = gpu.copy_bandwidth(1 << 30, args.repeats)
-    ms = np.array(gpu.time_extension_counts(formulas, unit_of, umasks, args.repeats))
+    ms = np.array(gpu.time_extension_counts(formulas.arrays(), unit_of, umasks.arrays(), args.repeats))
     # Equality and the CPU side on the same inputs.
-    f_gpu, g_gpu = cs.extension_counts(formulas, unit_of, umasks, device="cuda")
+    f_gpu, g_gpu, _ = cuda.extension_counts(gpu, formulas, unit_of, umasks)
     cpu_times = []
     for _ in range(args.cpu_repeats):
         t = time.perf_counter()
-        f_cpu, g_cpu = cs.extension_counts(formulas, unit_of, umasks, device="cpu")
+        f_cpu, g_cpu, _ = cpu.extension_counts(cpu_index, formulas, unit_of, umasks)
         cpu_times.append(time.perf_counter() - t)
     same = bool((f_gpu == f_cpu).all() and (g_gpu == g_cpu).all())
     t_gpu = float(np.median(ms)) * 1e-3
