@@ -37,8 +37,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["write_report", "overlay", "UNIT_COLOR", "FORMULA_COLOR", "THUMB_SIZE", "add_cli_arguments",
-           "run_cli"]
+__all__ = ["write_report", "overlay", "UNIT_COLOR", "FORMULA_COLOR", "THUMB_SIZE"]
 
 #: RGB of the unit's mask: its outline exactly, its fill blended over the image.
 UNIT_COLOR = (255, 128, 0)
@@ -798,65 +797,3 @@ def _ranges(units: Sequence[int]) -> str:
             parts.append(str(start) if start == v else f"{start}-{v}")
             start = None
     return ",".join(parts)
-
-
-# =============================================================================== command line
-
-def add_cli_arguments(parser) -> None:
-    """Options of ``compexp report``."""
-    from .cli import _units_arg
-
-    parser.add_argument("results", help="results file written by compexp search (.h5 or .csv)")
-    parser.add_argument("--images", required=True,
-                        help="the input images: a compexp-images file, or a Broden directory "
-                             "(with index.csv)")
-    parser.add_argument("--acts", default=None,
-                        help="activations file (default: the one recorded by compexp search)")
-    parser.add_argument("--concepts", default=None,
-                        help="concepts file (default: the one recorded by compexp search)")
-    parser.add_argument("-o", "--output", default="report",
-                        help="output folder (default: ./report)")
-    parser.add_argument("--lengths", default=None,
-                        help="a second results file (a longer search, e.g. --length 10) for the "
-                             "mean-IoU-by-length plot (default: RESULTS)")
-    parser.add_argument("--top-images", type=int, default=6,
-                        help="top activating images per unit (default 6)")
-    parser.add_argument("--units", type=_units_arg, default=None,
-                        help="units to report, e.g. 0-9,15 (default: all)")
-    parser.add_argument("--title", default=None, help="page title")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _recorded_path(args, result, key: str, option: str) -> str:
-    given = getattr(args, key)
-    if given is not None:
-        return given
-    recorded = result.params.get(f"{key}_path")
-    if not recorded:
-        raise ValueError(f"{args.results} does not record its {key} file: pass {option}")
-    if not os.path.exists(recorded):
-        raise FileNotFoundError(f"the {key} file recorded in {args.results} does not exist: "
-                                f"{recorded} (pass {option})")
-    return recorded
-
-
-def run_cli(args) -> int:
-    """Run ``compexp report``: write the report and print the path of its index page."""
-    from .engine.results import load_results
-
-    result = load_results(args.results)
-    acts = _recorded_path(args, result, "acts", "--acts")
-    concepts = _recorded_path(args, result, "concepts", "--concepts")
-    images: Any = args.images
-    if os.path.isdir(images):
-        if not os.path.exists(os.path.join(images, "index.csv")):
-            raise ValueError(f"--images {images} is a directory without index.csv (not a Broden "
-                             f"directory); pass a compexp-images file or a Broden directory")
-        from .broden import BrodenDataset
-
-        images = BrodenDataset(images)
-    path = write_report(result, args.output, acts=acts, concepts=concepts, images=images,
-                        lengths=args.lengths, top_images=args.top_images, units=args.units,
-                        title=args.title, progress=not args.no_progress)
-    print(path)
-    return 0
