@@ -82,3 +82,14 @@ def test_installed_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "compexp_core.cli", "--help"], capture_output=True,
                           text=True, check=True)
     assert "demo" in proc.stdout and "search" in proc.stdout
+
+
+def test_building_the_parser_imports_no_library_module():
+    # `compexp --help` stays fast: the subcommands import what they run only when they run.
+    heavy = ("compexp_core.io", "compexp_core.extract", "compexp_core.broden",
+             "compexp_core.report", "compexp_core.demo", "compexp_core.analysis")
+    code = ("import sys, compexp_core.cli; compexp_core.cli.build_parser(); "
+            f"print(sorted(m for m in sys.modules if m in {heavy!r} "
+            "or m.split('.')[0] in ('torch', 'h5py', 'PIL', 'pandas')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

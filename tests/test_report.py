@@ -30,6 +30,7 @@ from compexp_core.analysis import formula_mask_images, top_activating_samples, u
 from compexp_core.cli import main
 from compexp_core.io import load_concepts, save_activations, save_images, write_concept_sources
 from compexp_core.report import FORMULA_COLOR, THUMB_SIZE, UNIT_COLOR, overlay, write_report
+from compexp_core.report.page import _e
 from compexp_core.engine.results import Explanation, SearchResult
 from compexp_core.synthetic import make_planted_dataset
 
@@ -232,7 +233,7 @@ def test_text_is_escaped(data, page):
     assert card["formula"] == str(with_odd[0].formula)             # the parser reads it back
     scene_units = [c for c in page.cards if ODD_CATEGORY in c["tags"]]
     assert scene_units, "the fixture should explain a unit with a scene concept"
-    assert f'<option value="{report._e(ODD_CATEGORY)}">' in page.html
+    assert f'<option value="{_e(ODD_CATEGORY)}">' in page.html
 
 
 def test_top_images_are_the_top_activating_samples(data, page):

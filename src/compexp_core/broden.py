@@ -58,8 +58,6 @@ __all__ = [
     "read_index_csv",
     "read_broden_index",
     "convert_broden",
-    "add_cli_arguments",
-    "run_cli",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -920,54 +918,3 @@ class BrodenDataset:
         x = self.raw_image(i).astype(np.float32) / np.float32(255.0)
         x = (x - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
-# =============================================================================== command line
-
-def _grid_arg(text: str) -> tuple:
-    import argparse
-
-    try:
-        parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"--grid takes H,W (or one size), e.g. 112,112; got "
-                                         f"{text!r}")
-    return tuple(parts)
-
-
-def add_cli_arguments(parser) -> None:
-    """Options of ``compexp convert-broden DIR OUT``."""
-    parser.add_argument("directory", help="Broden-format directory (index.csv, label.csv, "
-                                          "category.csv, images/)")
-    parser.add_argument("output", help="concepts HDF5 file to write")
-    parser.add_argument("--categories", default=None,
-                        help="comma-separated categories, e.g. color,object,part,scene "
-                             "(default: every category column with data)")
-    parser.add_argument("--split", default=None, help="keep only this split (train, val)")
-    parser.add_argument("--grid", type=_grid_arg, default=None,
-                        help="mask grid H,W; label maps are resized with nearest neighbour "
-                             "(default: the segmentation size)")
-    parser.add_argument("--min-frequency", type=float, default=0,
-                        help="drop labels whose label.csv frequency is below this")
-    parser.add_argument("--compression", choices=["gzip", "lzf"], default=None,
-                        help="compress the label maps in the output")
-    parser.add_argument("--with-index", action="store_true",
-                        help="also store the built concept index (faster loading)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_cli(args) -> int:
-    """Run ``compexp convert-broden`` and print the summary."""
-    categories = None
-    if args.categories is not None:
-        categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-    summary = convert_broden(args.directory, args.output, categories=categories,
-                             split=args.split, grid=args.grid,
-                             min_frequency=args.min_frequency, compression=args.compression,
-                             with_index=args.with_index, progress=not args.no_progress)
-    print(summary)
-    return 0

@@ -14,7 +14,8 @@ dataset it came from (root attributes ``model``, ``layer``, ``dataset``).
 
 :class:`ImageDataset` turns a ``compexp-images`` file (or a uint8 array) into normalised float
 tensors; :func:`load_model` builds a model from a TorchScript file, a ``torch.export``
-program or a ``module:function`` spec. ``compexp extract`` wraps the three.
+program or a ``module:function`` spec. ``compexp extract`` (:mod:`compexp_core.cli.extract`)
+wraps the three.
 
 torch is imported inside the functions only, so importing this module (and ``compexp --help``)
 stays fast.
@@ -36,7 +37,6 @@ Examples:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import errno
@@ -45,7 +45,6 @@ import importlib.util
 import os
 import re
 import sys
-import time
 from typing import Any, Optional, Sequence, Union
 
 import h5py
@@ -63,8 +62,7 @@ from .io import (
     open_images,
 )
 
-__all__ = ["ImageDataset", "extract_activations", "load_model", "PARTIAL_SUFFIX",
-           "add_cli_arguments", "run_cli"]
+__all__ = ["ImageDataset", "extract_activations", "load_model", "PARTIAL_SUFFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -943,96 +941,3 @@ def _import_file(filename: str, spec: str) -> Any:
         with contextlib.suppress(ValueError):
             sys.path.remove(folder)
     return module
-
-
-# =============================================================================== command line
-
-def _floats3(text: str) -> tuple:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected 3 comma-separated numbers (R,G,B), got "
-                                         f"{text!r}")
-    return values
-
-
-def _size_arg(text: str) -> tuple:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"--size takes H or H,W (positive integers), got "
-                                         f"{text!r}")
-    return values * 2 if len(values) == 1 else values
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``compexp extract``."""
-    parser.description = (
-        "Run a PyTorch model over images and write the activations of one or more layers to "
-        "activations files (one per layer). An interrupted run continues with --resume.")
-    parser.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, or "
-                                      "module:function / file.py:function that returns a "
-                                      "torch.nn.Module")
-    parser.add_argument("images", help="a compexp-images HDF5 file, or a Broden-format dataset "
-                                       "directory (with index.csv)")
-    parser.add_argument("-o", "--output", required=True,
-                        help="activations file to write; with several --layer it must contain "
-                             "{layer}, e.g. acts_{layer}.h5")
-    parser.add_argument("--layer", action="append", required=True, dest="layers",
-                        help="module path of a layer (e.g. layer4 or layer4.1.conv2); repeat "
-                             "for several layers")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    parser.add_argument("--float16", action="store_true", help="store float16 (default float32)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted extraction from its .partial file")
-    parser.add_argument("--size", type=_size_arg, default=None,
-                        help="resize images to H or H,W before the model (default: as stored)")
-    parser.add_argument("--mean", type=_floats3, default=IMAGENET_MEAN,
-                        help="per-channel mean R,G,B of images scaled to 0..1 (default ImageNet)")
-    parser.add_argument("--std", type=_floats3, default=IMAGENET_STD,
-                        help="per-channel std R,G,B (default ImageNet)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="data loading worker processes (default 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _open_dataset(images: str, args: argparse.Namespace) -> Any:
-    if os.path.isdir(images):
-        if not os.path.isfile(os.path.join(images, "index.csv")):
-            raise ValueError(f"'{images}' is a directory without index.csv: give a "
-                             f"compexp-images HDF5 file or a Broden-format dataset directory")
-        from .broden import BrodenDataset
-
-        return BrodenDataset(images, size=args.size, mean=args.mean, std=args.std)
-    return ImageDataset(images, mean=args.mean, std=args.std, size=args.size)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``compexp extract``; return the exit status."""
-    from .io import read_activations_metadata
-
-    t0 = time.perf_counter()
-    dataset = _open_dataset(args.images, args)
-    model = load_model(args.model)
-    print(f"model: {args.model}; images: {args.images} ({len(dataset)} samples)")
-    try:
-        paths = extract_activations(
-            model, dataset, args.layers, args.output, batch_size=args.batch_size,
-            device=args.device, dtype="float16" if args.float16 else "float32",
-            num_workers=args.workers, resume=args.resume, progress=not args.no_progress,
-            model_name=args.model)
-    except KeyboardInterrupt:
-        print("compexp extract: interrupted; run the same command with --resume to continue",
-              file=sys.stderr)
-        return 130
-    elapsed = time.perf_counter() - t0
-    for path, layer in zip(paths, args.layers):
-        meta = read_activations_metadata(path)
-        print(f"wrote {path}: layer {layer}, shape {meta['shape']}, {meta['dtype']}")
-    print(f"{len(dataset)} samples in {elapsed:.1f} s")
-    return 0

@@ -1,0 +1,40 @@
+"""HTML report of a search result: one card per unit, plots of the IoU distribution and of mean
+IoU against formula length, and the units' top activating images with masks drawn over them.
+
+:func:`write_report` writes a self-contained folder that opens in any browser with no network::
+
+    out_dir/index.html        the page: summary, legend, plots, sort/filter controls, cards
+    out_dir/img/iou_hist.png  histogram of the units' IoUs
+    out_dir/img/iou_by_length.png   mean IoU against the maximum formula length (1..L)
+    out_dir/img/uUUUU_R.png   unit UUUU's R-th top activating image with its masks drawn over it
+
+Each card shows the unit's formula, its IoU, the best single concept (the Network Dissection
+label) and its IoU, the threshold, the formula length, the best IoU at each maximum length, the
+categories of the formula's concepts, and the unit's top activating images (highest peak
+activation first, as :func:`compexp_core.analysis.top_activating_samples`). On each image the
+unit's mask (its binarised activations, exactly the cells the search scored) is filled in
+translucent orange with an orange outline, and the formula's mask is hatched and outlined in
+cyan, as Network Dissection reports draw them; masks live on the concepts' grid and are
+scaled to the image with nearest-neighbour sampling.
+
+The page sorts its cards by IoU (descending or ascending) or unit, and filters them by concept
+category (a unit matches when one of its formula's concepts has that category), with a few
+lines of inline JavaScript and no external resources. The state can be given in the address:
+``index.html#sort=unit&category=color`` (sort: ``iou-desc``, ``iou-asc`` or ``unit``). When the
+page is ready, ``<body>`` carries ``data-ready="1"``. An image that fails to load is reported
+with ``console.error``.
+
+The package: :mod:`.build` assembles the report (:func:`write_report`), :mod:`.inputs` checks
+its inputs, :mod:`.overlays` draws the masks over the images, :mod:`.plots` draws the plots,
+and :mod:`.page` fills the HTML, CSS and JavaScript of ``templates/`` (package data).
+
+Command line: ``compexp report RESULTS --images IMAGES [--acts ACTS] [--concepts CONCEPTS]
+[-o OUT_DIR] [--lengths RESULTS2] [--top-images 6] [--units 0-9,15]``.
+"""
+from .build import write_report
+from .overlays import FORMULA_COLOR, THUMB_SIZE, UNIT_COLOR, overlay
+
+__all__ = ["write_report", "overlay", "UNIT_COLOR", "FORMULA_COLOR", "THUMB_SIZE"]
+
+# ``doctest.testmod`` of this package also runs the examples of what it re-exports.
+__test__ = {"write_report": write_report, "overlay": overlay}

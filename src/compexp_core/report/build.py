@@ -1,0 +1,247 @@
+"""Assembling the report: :func:`write_report` checks the inputs, draws the plots and the
+overlays, and writes the page (see :mod:`compexp_core.report` for what the folder holds)."""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..analysis import (formula_mask_images, mean_iou_by_length, top_activating_samples,
+                        unit_mask_images)
+from ..engine.concepts import ConceptSet
+from ..inputs import activations_input
+from ..io import load_concepts
+from .inputs import Images, as_result, check_inputs, input_label, is_path
+from .overlays import overlay, save_png, thumbnail
+from .page import card, figure, page
+from .plots import plot_by_length, plot_histogram
+
+__all__ = ["write_report"]
+
+_EAGER_CARDS = 12         # cards whose images load at once; the rest load lazily
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=None,
+                 top_images: int = 6, units: Optional[Sequence[int]] = None,
+                 title: Optional[str] = None, progress: bool = False) -> str:
+    """Write an HTML report of a search result: an index page with one card per unit.
+
+    Args:
+        result: a :class:`~compexp_core.SearchResult` or the path of a results file.
+        out_dir: the folder to write (created if needed): ``index.html`` and ``img/*.png``.
+            Files of an earlier report there are overwritten.
+        acts: the activations the search used: path, array or h5py dataset, ``[N, U, h, w]``
+            or ``[N, U]``.
+        concepts: the :class:`~compexp_core.ConceptSet` the search used, or its path.
+        images: the N input images, in the order of ``acts``: a ``compexp-images`` file, a
+            uint8 array ``[N, H, W, 3]``, or a dataset with ``__len__`` and
+            ``raw_image(i) -> uint8 [H, W, 3]``. Any size; masks are scaled to it.
+        lengths: the result whose per-length IoUs make the mean-IoU-against-length plot
+            (a result or a path; typically a search at ``max_length=10``). Default: ``result``.
+        top_images: top activating images shown per unit (>= 0).
+        units: the units (activation indices) to report, all searched (default: every unit of
+            ``result``).
+        title: the page title (default: "Compositional explanations", with the layer when the
+            activations file records it).
+        progress: show a progress bar over the units.
+
+    Returns:
+        The absolute path of ``index.html``.
+
+    Raises:
+        ValueError: the activations, concepts and images disagree on N; a unit of the result
+            is not in the activations; a formula names a concept missing from the concepts;
+            ``units`` names a unit not in the result; ``lengths`` has no per-length IoUs.
+        TypeError: an argument of the wrong kind (images that are not uint8, say).
+        FileNotFoundError: an input path does not exist.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np, compexp_core as cx
+        >>> masks = np.zeros((6, 2, 4, 4), bool); masks[:3, 0, :2] = True; masks[2:, 1] = True
+        >>> concepts = cx.ConceptSet.from_dense(masks, names=["sky", "grass"],
+        ...                                     categories=["object", "object"])
+        >>> acts = masks[:, :1].astype(np.float32)             # a unit firing on sky
+        >>> result = cx.search_formulas(acts, concepts, threshold=0.5, max_length=2)
+        >>> images = np.full((6, 8, 8, 3), 90, np.uint8)
+        >>> path = write_report(result, tempfile.mkdtemp(), acts=acts, concepts=concepts,
+        ...                     images=images, top_images=2)
+        >>> os.path.basename(path), sorted(os.listdir(os.path.join(os.path.dirname(path), "img")))
+        ('index.html', ['iou_by_length.png', 'iou_hist.png', 'u0000_0.png', 'u0000_1.png'])
+    """
+    labels = {"acts": input_label(acts, "acts"), "concepts": input_label(concepts, "concepts")}
+    result = as_result(result, "result")
+    explicit_lengths = lengths is not None
+    lengths = result if lengths is None else as_result(lengths, "lengths")
+    if isinstance(top_images, bool) or not isinstance(top_images, (int, np.integer)) \
+            or top_images < 0:
+        raise ValueError(f"top_images must be an integer >= 0, got {top_images!r}")
+    if is_path(concepts):
+        concepts = load_concepts(concepts)
+    elif not isinstance(concepts, ConceptSet):
+        raise TypeError(f"concepts must be a ConceptSet or the path of a concepts file, got "
+                        f"{type(concepts).__name__}")
+    if units is None:
+        units = result.units
+    else:
+        units = [int(u) for u in units]
+        searched = set(result.units)
+        missing = [u for u in units if u not in searched]
+        if missing:
+            raise ValueError(f"unit {missing[0]} is not in the result (it explains units "
+                             f"{_ranges(result.units)})")
+    if not units:
+        raise ValueError("there are no units to report")
+    opened = is_path(acts)
+    acts = activations_input(acts)
+    source = None
+    try:
+        source = Images(images)
+        if len(acts.shape) not in (2, 4):
+            raise ValueError(f"{labels['acts']} must be [N, U, h, w] or [N, U], got shape "
+                             f"{tuple(acts.shape)}")
+        check_inputs(result, acts, concepts, source, units, labels)
+        means = None
+        try:
+            means = mean_iou_by_length(lengths)
+        except ValueError:
+            if explicit_lengths:
+                raise ValueError("lengths: the result carries no per-length IoUs (by_length); "
+                                 "it was written by an older version: search again") from None
+
+        out_dir = os.fspath(out_dir)
+        img_dir = os.path.join(out_dir, "img")
+        os.makedirs(img_dir, exist_ok=True)
+        metric = {"precision": "precision", "recall": "recall"}.get(
+            str(result.params.get("metric", "iou")), "IoU")
+        explanations = [result.by_unit(u) for u in units]
+        ious = np.array([e.iou for e in explanations])
+        order = sorted(range(len(units)), key=lambda i: (-ious[i], units[i]))
+
+        plots = []
+        plot_histogram(ious, metric, os.path.join(img_dir, "iou_hist.png"))
+        plots.append(("img/iou_hist.png", f"histogram of the units' {metric}",
+                      f"{metric} of the best formula of each of the {len(units)} units."))
+        if means is not None:
+            plot_by_length(means, metric, len(lengths),
+                           os.path.join(img_dir, "iou_by_length.png"))
+            source_text = ("this result" if lengths is result
+                           else "a second search (lengths)")
+            plots.append(("img/iou_by_length.png", f"mean {metric} by maximum formula length",
+                          f"Mean {metric} of the best formula found with a maximum length of "
+                          f"1 to {means.size}, over the {len(lengths)} units of {source_text}."))
+
+        index_of = {name: j for j, name in enumerate(concepts.names)}
+        samples, peaks = top_activating_samples(acts, units, top_images, return_peaks=True)
+        grid = concepts.grid
+        thumbs: dict[int, np.ndarray] = {}       # a few recent thumbnails: units share images
+        cards = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(units), desc="report", unit="unit")
+        category_set: set[str] = set()
+        for i in order:
+            e, unit = explanations[i], units[i]
+            categories = [] if e.formula is None else sorted(
+                {concepts.categories[index_of[n]] for n in e.formula.leaves()} - {""})
+            category_set.update(categories)
+            rows = samples[i]
+            umask = unit_mask_images(acts, unit, rows, grid, e.threshold)
+            fmask = (formula_mask_images(concepts, e.formula, rows) if e.formula is not None
+                     else np.zeros_like(umask))
+            figures = []
+            for r, s in enumerate(rows):
+                s = int(s)
+                if s not in thumbs:
+                    if len(thumbs) >= 256:
+                        thumbs.pop(next(iter(thumbs)))
+                    thumbs[s] = thumbnail(source.get(s))
+                picture = overlay(thumbs[s], umask[r], fmask[r])
+                name = f"u{unit:04d}_{r}.png"
+                save_png(picture, os.path.join(img_dir, name))
+                figures.append(figure(s, f"img/{name}", picture.shape[1], picture.shape[0],
+                                      unit, peaks[i, r],
+                                      None if source.names is None else source.names[s]))
+            cards.append(card(e, categories, figures, metric, lazy=len(cards) >= _EAGER_CARDS))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+        subtitle = [_summary_line(explanations, metric, result.params)]
+        provenance = _provenance(acts)
+        if provenance:
+            subtitle.insert(0, provenance)
+        subtitle.append(f"Images: the {top_images} inputs with the highest peak activation of "
+                        f"each unit (caption: input index and peak activation).")
+        if title is None:
+            title = "Compositional explanations"
+            layer = _attr(acts, "layer")
+            if layer:
+                title += f" of {layer}"
+        text = page(title, subtitle, plots, sorted(category_set), cards, len(units))
+        index = os.path.join(out_dir, "index.html")
+        _write_text(index, text)
+        return os.path.abspath(index)
+    finally:
+        if source is not None:
+            source.close()
+        if opened:
+            acts.file.close()
+
+
+def _attr(acts, key: str) -> Optional[str]:
+    attrs = getattr(getattr(acts, "file", None), "attrs", None)
+    if attrs is None or key not in attrs:
+        return None
+    value = attrs[key]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _provenance(acts) -> str:
+    parts = [f"{k} {v}" for k in ("model", "layer", "dataset") if (v := _attr(acts, k))]
+    return " \u00b7 ".join(parts)
+
+
+def _summary_line(explanations, metric: str, params: dict) -> str:
+    ious = np.array([e.iou for e in explanations])
+    explained = sum(e.formula is not None for e in explanations)
+    line = (f"{len(explanations)} units, {explained} explained; mean {metric} "
+            f"{ious.mean():.4f}, median {np.median(ious):.4f}")
+    settings = [f"{label} {params[key]}" for key, label in
+                (("max_length", "max length"), ("beam_size", "beam"), ("quantile", "quantile"))
+                if key in params]
+    return line + (" (" + ", ".join(settings) + ")" if settings else "")
+
+
+def _ranges(units: Sequence[int]) -> str:
+    """'0-9,15' style text of unit indices."""
+    values = sorted(set(int(u) for u in units))
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a text file atomically (a temporary file renamed into place)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+

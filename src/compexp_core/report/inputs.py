@@ -1,0 +1,107 @@
+"""The report's inputs: results, images and the checks that they fit the activations and the
+concepts, with error messages that name each input."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .. import SearchResult, load_results
+
+__all__ = ["is_path", "input_label", "as_result", "Images", "check_inputs"]
+
+
+def is_path(x: Any) -> bool:
+    """Whether an input is given as a file path (rather than as an object)."""
+    return isinstance(x, (str, os.PathLike))
+
+
+def input_label(x: Any, what: str) -> str:
+    """How an input is named in error messages: ``acts 'path'`` or ``acts (array)``."""
+    if is_path(x):
+        return f"{what} '{os.fspath(x)}'"
+    file = getattr(getattr(x, "file", None), "filename", None)
+    if file:
+        return f"{what} (from '{file}')"
+    return f"{what} ({type(x).__name__})"
+
+
+def as_result(x: Any, what: str) -> SearchResult:
+    """A result, or the result read from a path; TypeError naming ``what`` otherwise."""
+    if is_path(x):
+        return load_results(x)
+    if not isinstance(x, SearchResult):
+        raise TypeError(f"{what} must be a SearchResult or the path of a results file, got "
+                        f"{type(x).__name__}")
+    return x
+
+
+class Images:
+    """Uniform access to the images: ``len``, ``get(i) -> uint8 [H, W, 3]``, optional names."""
+
+    def __init__(self, images: Any) -> None:
+        self.label = input_label(images, "images")
+        self.names: Optional[list[str]] = None
+        self._close = None
+        if is_path(images):
+            from ..io import open_images, read_images_metadata
+
+            self.names = read_images_metadata(images)["names"]
+            images = open_images(images)
+            self._close = images.file.close
+        if hasattr(images, "raw_image") and hasattr(images, "__len__") \
+                and not hasattr(images, "shape"):
+            self._source = images
+            self._n = len(images)
+            self._get = lambda i: images.raw_image(i)
+            return
+        if not (hasattr(images, "shape") and hasattr(images, "dtype")
+                and hasattr(images, "__getitem__")):
+            raise TypeError(f"images must be a compexp-images file, a uint8 array [N, H, W, 3] "
+                            f"or a dataset with raw_image(i), got {type(images).__name__}")
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[3] != 3 or any(s < 1 for s in shape):
+            raise ValueError(f"{self.label} must be [N, H, W, 3] RGB images, got shape {shape}")
+        if np.dtype(images.dtype) != np.uint8:
+            raise TypeError(f"{self.label} must be uint8, got dtype {images.dtype}")
+        self._n = shape[0]
+        self._get = lambda i: images[i]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, i: int) -> np.ndarray:
+        img = np.asarray(self._get(int(i)))
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
+            raise ValueError(f"{self.label}: image {i} must be uint8 [H, W, 3], got shape "
+                             f"{img.shape} dtype {img.dtype}")
+        return img
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+def check_inputs(result, acts, concepts, images: Images, units: Sequence[int],
+                  labels: dict) -> None:
+    """Raise ValueError naming the inputs when they do not fit together."""
+    n_acts, n_units = int(acts.shape[0]), int(acts.shape[1])
+    if n_acts != concepts.n_samples:
+        raise ValueError(f"{labels['acts']} has N={n_acts} samples but {labels['concepts']} has "
+                         f"N={concepts.n_samples}: they must describe the same inputs")
+    if len(images) != n_acts:
+        raise ValueError(f"{images.label} has N={len(images)} images but {labels['acts']} has "
+                         f"N={n_acts} samples: they must describe the same inputs, in order")
+    known = set(concepts.names)
+    for u in units:
+        if not 0 <= u < n_units:
+            raise ValueError(f"unit {u} of the results is not in {labels['acts']} (it has "
+                             f"{n_units} units): are these the activations the search used?")
+        e = result.by_unit(u)
+        for f in (e.formula, e.primitive):
+            missing = [] if f is None else [n for n in f.leaves() if n not in known]
+            if missing:
+                raise ValueError(f"the formula {str(f)!r} of unit {u} names the concept "
+                                 f"{missing[0]!r}, which is not in {labels['concepts']}: are "
+                                 f"these the concepts the search used?")

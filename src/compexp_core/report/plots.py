@@ -1,0 +1,134 @@
+"""The report's plots, drawn with Pillow: the histogram of the units' IoUs and the mean IoU
+against the maximum formula length. Pillow is imported inside the functions."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["plot_histogram", "plot_by_length", "PLOT_SIZE"]
+
+PLOT_SIZE = (560, 340)    # plot images, pixels
+_PLOT_SUPERSAMPLE = 2     # plots are drawn this much larger and scaled down (antialiasing)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType: bitmap font
+        return ImageFont.load_default()
+
+
+def _nice_ticks(hi: float, count: int = 5, integer: bool = False) -> list[float]:
+    """Ticks 0, s, 2s, ... covering [0, hi], s a 1/2/2.5/5 times a power of ten."""
+    hi = max(hi, 1.0 if integer else 1e-9)
+    raw = hi / count
+    power = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    if integer:
+        step = max(1.0, float(np.ceil(step)))
+    n = int(np.ceil(hi / step - 1e-9))
+    return [i * step for i in range(n + 1)]
+
+
+def _tick_text(v: float, step: float) -> str:
+    """A tick label with as many decimals as the step needs (0.25 steps: two)."""
+    decimals = next((d for d in range(7) if abs(step * 10 ** d - round(step * 10 ** d)) < 1e-6),
+                    6)
+    return f"{v:.{decimals}f}"
+
+
+class _Plot:
+    """A blank plot with axes, ticks and labels, drawn at a supersampled size."""
+
+    def __init__(self, title: str, xlabel: str, ylabel: str, xlim: tuple[float, float],
+                 yticks: list[float], xticks: list[float], xtick_text=None) -> None:
+        from PIL import Image, ImageDraw
+
+        s = _PLOT_SUPERSAMPLE
+        self.s = s
+        self.image = Image.new("RGB", (PLOT_SIZE[0] * s, PLOT_SIZE[1] * s), "white")
+        self.draw = ImageDraw.Draw(self.image)
+        self.left, self.top = 70 * s, 40 * s
+        self.right, self.bottom = (PLOT_SIZE[0] - 20) * s, (PLOT_SIZE[1] - 55) * s
+        self.xlim, self.ylim = xlim, (0.0, yticks[-1])
+        font, small = _font(15 * s), _font(12 * s)
+        d = self.draw
+        d.text((self.image.width // 2, 8 * s), title, fill="black", font=font, anchor="ma")
+        ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
+        for v in yticks:
+            y = self.y(v)
+            d.line([(self.left, y), (self.right, y)], fill=(225, 225, 225), width=s)
+            d.line([(self.left - 5 * s, y), (self.left, y)], fill="black", width=s)
+            d.text((self.left - 8 * s, y), _tick_text(v, ystep), fill="black", font=small,
+                   anchor="rm")
+        xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
+        for i, v in enumerate(xticks):
+            x = self.x(v)
+            d.line([(x, self.bottom), (x, self.bottom + 5 * s)], fill="black", width=s)
+            text = xtick_text[i] if xtick_text else _tick_text(v, xstep)
+            d.text((x, self.bottom + 8 * s), text, fill="black", font=small, anchor="ma")
+        d.line([(self.left, self.top), (self.left, self.bottom), (self.right, self.bottom)],
+               fill="black", width=s)
+        d.text(((self.left + self.right) // 2, self.image.height - 8 * s), xlabel, fill="black",
+               font=font, anchor="md")
+        # The y label, written horizontally on its own image and turned a quarter.
+        box = d.textbbox((0, 0), ylabel, font=font)
+        label = Image.new("RGB", (box[2] + 4 * s, box[3] + 4 * s), "white")
+        ImageDraw.Draw(label).text((2 * s, 2 * s), ylabel, fill="black", font=font)
+        label = label.rotate(90, expand=True)
+        self.image.paste(label, (6 * s, (self.top + self.bottom - label.height) // 2))
+
+    def x(self, v: float) -> float:
+        lo, hi = self.xlim
+        return self.left + (v - lo) / (hi - lo) * (self.right - self.left)
+
+    def y(self, v: float) -> float:
+        lo, hi = self.ylim
+        return self.bottom - (v - lo) / (hi - lo) * (self.bottom - self.top)
+
+    def save(self, path: str) -> None:
+        from PIL import Image
+
+        self.image.resize(PLOT_SIZE, Image.LANCZOS).save(path, format="PNG")
+
+
+def plot_histogram(values: np.ndarray, metric: str, path: str) -> None:
+    """Histogram of the units' scores: 20 bins from 0 to a round upper bound."""
+    top = float(values.max()) if values.size else 0.0
+    upper = next(u for u in (0.05, 0.1, 0.2, 0.25, 0.4, 0.5, 0.6, 0.8, 1.0, np.inf) if u >= top)
+    upper = max(top, 1.0) if np.isinf(upper) else upper
+    counts, edges = np.histogram(values, bins=20, range=(0.0, upper))
+    xticks = _nice_ticks(upper, 5)
+    xticks = [v for v in xticks if v <= upper + 1e-12]
+    plot = _Plot(f"{metric} of the units' explanations ({values.size} units)", metric,
+                 "units", (0.0, upper), _nice_ticks(float(counts.max(initial=0)), 5, True),
+                 xticks)
+    s = plot.s
+    for c, a, b in zip(counts, edges[:-1], edges[1:]):
+        if c:
+            plot.draw.rectangle([plot.x(a) + s, plot.y(c), plot.x(b) - s, plot.bottom - s],
+                                fill=(66, 133, 204), outline=(31, 84, 140), width=s)
+    plot.save(path)
+
+
+def plot_by_length(means: np.ndarray, metric: str, n_units: int, path: str) -> None:
+    """Mean score against the maximum formula length 1..L: a line with labelled points."""
+    L = means.size
+    xticks = list(range(1, L + 1)) if L <= 12 else [1] + _nice_ticks(L, 6, True)[1:]
+    yticks = _nice_ticks(max(float(means.max()) * 1.15, 0.05), 5)
+    plot = _Plot(f"Mean {metric} by maximum formula length ({n_units} units)",
+                 "maximum formula length", f"mean {metric}",
+                 (0.5, L + 0.5), yticks, [float(v) for v in xticks],
+                 [str(int(v)) for v in xticks])
+    s, d = plot.s, plot.draw
+    points = [(plot.x(i + 1), plot.y(float(m))) for i, m in enumerate(means)]
+    if len(points) > 1:
+        d.line(points, fill=(204, 85, 0), width=3 * s, joint="curve")
+    small = _font(11 * s)
+    for (x, y), m in zip(points, means):
+        r = 5 * s
+        d.ellipse([x - r, y - r, x + r, y + r], fill=(204, 85, 0), outline="white", width=s)
+        if L <= 12:
+            d.text((x, y - 9 * s), f"{m:.3f}", fill="black", font=small, anchor="md")
+    plot.save(path)
