@@ -197,3 +197,15 @@ def test_without_torch_search_works_and_model_code_says_what_to_install():
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "1.0"
     assert len(lines) == 4 and all("needs torch" in line and "pip install" in line for line in lines[1:])
+
+
+def test_only_the_command_line_uses_argparse():
+    users = []
+    for name, path in _modules().items():
+        if _layer(name) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names) or \
+                    isinstance(node, ast.ImportFrom) and node.module == "argparse":
+                users.append(name)
+    assert not users, f"argparse outside cli/: {sorted(set(users))}"
