@@ -945,7 +945,7 @@ def test_format_md_examples_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("module", ["", "._h5", ".activations", ".concepts", ".images",
-                                    ".info"])
+                                    ".info", ".results"])
 def test_module_doctests(module):
     import importlib
 

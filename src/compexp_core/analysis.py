@@ -17,7 +17,7 @@ import numpy as np
 
 from .engine.concepts import BLOCK_CELLS, ConceptSet
 from .engine.formula import Formula
-from .engine.results import SearchResult
+from .results import SearchResult
 from .engine.units import as_activations, check_activations, unit_masks
 
 __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "firing_samples",

@@ -76,7 +76,7 @@ def _label(x: Any, what: str) -> str:
 
 
 def _as_result(x: Any, what: str):
-    from .engine.results import SearchResult, load_results
+    from .results import SearchResult, load_results
 
     if _is_path(x):
         return load_results(x)
@@ -842,7 +842,7 @@ def _recorded_path(args, result, key: str, option: str) -> str:
 
 def run_cli(args) -> int:
     """Run ``compexp report``: write the report and print the path of its index page."""
-    from .engine.results import load_results
+    from .results import load_results
 
     result = load_results(args.results)
     acts = _recorded_path(args, result, "acts", "--acts")

@@ -26,7 +26,8 @@ from .. import _core
 from .backends import resolve_device
 from .concepts import ConceptSet, check_names, empty_masks
 from .formula import Formula, Leaf
-from .results import Explanation, SearchResult
+from .results import Explanation
+from ..results import SearchResult
 from .units import (as_activations, check_activations, check_quantile, compute_thresholds,
                     unit_batches, unit_masks)
 
