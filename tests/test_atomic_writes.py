@@ -168,7 +168,7 @@ def test_scratch_file_is_always_removed(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-# ----------------------------------------------------------------------------- the one activations writer
+# ----------------------------------------------------------------------------- the activations writer
 
 def test_writer_abandoned_removes_its_temporary_file(tmp_path):
     p = tmp_path / "a.h5"
