@@ -431,6 +431,18 @@ def test_interrupted_extraction_resumes_without_recomputing(tmp_path, ds):
             assert "n_done" not in f.attrs and f.attrs["format"] == "compexp-activations"
 
 
+def test_an_interrupted_extraction_keeps_the_previous_file(tmp_path, ds):
+    out = tmp_path / "a.h5"
+    run(make_net(), ds, "stem", out)
+    before = out.read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        run(make_net(seed=1), Interrupting(ds, at=6), "stem", out)
+    assert out.read_bytes() == before                    # untouched until the run completes
+    assert sorted(os.listdir(tmp_path)) == ["a.h5", "a.h5" + PARTIAL_SUFFIX]
+    run(make_net(seed=1), ds, "stem", out, resume=True)
+    assert sorted(os.listdir(tmp_path)) == ["a.h5"] and out.read_bytes() != before
+
+
 def test_resume_after_the_last_batch_and_without_a_partial_file(tmp_path, ds):
     out = tmp_path / "a.h5"
     with pytest.raises(KeyboardInterrupt):

@@ -31,7 +31,8 @@ from compexp_core.cli import main
 from compexp_core.io import load_concepts, save_activations, save_images, write_concept_sources
 from compexp_core.report import FORMULA_COLOR, THUMB_SIZE, UNIT_COLOR, overlay, write_report
 from compexp_core.report.page import _e
-from compexp_core.engine.results import Explanation, SearchResult
+from compexp_core.engine.results import Explanation
+from compexp_core.results import SearchResult
 from compexp_core.synthetic import make_planted_dataset
 
 ODD_CONCEPT = 'dog<"&'           # replaces "dog", which unit 0's planted formula uses

@@ -1,4 +1,5 @@
 """SearchResult: indexing, to_pandas, saving to and loading from HDF5 and CSV."""
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,3 +69,39 @@ def test_load_errors(tmp_path):
 def test_summary_lists_best_units(result):
     text = result.summary(2)
     assert "water AND NOT" in text and text.count("\n") == 2
+
+
+def test_files_written_before_threshold_and_by_length_still_load(result, tmp_path):
+    path = tmp_path / "old.h5"
+    result.save(path)
+    with h5py.File(path, "a") as f:                     # the layout before those fields existed
+        for name in ("threshold", "by_length_formula", "by_length_iou"):
+            del f[name]
+    back = cx.load_results(path)
+    assert [e.formula for e in back] == [e.formula for e in result]
+    assert all(e.threshold is None and e.by_length == () for e in back)
+    csv = tmp_path / "old.csv"
+    result.save(csv)
+    lines = csv.read_text().splitlines()
+    df = pd.read_csv(csv, skiprows=1, keep_default_na=False).drop(columns=["threshold",
+                                                                           "by_length"])
+    csv.write_text(lines[0] + "\n" + df.to_csv(index=False))
+    back = cx.load_results(csv)
+    assert back.params == result.params
+    assert all(e.threshold is None and e.by_length == () for e in back)
+
+
+def test_results_file_errors_name_the_file_and_dataset(result, tmp_path):
+    path = tmp_path / "r.h5"
+    result.save(path)
+    with h5py.File(path, "a") as f:
+        del f["beam_score"]
+    with pytest.raises(ValueError, match="has no dataset 'beam_score'") as e:
+        cx.load_results(path)
+    assert str(path) in str(e.value)
+    cx.save_concepts(tmp_path / "c.h5", cx.ConceptSet.from_dense(np.ones((2, 1), bool)))
+    with pytest.raises(ValueError, match="is not a compexp-results file"):
+        cx.load_results(tmp_path / "c.h5")
+    with pytest.raises(FileNotFoundError) as e:
+        cx.load_results(tmp_path / "missing.csv")
+    assert e.value.filename == str(tmp_path / "missing.csv")

@@ -17,7 +17,8 @@ Examples:
 from .engine.backends import backend_info, cuda_available, cuda_compiled, num_gpus
 from .engine.concepts import ConceptSet, ConceptSetBuilder
 from .engine.formula import And, Formula, Leaf, Not, Or
-from .engine.results import Explanation, SearchResult, load_results
+from .engine.results import Explanation
+from .results import SearchResult, load_results
 from .engine.units import compute_thresholds
 from .search import METRICS, OPERATORS, search_formulas
 

@@ -18,9 +18,9 @@ import numpy as np
 from .engine.concepts import ConceptSet
 from .engine.driver import materialize_formulas
 from .engine.formula import Formula
-from .engine.results import SearchResult
 from .engine.units import check_activations, unit_masks
 from .inputs import activations_input
+from .results import SearchResult
 
 __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "firing_samples",
            "top_activating_samples", "unit_mask_images", "formula_mask_images"]

@@ -34,19 +34,16 @@ Examples:
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
-import h5py
 import numpy as np
 
-from .io import _check_chunk_samples as io_check_chunk_samples
+from .io import _h5
 
 __all__ = [
     "BrodenRow",
@@ -576,22 +573,7 @@ def _decode_png(path: str, row: BrodenRow, grid: tuple, valid: np.ndarray) -> np
 
 
 def _check_chunk_samples(chunk_samples: Any) -> Optional[int]:
-    return None if chunk_samples is None else io_check_chunk_samples(chunk_samples)
-
-
-@contextlib.contextmanager
-def _temporary_h5(output: str) -> Iterator[h5py.File]:
-    """A scratch HDF5 file beside ``output`` (same disk), removed afterwards, also on error."""
-    d, name = os.path.split(os.path.abspath(output))
-    tmp = os.path.join(d, f".{name}.{uuid.uuid4().hex[:12]}.broden.tmp")
-    f = h5py.File(tmp, "w")
-    try:
-        yield f
-    finally:
-        with contextlib.suppress(Exception):
-            f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    return None if chunk_samples is None else _h5.check_chunk_samples(chunk_samples)
 
 
 def convert_broden(directory: PathLike, output: PathLike, *,
@@ -751,7 +733,7 @@ def convert_broden(directory: PathLike, output: PathLike, *,
 
         bar = tqdm(total=n, unit="image", desc="convert-broden")
     try:
-        with _temporary_h5(out_path) as tmp:
+        with _h5.scratch_file(out_path) as tmp:
             maps = {}
             for c, nl in layers.items():
                 chunk = max(1, min(n, _TMP_CHUNK_BYTES // (nl * h * w * 2)))

@@ -47,33 +47,19 @@ import re
 import sys
 from typing import Any, Optional, Sequence, Union
 
-import h5py
 import numpy as np
 
 from ._optional import require
 from .engine.backends import parse_device
-from .io import (
-    ACTIVATIONS_FORMAT,
-    FORMAT_VERSION,
-    _CHUNK_TARGET_BYTES,
-    _attr_str,
-    _check_str,
-    _fspath,
-    open_images,
-)
+from .io import open_images
+from .io.activations import PARTIAL_SUFFIX, ActivationsWriter
 
 __all__ = ["ImageDataset", "extract_activations", "load_model", "PARTIAL_SUFFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: An extraction in progress is written to ``output + PARTIAL_SUFFIX``.
-PARTIAL_SUFFIX = ".partial"
-
-# Root attribute ``format`` of a partial file: deliberately not "compexp-activations", so that
-# an unfinished file is never mistaken for a complete one by the readers.
-_PARTIAL_FORMAT = "compexp-activations-partial"
-# Root attributes only a partial file has (removed when the extraction finishes).
-_PARTIAL_ONLY_ATTRS = ("n_done", "n_samples", "dtype")
+# An extraction in progress is written to ``output + PARTIAL_SUFFIX`` (docs/FORMAT.md §1.1)
+# by compexp_core.io.activations.ActivationsWriter(resumable=True).
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,7 +143,7 @@ class ImageDataset:
         self._images: Any = None
         self._pid: Optional[int] = None
         if isinstance(source, (str, os.PathLike)):
-            self.path: Optional[str] = os.path.abspath(_fspath(source))
+            self.path: Optional[str] = os.path.abspath(os.fspath(source))
             ds = open_images(self.path)  # validates the file (FileNotFoundError / ValueError)
             try:
                 self.shape = tuple(int(s) for s in ds.shape)
@@ -450,12 +436,12 @@ class _ScriptTaps:
         pass
 
 
-# =============================================================================== partial files
+# =============================================================================== output paths
 
 def _check_output_paths(output: Any, layers: list[str]) -> list[str]:
     if not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output must be a file path, got {output!r}")
-    output = _fspath(output)
+    output = os.fspath(output)
     if len(layers) > 1 and "{layer}" not in output:
         raise ValueError(f"output {output!r} must contain '{{layer}}' when extracting several "
                          f"layers ({', '.join(layers)}): one file is written per layer")
@@ -467,120 +453,6 @@ def _check_output_paths(output: Any, layers: list[str]) -> list[str]:
         if os.path.isdir(p):
             raise IsADirectoryError(errno.EISDIR, "Output path is a directory", p)
     return paths
-
-
-def _chunk_samples(batch_size: int, n: int, row_bytes: int) -> int:
-    """Samples per HDF5 chunk: the largest divisor of the batch size whose chunk stays within
-    about 2 MiB, so that each batch fills whole chunks (HDF5 then writes them directly instead
-    of reading back partly written ones)."""
-    fits = [d for d in range(1, batch_size + 1)
-            if batch_size % d == 0 and d * row_bytes <= _CHUNK_TARGET_BYTES]
-    return max(1, min(n, max(fits, default=1)))
-
-
-class _PartialFile:
-    """The ``<output>.partial`` file of one layer: created at the first batch (whose output
-    tells the shape), resumed from its ``n_done`` attribute, renamed onto ``output`` when
-    complete."""
-
-    def __init__(self, path: str, layer: str, provenance: dict) -> None:
-        self.path = path
-        self.partial = path + PARTIAL_SUFFIX
-        self.layer = layer
-        self.provenance = provenance  # model, layer, dataset, n_samples, dtype
-        self.file: Optional[h5py.File] = None
-        self.acts: Optional[h5py.Dataset] = None
-
-    def reopen(self) -> int:
-        """Reopen an existing partial file for ``resume``; return its ``n_done`` (0 when there
-        is no partial file). Raises ValueError when it was written for something else."""
-        if not os.path.exists(self.partial):
-            return 0
-        p = self.partial
-        try:
-            f = h5py.File(p, "r+")
-        except OSError as e:
-            raise ValueError(f"cannot resume from '{p}': not a readable HDF5 file ({e}); delete "
-                             f"it or run without resume") from None
-        try:
-            found = _attr_str(f.attrs["format"]) if "format" in f.attrs else None
-            if found != _PARTIAL_FORMAT:
-                raise ValueError(f"cannot resume from '{p}': it is not a partial activations file "
-                                 f"(format = {found!r}, expected '{_PARTIAL_FORMAT}')")
-            for key, want in self.provenance.items():
-                have = f.attrs.get(key)
-                have = None if have is None else (
-                    int(have) if key == "n_samples" else _attr_str(have))
-                if have != want:
-                    raise ValueError(f"cannot resume from '{p}': it was written for {key} "
-                                     f"{have!r}, this extraction has {key} {want!r}; run "
-                                     f"without resume to start over")
-            acts = f.get("acts")
-            n = self.provenance["n_samples"]
-            if (not isinstance(acts, h5py.Dataset) or acts.ndim not in (2, 4)
-                    or acts.shape[0] != n or acts.dtype != np.dtype(self.provenance["dtype"])):
-                raise ValueError(f"cannot resume from '{p}': its dataset 'acts' is missing or "
-                                 f"does not hold {n} samples of {self.provenance['dtype']}")
-            n_done = int(np.asarray(f.attrs.get("n_done", -1)).reshape(-1)[0])
-            if not 0 <= n_done <= n:
-                raise ValueError(f"cannot resume from '{p}': attribute n_done = {n_done} is "
-                                 f"outside 0..{n}")
-        except BaseException:
-            f.close()
-            raise
-        self.file, self.acts = f, acts
-        return n_done
-
-    def write(self, start: int, block: np.ndarray, batch_size: int) -> None:
-        """Write samples ``start .. start + len(block) - 1`` and record them as done."""
-        if self.file is None:
-            self._create(block, batch_size)
-        assert self.acts is not None and self.file is not None
-        if self.acts.shape[1:] != block.shape[1:]:
-            raise ValueError(f"layer '{self.layer}' gives [U, h, w] = {block.shape[1:]} on samples "
-                             f"{start}..{start + len(block) - 1} but {self.acts.shape[1:]} on "
-                             f"the samples before (in '{self.partial}'); all inputs must give "
-                             f"maps of one size")
-        self.acts[start:start + len(block)] = block
-        self.file.attrs["n_done"] = np.int64(start + len(block))
-        self.file.flush()  # n_done on disk never counts samples that are not
-
-    def _create(self, block: np.ndarray, batch_size: int) -> None:
-        n = self.provenance["n_samples"]
-        shape = (n,) + block.shape[1:]
-        row_bytes = int(np.prod(block.shape[1:])) * block.dtype.itemsize
-        chunk = _chunk_samples(batch_size, n, row_bytes)
-        f = h5py.File(self.partial, "w")  # replaces a stale partial file (no resume asked)
-        try:
-            f.attrs["format"] = _PARTIAL_FORMAT
-            f.attrs["version"] = np.int64(FORMAT_VERSION)
-            for key, value in self.provenance.items():
-                f.attrs[key] = np.int64(value) if key == "n_samples" else value
-            f.attrs["n_done"] = np.int64(0)
-            self.acts = f.create_dataset("acts", shape=shape, dtype=block.dtype,
-                                         chunks=(chunk,) + shape[1:])
-        except BaseException:
-            f.close()
-            raise
-        self.file = f
-
-    def finish(self) -> None:
-        """Turn the complete partial file into the activations file at ``path``."""
-        assert self.file is not None
-        f = self.file
-        f.attrs["format"] = ACTIVATIONS_FORMAT
-        for key in _PARTIAL_ONLY_ATTRS:
-            if key in f.attrs:
-                del f.attrs[key]
-        f.close()
-        self.file = self.acts = None
-        os.replace(self.partial, self.path)
-
-    def close(self) -> None:
-        if self.file is not None:
-            with contextlib.suppress(Exception):
-                self.file.close()
-            self.file = self.acts = None
 
 
 # =============================================================================== extraction
@@ -611,6 +483,12 @@ def _check_int(value: Any, what: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_str(value: Any, what: str) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _brief(err: BaseException) -> str:
@@ -750,15 +628,15 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
 
     is_script = isinstance(model, torch.jit.ScriptModule)
     taps = (_ScriptTaps if is_script else _HookTaps)(model, layers, torch_dtype)
-    files = [_PartialFile(p, layer, {"model": model_name, "layer": layer,
-                                     "dataset": dataset_name, "n_samples": n, "dtype": dtype})
+    files = [ActivationsWriter(p, n_samples=n, dtype=dtype, model=model_name, layer=layer,
+                               dataset=dataset_name, batch_size=batch_size, resumable=True)
              for p, layer in zip(paths, layers)]
     modes = [(m, m.training) for m in model.modules()]
     bar = None
     try:
         # Resume from the least advanced layer (a missing partial file counts as 0 done);
         # rows written twice get the same values.
-        start = min(f.reopen() for f in files) if resume else 0
+        start = min(f.resume() for f in files) if resume else 0
         model.eval()
         model.to(device)
         if progress:
@@ -798,7 +676,7 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
                 blocks = [_as_block(o, layer, hi - lo, lo, hi, out_dtype)
                           for o, layer in zip(outputs, layers)]
                 for f, block in zip(files, blocks):
-                    f.write(lo, block, batch_size)
+                    f.write(lo, block)
                 if bar is not None:
                     bar.update(hi - lo)
         for f in files:

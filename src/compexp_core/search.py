@@ -20,7 +20,7 @@ import numpy as np
 from .engine.backends import get_backend
 from .engine.beam import METRICS, OPERATORS, SearchParams
 from .engine.driver import run_search
-from .engine.results import SearchResult
+from .results import SearchResult
 from .engine.units import check_activations, check_quantile
 from .inputs import activations_input, concepts_input
 

@@ -47,7 +47,7 @@ def _recorded_path(args: argparse.Namespace, result, key: str, option: str) -> s
 
 def run(args: argparse.Namespace) -> int:
     """Run ``compexp report``: write the report and print the path of its index page."""
-    from .. import load_results
+    from ..results import load_results
     from ..report import write_report
 
     result = load_results(args.results)

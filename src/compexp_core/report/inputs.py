@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .. import SearchResult, load_results
+from ..results import SearchResult, load_results
 
 __all__ = ["is_path", "input_label", "as_result", "Images", "check_inputs"]
 

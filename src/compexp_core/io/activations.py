@@ -1,0 +1,446 @@
+"""Activations files (``format = "compexp-activations"``, ``docs/FORMAT.md`` §1 and §1.1).
+
+An activations file holds one dataset ``acts`` of shape ``[N, U, h, w]`` (feature maps) or
+``[N, U]`` (one value per unit and sample), float16/32/64 or bool, chunked along samples so
+that it can be read a batch of samples at a time, plus optional provenance (``model``,
+``layer``, ``dataset``) and ``unit_names``.
+
+Every activations file is written by one class, :class:`ActivationsWriter`, a batch of samples
+at a time: :func:`save_activations` hands it an array a few chunks at a time, and extraction
+(:func:`compexp_core.extract.extract_activations`) hands it each batch of model outputs. The
+writer either writes into an anonymous temporary file, removed on any failure, or
+(``resumable=True``) into ``<path>.partial`` (``format = "compexp-activations-partial"``),
+which records how many samples are done after every batch and is kept when the run fails, so
+that a later run continues from it. Either way the file is renamed onto ``path`` only when
+all N samples are in.
+
+Examples:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> d = tempfile.mkdtemp()
+    >>> save_activations(os.path.join(d, "acts.h5"), np.ones((4, 3, 2, 2), np.float32),
+    ...                  layer="layer4")
+    >>> open_activations(os.path.join(d, "acts.h5")).shape
+    (4, 3, 2, 2)
+
+    Writing batch by batch, as extraction does:
+
+    >>> p = os.path.join(d, "batches.h5")
+    >>> with ActivationsWriter(p, n_samples=6, dtype="float32", layer="fc") as w:
+    ...     for start in range(0, 6, 4):
+    ...         w.write(start, np.zeros((min(4, 6 - start), 5), np.float32))
+    ...     w.finish()
+    >>> read_activations_metadata(p)["shape"]
+    (6, 5)
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Optional, Sequence, Union
+
+import h5py
+import numpy as np
+
+from ..engine.concepts import check_strings
+from . import _h5
+from ._h5 import ACTIVATIONS_FORMAT, FORMAT_VERSION, PARTIAL_ACTIVATIONS_FORMAT, PathLike
+
+__all__ = ["save_activations", "open_activations", "load_activations",
+           "read_activations_metadata", "ActivationsWriter", "PARTIAL_SUFFIX"]
+
+#: A resumable write in progress goes to ``path + PARTIAL_SUFFIX``.
+PARTIAL_SUFFIX = ".partial"
+
+ACTS_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(bool))
+
+# Root attributes only a partial file has; removed when it becomes the finished file.
+_PARTIAL_ONLY_ATTRS = ("n_done", "n_samples", "dtype")
+_PROVENANCE = ("model", "layer", "dataset")
+
+
+# =============================================================================== the writer
+
+class ActivationsWriter:
+    """Writes one activations file a batch of samples at a time.
+
+    The dataset ``acts`` is created at the first :meth:`write`, whose block tells the shape
+    ``[U, h, w]`` (or ``[U]``) of a sample; every later block must have the same. Values must
+    be finite (checked block by block). :meth:`finish` completes the file and renames it onto
+    ``path``; :meth:`close` (or leaving the ``with`` block) without :meth:`finish` abandons
+    it.
+
+    Args:
+        path: the activations file to write (replaced when complete).
+        n_samples: N.
+        dtype: float16, float32, float64 or bool; blocks are converted to it.
+        model, layer, dataset: optional provenance strings (root attributes).
+        unit_names: optional U strings, written by :meth:`finish`.
+        chunk_samples: samples per HDF5 chunk. Default: about 2 MiB per chunk, or, with
+            ``batch_size``, the largest divisor of the batch size within about 2 MiB, so that
+            each batch fills whole chunks.
+        batch_size: the number of samples each :meth:`write` brings (a chunking hint).
+        compression: HDF5 compression of ``acts`` (``"gzip"``, ``"lzf"``, a gzip level).
+        resumable: write into ``path + PARTIAL_SUFFIX`` (``docs/FORMAT.md`` §1.1), record
+            ``n_done`` after every write, keep it when abandoned, and allow :meth:`resume`.
+            Otherwise the file goes to an anonymous temporary file that an abandoned write
+            removes.
+    """
+
+    def __init__(self, path: PathLike, *, n_samples: int, dtype: Any,
+                 model: Optional[str] = None, layer: Optional[str] = None,
+                 dataset: Optional[str] = None, unit_names: Optional[Sequence[str]] = None,
+                 chunk_samples: Optional[int] = None, batch_size: Optional[int] = None,
+                 compression: Optional[Union[str, int]] = None, resumable: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.n_samples = int(n_samples)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in ACTS_DTYPES:
+            raise TypeError(f"acts must be float16, float32, float64 or bool, got dtype "
+                            f"{self.dtype}")
+        self.provenance = {"model": _h5.check_str(model, "model"),
+                           "layer": _h5.check_str(layer, "layer"),
+                           "dataset": _h5.check_str(dataset, "dataset")}
+        self.unit_names = None if unit_names is None else list(unit_names)
+        self.chunk_samples = (None if chunk_samples is None
+                              else _h5.check_chunk_samples(chunk_samples))
+        self.batch_size = batch_size
+        self.compression = compression
+        self.resumable = resumable
+        self.temp = self.path + PARTIAL_SUFFIX if resumable else _h5.temp_path(self.path)
+        self.n_done = 0
+        self._file: Optional[h5py.File] = None
+        self._acts: Optional[h5py.Dataset] = None
+
+    def __enter__(self) -> "ActivationsWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------- resume
+    def _expected_attrs(self) -> dict:
+        """The partial file's attributes that must match for a resume, in the order checked."""
+        out = {k: v for k, v in self.provenance.items() if v is not None}
+        out["n_samples"] = self.n_samples
+        out["dtype"] = self.dtype.name
+        return out
+
+    def resume(self) -> int:
+        """Reopen the partial file of an earlier, interrupted run (``resumable=True`` only) and
+        return its ``n_done``: samples ``0 .. n_done-1`` are in it (0 when there is no partial
+        file; :meth:`write` then starts a new one).
+
+        Raises:
+            ValueError: the partial file is not readable, not a partial activations file, or
+                was written for another model, layer, dataset, N or dtype (the message names
+                the one that differs).
+        """
+        if not self.resumable:
+            raise ValueError("resume() needs an ActivationsWriter made with resumable=True")
+        self.close()
+        p = self.temp
+        if not os.path.exists(p):
+            return 0
+        try:
+            f = _h5.open_file(p, "r+")
+        except ValueError as e:
+            raise ValueError(f"cannot resume from '{p}': {e}; delete it or run without "
+                             f"resume") from None
+        try:
+            with _h5.reading(p):
+                acts, n_done = self._check_partial(f, p)
+        except BaseException:
+            f.close()
+            raise
+        self._file, self._acts, self.n_done = f, acts, n_done
+        return n_done
+
+    def _check_partial(self, f: h5py.File, p: str) -> tuple:
+        found = _h5.format_of(f)
+        if found != PARTIAL_ACTIVATIONS_FORMAT:
+            raise ValueError(f"cannot resume from '{p}': it is not a partial activations file "
+                             f"(format = {found!r}, expected '{PARTIAL_ACTIVATIONS_FORMAT}')")
+        for key, want in self._expected_attrs().items():
+            have = f.attrs.get(key)
+            have = None if have is None else (
+                int(have) if key == "n_samples" else _h5.attr_str(have))
+            if have != want:
+                raise ValueError(f"cannot resume from '{p}': it was written for {key} "
+                                 f"{have!r}, this extraction has {key} {want!r}; run "
+                                 f"without resume to start over")
+        acts = f.get("acts")
+        n = self.n_samples
+        if (not isinstance(acts, h5py.Dataset) or acts.ndim not in (2, 4)
+                or acts.shape[0] != n or acts.dtype != self.dtype):
+            raise ValueError(f"cannot resume from '{p}': its dataset 'acts' is missing or "
+                             f"does not hold {n} samples of {self.dtype.name}")
+        n_done = int(np.asarray(f.attrs.get("n_done", -1)).reshape(-1)[0])
+        if not 0 <= n_done <= n:
+            raise ValueError(f"cannot resume from '{p}': attribute n_done = {n_done} is "
+                             f"outside 0..{n}")
+        return acts, n_done
+
+    # -------------------------------------------------------------------------- writing
+    def _create(self, sample_shape: tuple) -> None:
+        n = self.n_samples
+        shape = (n,) + sample_shape
+        row_bytes = int(np.prod(sample_shape)) * self.dtype.itemsize
+        if self.chunk_samples is None and self.batch_size is not None:
+            chunk = _h5.batch_chunk_rows(self.batch_size, n, row_bytes)
+        else:
+            chunk = _h5.chunk_rows(n, row_bytes, self.chunk_samples)
+        f = _h5.create(self.temp)  # a resumable write replaces a stale partial file
+        try:
+            f.attrs["format"] = PARTIAL_ACTIVATIONS_FORMAT
+            f.attrs["version"] = np.int64(FORMAT_VERSION)
+            for key, value in self._expected_attrs().items():
+                f.attrs[key] = np.int64(value) if key == "n_samples" else value
+            f.attrs["n_done"] = np.int64(0)
+            self._acts = f.create_dataset("acts", shape=shape, dtype=self.dtype,
+                                          chunks=(chunk,) + sample_shape,
+                                          compression=self.compression)
+        except BaseException:
+            f.close()
+            _h5.discard(self.temp)
+            raise
+        self._file = f
+
+    @property
+    def chunks(self) -> Optional[tuple]:
+        """The HDF5 chunk shape of ``acts`` (None before the first write)."""
+        return None if self._acts is None else self._acts.chunks
+
+    def write(self, start: int, block: Any) -> None:
+        """Write samples ``start .. start + len(block) - 1`` (``block``: ``[B, U, h, w]`` or
+        ``[B, U]``) and record them as done.
+
+        Raises:
+            ValueError: the block leaves the N samples, has another sample shape than the
+                blocks before (or than the partial file being resumed), or holds NaN or
+                infinity (the message gives the index of the first).
+        """
+        block = np.asarray(block)
+        end = start + block.shape[0]
+        if block.ndim not in (2, 4) or start < 0 or end > self.n_samples:
+            raise ValueError(f"a block of acts must be [B, U, h, w] or [B, U] within the "
+                             f"{self.n_samples} samples, got shape {block.shape} at sample "
+                             f"{start}")
+        if self._file is None:
+            self._create(block.shape[1:])
+        assert self._acts is not None and self._file is not None
+        if self._acts.shape[1:] != block.shape[1:]:
+            who = f"layer '{self.provenance['layer']}'" if self.provenance["layer"] else "acts"
+            raise ValueError(f"{who} gives [U, h, w] = {block.shape[1:]} on samples "
+                             f"{start}..{end - 1} but {self._acts.shape[1:]} on the samples "
+                             f"before (in '{self.temp}'); all inputs must give maps of one "
+                             f"size")
+        if block.dtype != self.dtype:
+            block = block.astype(self.dtype)
+        if self.dtype.kind == "f":
+            finite = np.isfinite(block)
+            if not finite.all():
+                bad = tuple(int(i) for i in np.argwhere(~finite)[0])
+                raise ValueError(f"acts holds non-finite values (NaN or infinity), the first "
+                                 f"at index {(bad[0] + start,) + bad[1:]}: {block[bad]}")
+        self._acts[start:end] = block
+        self.n_done = end
+        self._file.attrs["n_done"] = np.int64(end)
+        if self.resumable:
+            self._file.flush()  # n_done on disk never counts samples that are not
+
+    def finish(self) -> None:
+        """Turn the complete file into the activations file at ``path`` (``docs/FORMAT.md``
+        §1): partial-only attributes removed, ``unit_names`` written, flushed to disk and
+        renamed onto ``path``.
+
+        Raises:
+            ValueError: fewer than N samples were written; ``unit_names`` does not have U
+                entries (the file is then abandoned, see :meth:`close`).
+        """
+        if self._file is None or self.n_done != self.n_samples:
+            raise ValueError(f"'{self.path}' is incomplete: {self.n_done} of "
+                             f"{self.n_samples} samples written")
+        f = self._file
+        assert self._acts is not None
+        if self.unit_names is not None:
+            names = check_strings(self.unit_names, self._acts.shape[1], "unit_names")
+            _h5.write_strings(f, "unit_names", names)
+        f.attrs["format"] = ACTIVATIONS_FORMAT
+        for key in _PARTIAL_ONLY_ATTRS:
+            if key in f.attrs:
+                del f.attrs[key]
+        self._file = self._acts = None
+        try:
+            f.close()
+            _h5.commit(self.temp, self.path)
+        except BaseException:
+            if not self.resumable:
+                _h5.discard(self.temp)
+            raise
+
+    def close(self) -> None:
+        """Close the file without finishing it: a resumable write keeps its partial file (for
+        :meth:`resume`), any other is removed. Does nothing after :meth:`finish`."""
+        f, self._file, self._acts = self._file, None, None
+        if f is not None:
+            with contextlib.suppress(Exception):
+                f.close()
+        if not self.resumable:
+            _h5.discard(self.temp)
+
+
+# =============================================================================== save
+
+def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
+                     layer: Optional[str] = None, dataset: Optional[str] = None,
+                     unit_names: Optional[Sequence[str]] = None,
+                     chunk_samples: Optional[int] = None,
+                     compression: Optional[Union[str, int]] = None) -> None:
+    """Write an activations file.
+
+    The array is written a few chunks of samples at a time (a NumPy memmap or an h5py dataset
+    is never read whole), into a temporary file renamed onto ``path`` when complete.
+
+    Args:
+        path: the file to write (replaced if it exists).
+        acts: ``[N, U, h, w]`` feature maps or ``[N, U]`` one value per sample and unit;
+            float16, float32, float64 or bool (anything ``np.asarray`` accepts; NumPy arrays,
+            memmaps and h5py datasets are sliced lazily). The dtype is kept.
+        model, layer, dataset: optional provenance strings, stored as root attributes.
+        unit_names: optional U strings, stored as dataset ``unit_names``.
+        chunk_samples: samples per HDF5 chunk (default: about 2 MiB per chunk).
+        compression: HDF5 compression of ``acts`` (``"gzip"``, ``"lzf"`` or a gzip level
+            0-9); off by default, since activations compress poorly and decompression slows
+            reading.
+
+    Raises:
+        ValueError: ``acts`` is not 2-D or 4-D, has N = 0 or U = 0 (or an empty map), or holds
+            NaN or infinite values; ``unit_names`` has the wrong length.
+        TypeError: ``acts`` is not float16/32/64 or bool; a provenance value or unit name is
+            not a string.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> p = os.path.join(tempfile.mkdtemp(), "acts.h5")
+        >>> save_activations(p, np.zeros((10, 4), np.float16), model="bert",
+        ...                  unit_names=list("abcd"))
+        >>> read_activations_metadata(p)["unit_names"]
+        ['a', 'b', 'c', 'd']
+    """
+    acts = _h5.array_like(acts)
+    dtype = np.dtype(acts.dtype)
+    if acts.ndim not in (2, 4):
+        raise ValueError(f"acts must be [N, U, h, w] or [N, U], got shape {tuple(acts.shape)}")
+    if dtype not in ACTS_DTYPES:
+        raise TypeError(f"acts must be float16, float32, float64 or bool, got dtype {dtype}")
+    if any(int(s) < 1 for s in acts.shape):
+        raise ValueError(f"acts must have N >= 1 samples, U >= 1 units and non-empty maps, got "
+                         f"shape {tuple(acts.shape)}")
+    shape = tuple(int(s) for s in acts.shape)
+    n, u = shape[0], shape[1]
+    if unit_names is not None:
+        unit_names = check_strings(unit_names, u, "unit_names")
+    with ActivationsWriter(path, n_samples=n, dtype=dtype, model=model, layer=layer,
+                           dataset=dataset, unit_names=unit_names, chunk_samples=chunk_samples,
+                           compression=compression) as writer:
+        row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+        step = _h5.io_rows(n, row_bytes, _h5.chunk_rows(n, row_bytes, chunk_samples))
+        for s in range(0, n, step):
+            writer.write(s, np.asarray(acts[s:s + step]))
+        writer.finish()
+
+
+# =============================================================================== read
+
+def validated_acts(f: h5py.File, path: str) -> h5py.Dataset:
+    """The ``acts`` dataset of an open activations file, its format and shape checked."""
+    _h5.check_format(f, path, ACTIVATIONS_FORMAT, lenient_if="acts")
+    ds = _h5.get(f, "acts", path, h5py.Dataset)
+    if ds.ndim not in (2, 4):
+        raise ValueError(f"'{path}': dataset 'acts' must be [N, U, h, w] or [N, U], found shape "
+                         f"{ds.shape}")
+    if np.dtype(ds.dtype) not in ACTS_DTYPES:
+        raise ValueError(f"'{path}': dataset 'acts' must be float16, float32, float64 or bool, "
+                         f"found dtype {ds.dtype}")
+    if any(s < 1 for s in ds.shape):
+        raise ValueError(f"'{path}': dataset 'acts' must have N >= 1 samples, U >= 1 units and "
+                         f"non-empty maps, found shape {ds.shape}")
+    un = _h5.get(f, "unit_names", path, h5py.Dataset, required=False)
+    if un is not None and un.shape != (ds.shape[1],):
+        raise ValueError(f"'{path}': dataset 'unit_names' has shape {un.shape} but 'acts' has "
+                         f"U = {ds.shape[1]} units (shape {ds.shape})")
+    return ds
+
+
+def open_activations(path: PathLike) -> h5py.Dataset:
+    """Open an activations file and return its ``acts`` dataset, without reading it.
+
+    The returned :class:`h5py.Dataset` slices like a NumPy array (``ds[i:j]`` reads samples
+    ``i..j-1``) and keeps its file open for as long as it is referenced (``ds.file`` is the
+    open :class:`h5py.File`; call ``ds.file.close()`` to close it early). A file without a
+    ``format`` attribute is accepted when it has an ``acts`` dataset.
+
+    Args:
+        path: the activations file.
+
+    Returns:
+        The ``acts`` dataset, ``[N, U, h, w]`` or ``[N, U]``, float16/32/64 or bool.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not a readable HDF5 file; ``format`` is not ``compexp-activations``; no
+            ``acts`` dataset, or one of the wrong rank or dtype.
+    """
+    p = os.fspath(path)
+    f = _h5.open_file(p)
+    try:
+        with _h5.reading(p):
+            return validated_acts(f, p)
+    except BaseException:
+        f.close()
+        raise
+
+
+def load_activations(path: PathLike) -> np.ndarray:
+    """Read the whole ``acts`` dataset of an activations file into memory (small files).
+
+    Args:
+        path: the activations file.
+
+    Returns:
+        ``acts`` as a NumPy array of the stored dtype.
+
+    Raises:
+        The errors of :func:`open_activations`.
+    """
+    p = os.fspath(path)
+    ds = open_activations(p)
+    try:
+        with _h5.reading(p):
+            return ds[()]
+    finally:
+        ds.file.close()
+
+
+def read_activations_metadata(path: PathLike) -> dict:
+    """Shape, dtype and provenance of an activations file, without reading ``acts``.
+
+    Returns:
+        A dict with keys ``shape`` (tuple), ``dtype`` (NumPy dtype), ``model``, ``layer``,
+        ``dataset`` (strings or None) and ``unit_names`` (list of U strings, or None).
+    """
+    p = os.fspath(path)
+    ds = open_activations(p)
+    f = ds.file
+    try:
+        with _h5.reading(p):
+            meta = {"shape": tuple(ds.shape), "dtype": np.dtype(ds.dtype)}
+            for key in _PROVENANCE:
+                meta[key] = _h5.attr_str(f.attrs[key]) if key in f.attrs else None
+            un = _h5.get(f, "unit_names", p, h5py.Dataset, required=False)
+            meta["unit_names"] = None if un is None else _h5.read_strings(un, p, "unit_names")
+            return meta
+    finally:
+        f.close()

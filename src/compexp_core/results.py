@@ -1,0 +1,124 @@
+"""Search results: one :class:`Explanation` per searched unit, gathered in a :class:`SearchResult`.
+
+A result saves to HDF5 (``.h5``/``.hdf5``) or CSV (``.csv``) and loads back unchanged
+(:func:`load_results`); the file formats live in :mod:`compexp_core.io.results`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .engine.formula import Formula
+from .engine.results import Explanation
+
+__all__ = ["Explanation", "SearchResult", "load_results"]
+
+
+class SearchResult(Sequence):
+    """Explanations of the searched units, in the order they were requested.
+
+    ``result[i]`` is the :class:`Explanation` of the i-th searched unit (``result[i].unit``
+    is its index in the activations).
+
+    Examples:
+        >>> import numpy as np, compexp_core as cx
+        >>> masks = np.zeros((4, 2), bool); masks[:2, 0] = True; masks[1:3, 1] = True
+        >>> acts = masks[:, :1].copy()                  # a unit firing exactly on concept 0
+        >>> result = cx.search_formulas(acts, masks, names=["cat", "dog"], max_length=2)
+        >>> str(result[0].formula), result[0].iou
+        ('cat', 1.0)
+        >>> result.to_pandas()[["unit", "formula", "iou"]].to_dict("records")
+        [{'unit': 0, 'formula': 'cat', 'iou': 1.0}]
+    """
+
+    def __init__(self, explanations: Sequence[Explanation], params: Optional[dict] = None) -> None:
+        self._explanations = list(explanations)
+        self.params = dict(params or {})
+        #: Timings and kernel work of the search that produced this result (not saved).
+        self.stats: dict = {}
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return SearchResult(self._explanations[i], self.params)
+        return self._explanations[i]
+
+    def __len__(self) -> int:
+        return len(self._explanations)
+
+    def __iter__(self) -> Iterator[Explanation]:
+        return iter(self._explanations)
+
+    def __repr__(self) -> str:
+        found = sum(e.formula is not None for e in self)
+        mean = float(np.mean([e.iou for e in self])) if len(self) else 0.0
+        return f"SearchResult({len(self)} units, {found} explained, mean iou {mean:.4f})"
+
+    @property
+    def units(self) -> list[int]:
+        """Unit indices, one per explanation."""
+        return [e.unit for e in self]
+
+    def by_unit(self, unit: int) -> Explanation:
+        """The explanation of the unit with index ``unit`` in the activations."""
+        for e in self:
+            if e.unit == unit:
+                return e
+        raise KeyError(f"unit {unit} was not searched")
+
+    def to_pandas(self):
+        """One row per unit: unit, formula, iou, score, length, primitive, primitive_iou,
+        threshold, beam, by_length (lists of ``(formula text, value)`` pairs)."""
+        import pandas as pd
+
+        rows = [{
+            "unit": e.unit,
+            "formula": None if e.formula is None else str(e.formula),
+            "iou": e.iou,
+            "score": e.score,
+            "length": e.length,
+            "primitive": None if e.primitive is None else str(e.primitive),
+            "primitive_iou": e.primitive_iou,
+            "threshold": e.threshold,
+            "beam": [(str(f), s) for f, s in e.beam],
+            "by_length": [(_text(f), v) for f, v in e.by_length],
+        } for e in self]
+        columns = ["unit", "formula", "iou", "score", "length", "primitive", "primitive_iou",
+                   "threshold", "beam", "by_length"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def summary(self, top: int = 10) -> str:
+        """A text table of the ``top`` units by IoU."""
+        best = sorted(self, key=lambda e: -e.iou)[:top]
+        lines = [f"{'unit':>6}  {'iou':>7}  {'single':>7}  formula"]
+        for e in best:
+            lines.append(f"{e.unit:>6}  {e.iou:7.4f}  {e.primitive_iou:7.4f}  {e.formula}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to HDF5 (``.h5``, ``.hdf5``) or CSV (``.csv``), chosen by the extension.
+
+        The file (``docs/FORMAT.md`` §3) is written into a temporary file beside ``path`` and
+        renamed into place when complete; :attr:`stats` is not saved."""
+        from .io.results import write_results
+
+        write_results(path, list(self), self.params)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SearchResult":
+        """Read a result written by :meth:`save`."""
+        from .io.results import read_results
+
+        explanations, params = read_results(path)
+        return cls(explanations, params)
+
+
+def load_results(path: str | os.PathLike) -> SearchResult:
+    """Read a :class:`SearchResult` from an HDF5 or CSV file written by ``save``."""
+    return SearchResult.load(path)
+
+
+def _text(f: Optional[Formula]) -> str:
+    return "" if f is None else str(f)
