@@ -28,7 +28,7 @@ def test_by_length_equals_separate_searches(seed, beam, device):
         short = cx.search_formulas(acts, masks, max_length=length, beam_size=beam, quantile=0.2,
                                    device=device)
         for e_long, e_short in zip(long, short):
-            formula, iou = e_long.by_length[length - 1]
+            formula, iou = e_long.at_length(length)
             assert formula == e_short.formula and iou == e_short.iou
     curve = mean_iou_by_length(long)
     assert curve.shape == (5,) and np.all(np.diff(curve) >= 0)
@@ -36,9 +36,12 @@ def test_by_length_equals_separate_searches(seed, beam, device):
 
 
 def test_by_length_pads_when_no_unit_fires():
+    # No beam: the search of the unit stops at once (by_length has one entry); every maximum
+    # length answers the same, and the curve covers the lengths asked for.
     masks = np.zeros((5, 2), bool)
     result = cx.search_formulas(np.zeros((5, 1), bool), masks, max_length=4)
-    assert result[0].by_length == ((None, 0.0),) * 4
+    assert result[0].by_length == ((None, 0.0),)
+    assert result[0].at_length(4) == (None, 0.0)
     assert mean_iou_by_length(result).tolist() == [0.0] * 4
 
 

@@ -179,3 +179,43 @@ def test_progress_bar_reports_units(capsys):
     assert "compexp" in err and "6/6" in err
     cx.search_formulas(acts, dense, max_length=2, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def _same(a, b):
+    assert [(e.unit, str(e.formula), e.iou, e.score, [(str(f), s) for f, s in e.beam],
+             [(str(f), v) for f, v in e.by_length]) for e in a] == \
+           [(e.unit, str(e.formula), e.iou, e.score, [(str(f), s) for f, s in e.beam],
+             [(str(f), v) for f, v in e.by_length]) for e in b]
+
+
+def test_search_stops_once_every_beam_stops_changing():
+    # 3 concepts and no repeats: no formula is longer than 3, so the 4th step changes nothing
+    # and a search asking for a million steps ends there, with the same answer.
+    rng = np.random.default_rng(11)
+    masks = rng.random((300, 3)) < 0.4
+    acts = rng.random((300, 4)).astype(np.float32)
+    huge = cx.search_formulas(acts, masks, max_length=10**6, beam_size=5, quantile=0.2)
+    short = cx.search_formulas(acts, masks, max_length=4, beam_size=5, quantile=0.2)
+    _same(huge, short)
+    assert huge.stats["steps"] == 4 and huge.stats["converged_units"] == 4
+    assert short.stats["converged_units"] == 0
+    assert all(len(e.by_length) == 4 and e.at_length(10**6) == e.by_length[-1] for e in huge)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), beam=st.integers(1, 3), repeats=st.booleans())
+def test_early_stop_is_exact(seed, beam, repeats, device):
+    # Stopping a unit when its beam stops changing gives what every longer search gives.
+    rng = np.random.default_rng(seed)
+    masks = rng.random((60, 4)) < rng.random(4)
+    acts = rng.random((60, 3)).astype(np.float32)
+    kw = dict(beam_size=beam, quantile=0.3, allow_repeats=repeats, device=device)
+    results = {L: cx.search_formulas(acts, masks, max_length=L, **kw) for L in (7, 9)}
+    for L, result in results.items():
+        for e in result:
+            assert len(e.by_length) <= L
+            assert (e.formula, e.iou) == e.at_length(L)
+    for e7, e9 in zip(results[7], results[9]):
+        if len(e7.by_length) < 7:           # stopped early at 7: identical at 9
+            assert (str(e7.formula), e7.iou, e7.by_length) == (str(e9.formula), e9.iou, e9.by_length)

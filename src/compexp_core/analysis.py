@@ -57,7 +57,8 @@ def mean_iou_by_length(result: SearchResult) -> np.ndarray:
     if 0 in lengths:
         raise ValueError("the result's explanations carry no per-length IoUs (by_length); it "
                          "was written by an older version: search again")
-    L = max(lengths)
+    # Searches stop once a unit's beam stops changing: pad to the length searched for.
+    L = max(max(lengths), int((result.params or {}).get("max_length") or 0))
     table = np.zeros((len(result), L))
     for i, e in enumerate(result):
         values = [v for _, v in e.by_length]

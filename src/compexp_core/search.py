@@ -55,7 +55,9 @@ def search_formulas(
         masks: a :class:`ConceptSet`, a path to a concepts HDF5 file, or bool
             ``[N, K, H, W]`` / ``[N, K]`` concept masks.
         names: K unique concept names for array masks (default ``"c0".."c{K-1}"``).
-        max_length: longest formula, in leaves (>= 1).
+        max_length: longest formula, in leaves (>= 1). A unit's search stops earlier, with
+            the same result, once a step leaves its beam unchanged (``result.stats`` counts
+            them in ``converged_units``; ``Explanation.by_length`` is then shorter).
         beam_size: formulas kept per step (>= 1).
         ops: operators among ``"or"``, ``"and"``, ``"and_not"``, ``"or_not"``.
         metric: ``"iou"``, ``"precision"`` or ``"recall"``.

@@ -177,6 +177,9 @@ class UnitBeam:
         beam: the current beam, best first.
         primitive: ``(concept, metric)`` of the best single concept, or None.
         best_by_step: the best entry after each step (None without a beam).
+        converged: whether the last step left the beam unchanged (or there is no beam).
+            Every later step would then repeat it exactly (same beam, same candidates, same
+            pool), so the search of this unit is over.
     """
 
     def __init__(self, prim: np.ndarray, unit_size: int, sizes: np.ndarray, n_cells: int,
@@ -198,6 +201,7 @@ class UnitBeam:
         self.cand_pos = np.full(K, -1, np.int64)      # concept -> position among candidates
         self.cand_pos[self.candidates] = np.arange(self.candidates.size)
         self.best_by_step: list[Optional[Entry]] = [self.best]
+        self.converged = not self.beam
 
     @property
     def best(self) -> Optional[Entry]:
@@ -208,9 +212,8 @@ class UnitBeam:
         formulas, in beam order. Replaces the beam and returns the formulas born."""
         p = self.params
         beam, cands = self.beam, self.candidates
-        if not beam:
-            self.best_by_step.append(None)
-            return []
+        if self.converged:
+            raise RuntimeError("this unit's search has converged: its beam cannot change")
         B, C = len(beam), cands.size
         fc, gc = f[:, cands], g[:, cands]                                # [B, C]
         inter_f = np.array([e.inter for e in beam], np.int64)[:, None]
@@ -262,13 +265,15 @@ class UnitBeam:
             born.append(Birth(entry, parent.row, code, concept))
         self.beam = new_beam
         self.best_by_step.append(self.best)
+        # No newborn in the beam: it is the old beam in the old order, and stays so.
+        self.converged = not born
         return born
 
     def explanation(self, unit: int, names: Sequence[str], threshold: Optional[float] = None
                     ) -> Explanation:
-        """The unit's :class:`Explanation` (its best formula, beam and best per length)."""
-        steps = list(self.best_by_step)
-        steps += steps[-1:] * (self.params.max_length - len(steps))   # stopped early: no beam
+        """The unit's :class:`Explanation` (its best formula, beam and best per length, one
+        entry per length searched: fewer than ``max_length`` when the search converged)."""
+        steps = self.best_by_step
         best, prim = self.best, self.primitive
         return Explanation(
             unit=int(unit),

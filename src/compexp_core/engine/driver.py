@@ -40,6 +40,8 @@ class SearchStats:
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.work = ExtensionWork()
+        self.steps = 1                  # lengths searched, at most max_length
+        self.converged_units = 0        # units whose beam stopped changing before max_length
 
     def add_work(self, w: ExtensionWork) -> None:
         self.work = ExtensionWork(self.work.formula_blocks + w.formula_blocks,
@@ -48,7 +50,8 @@ class SearchStats:
 
     def as_dict(self) -> dict:
         w = self.work
-        return {"seconds": dict(self.seconds), "extension_entries": w.partial_entries,
+        return {"seconds": dict(self.seconds), "steps": self.steps,
+                "converged_units": self.converged_units, "extension_entries": w.partial_entries,
                 "extension_full": w.full_entries, "extension_formula_blocks": w.formula_blocks,
                 "extension_bytes": w.partial_entries * (8 * BLOCK_WORDS + 4)}
 
@@ -116,6 +119,8 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
             umasks, unit_size = backend.unit_masks(index, acts, batch, concepts.grid,
                                                    batch_thresholds)
         beams = _search_batch(concepts, index, umasks, unit_size, params, backend, timer, stats)
+        stats.steps = max(stats.steps, max(len(b.best_by_step) for b in beams))
+        stats.converged_units += sum(len(b.best_by_step) < params.max_length for b in beams)
         for k, (u, beam) in enumerate(zip(batch, beams)):
             found[int(u)] = beam.explanation(
                 int(u), concepts.names, None if batch_thresholds is None else float(batch_thresholds[k]))
@@ -136,24 +141,28 @@ def _search_batch(cs: ConceptSet, index, umasks, unit_size: np.ndarray, p: Searc
              for k in range(prim.shape[0])]
     if p.max_length == 1:
         return beams
-    # `formulas` holds exactly the masks of the current beams, unit-major in beam order, so the
-    # extension kernel reads it as is and its size never grows with the search's history.
-    born = [Birth(e, -1, OP_LEAF, e.key[0]) for b in beams for e in b.beam]
-    formulas = _materialize(backend, index, MaskSet.empty(0), beams, born, timer)
+    # `formulas` holds exactly the masks of the beams still searched (those not converged),
+    # unit-major in beam order, so the extension kernel reads it as is and its size never
+    # grows with the search's history. A batch stops as soon as every beam has converged.
+    active = [(k, b) for k, b in enumerate(beams) if not b.converged]
+    if not active:
+        return beams
+    born = [Birth(e, -1, OP_LEAF, e.key[0]) for _, b in active for e in b.beam]
+    formulas = _materialize(backend, index, MaskSet.empty(0), [b for _, b in active], born, timer)
     for step in range(1, p.max_length):
-        unit_of = np.array([k for k, b in enumerate(beams) for _ in b.beam], np.int64)
-        if unit_of.size == 0:
-            break
+        unit_of = np.array([k for k, b in active for _ in b.beam], np.int64)
         with timer("extension_counts"):
             f_all, g_all, work = backend.extension_counts(index, formulas, unit_of, umasks)
         stats.add_work(work)
         born, offset = [], 0
-        for b in beams:
+        for _, b in active:
             n = len(b.beam)
             born += b.extend(f_all[offset:offset + n], g_all[offset:offset + n])
             offset += n
-        if step + 1 < p.max_length:
-            formulas = _materialize(backend, index, formulas, beams, born, timer)
+        active = [(k, b) for k, b in active if not b.converged]
+        if not active or step + 1 == p.max_length:
+            break
+        formulas = _materialize(backend, index, formulas, [b for _, b in active], born, timer)
     return beams
 
 

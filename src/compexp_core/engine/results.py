@@ -35,10 +35,13 @@ class Explanation:
         beam: the final beam as ``(formula, score)`` pairs, best first.
         threshold: the activation threshold that binarised the unit (None for bool
             activations).
-        by_length: ``(formula, iou)`` per maximum length 1..max_length: the best formula of
+        by_length: ``(formula, iou)`` per maximum length 1, 2, ...: the best formula of
             the beam after that many steps, which is exactly what a search with that
             ``max_length`` returns (beam search never revisits earlier steps), so one search
-            at the longest length gives the whole IoU-against-length curve.
+            at the longest length gives the whole IoU-against-length curve. The search of a
+            unit stops as soon as a step leaves its beam unchanged (every later step would
+            repeat it), so ``by_length`` can be shorter than ``max_length``: longer lengths
+            give its last entry (:meth:`at_length`).
     """
 
     unit: int
@@ -50,6 +53,19 @@ class Explanation:
     beam: tuple = field(default=())
     threshold: Optional[float] = None
     by_length: tuple = field(default=())
+
+    def at_length(self, max_length: int) -> tuple:
+        """``(formula, iou)`` that a search with this ``max_length`` finds (from
+        ``by_length``; lengths past its end give its last entry).
+
+        Raises:
+            ValueError: ``max_length`` < 1, or no ``by_length`` (a file from before 0.1).
+        """
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if not self.by_length:
+            raise ValueError("this explanation carries no per-length results (by_length)")
+        return self.by_length[min(max_length, len(self.by_length)) - 1]
 
     @property
     def length(self) -> int:
