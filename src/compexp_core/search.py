@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .engine.backends import get_backend
-from .engine.beam import METRICS, OPERATORS, SearchParams
+from .engine.beam import METRICS, OPERATORS, SearchParams, positive_int
 from .engine.driver import run_search
 from .results import SearchResult
 from .engine.units import check_activations, check_quantile
@@ -97,7 +97,7 @@ def search_formulas(
     check_activations(acts, concepts.n_samples, concepts.grid)
     n_units = acts.shape[1]
     ids = np.arange(n_units) if units is None else _unit_ids(units, n_units)
-    unit_batch_size = _positive_int(unit_batch_size, "unit_batch_size")
+    unit_batch_size = positive_int(unit_batch_size, "unit_batch_size")
     thresholds = None if threshold is None else _explicit_thresholds(threshold, n_units)
     bar = None
     if progress:
@@ -118,14 +118,6 @@ def search_formulas(
                                   "names": list(concepts.names)})
     result.stats = stats.as_dict()
     return result
-
-
-def _positive_int(x, what: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"{what} must be an integer >= 1, got {x!r}")
-    if x < 1:
-        raise ValueError(f"{what} must be >= 1, got {x}")
-    return int(x)
 
 
 def _unit_ids(units, n_units: int) -> np.ndarray:

@@ -48,7 +48,8 @@ OP_OR, OP_AND, OP_AND_NOT, OP_OR_NOT = (OP_CODES[o] for o in OPERATORS)
 OP_LEAF, OP_COPY = 0, 5     # materialisation only (csrc/compexp.h): a concept alone, F itself
 
 
-def _positive_int(x, what: str) -> int:
+def positive_int(x, what: str) -> int:
+    """``x`` as an int, or TypeError/ValueError naming ``what`` when it is not an integer >= 1."""
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{what} must be an integer >= 1, got {x!r}")
     if x < 1:
@@ -67,8 +68,8 @@ class SearchParams:
                  ops: Sequence[str] = ("or", "and", "and_not"), metric: str = "iou",
                  allow_repeats: bool = False, candidate_limit: Optional[int] = None,
                  complexity_penalty: float = 1.0) -> None:
-        self.max_length = _positive_int(max_length, "max_length")
-        self.beam_size = _positive_int(beam_size, "beam_size")
+        self.max_length = positive_int(max_length, "max_length")
+        self.beam_size = positive_int(beam_size, "beam_size")
         if isinstance(ops, str):
             ops = (ops,)
         ops = tuple(ops)
@@ -83,7 +84,7 @@ class SearchParams:
         if not isinstance(allow_repeats, (bool, np.bool_)):
             raise TypeError(f"allow_repeats must be True or False, got {allow_repeats!r}")
         self.allow_repeats = bool(allow_repeats)
-        self.candidate_limit = None if candidate_limit is None else _positive_int(
+        self.candidate_limit = None if candidate_limit is None else positive_int(
             candidate_limit, "candidate_limit")
         if isinstance(complexity_penalty, bool) or not isinstance(
                 complexity_penalty, (int, float, np.floating, np.integer)):
