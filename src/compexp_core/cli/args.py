@@ -101,7 +101,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="also form candidates that repeat a concept (as the reference code)")
     p.add_argument("--candidate-limit", type=int, default=None,
                    help="extend only with the K best single concepts")
-    p.add_argument("--penalty", type=float, default=1.0, help="complexity penalty per extra leaf")
+    p.add_argument("--penalty", type=float, default=1.0,
+                   help="complexity penalty: scores are multiplied by PENALTY ** (length - 1) "
+                        "(default 1; below 1 favours shorter formulas)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--top", type=int, default=15, help="rows in the summary table")
