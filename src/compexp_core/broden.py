@@ -36,8 +36,10 @@ Sizes are checked before anything is allocated, and a value out of bounds is nam
   :data:`MAX_GRID_CELLS` cells (67,108,864, e.g. 8192x8192) per image;
 * the memory one decoding step needs (one image's label layers at the grid size, plus the
   largest segmentation PNG decoded) must be available (MemAvailable, the cgroup's memory limit
-  and the address-space limit, whichever is smallest). :class:`BrodenDataset` yields the same images, in the same order,
-normalised for a model, so that activations extracted from it line up with the concepts.
+  and the address-space limit, whichever is smallest).
+
+:class:`BrodenDataset` yields the same images, in the same order, normalised for a model, so
+that activations extracted from it line up with the concepts.
 
 Examples:
     >>> parse_label_categories("object(12);part(3)")
