@@ -191,3 +191,22 @@ def test_pixel_labels_above_255_still_convert(tmp_path):
     assert cs.names == ("sky", "forest-s", "tree")           # label numbers 1, 3, 513
     assert dense[0, cs.index("sky")].tolist() == [[True, True], [False, False]]
     assert dense[0, cs.index("tree")].tolist() == [[False, False], [True, True]]
+
+
+# ============================================================================ image sizes
+
+@pytest.mark.parametrize("size", [100000, (8193, 8192)])
+def test_dataset_size_over_the_limit_is_refused(tiny, size):
+    with pytest.raises(ValueError, match=r"size \d+x\d+ has [\d,]+ pixels per image, more than "
+                                         r"the 67,108,864 allowed"):
+        broden.BrodenDataset(tiny, size=size)
+    assert broden.BrodenDataset(tiny, size=(8192, 8192)).size == (8192, 8192)
+
+
+def test_cli_extract_size_over_the_limit(tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["extract", "model.pt", str(tiny), "-o", str(tmp_path / "a.h5"), "--layer", "x",
+              "--size", "100000,100000"])
+    assert exit_.value.code == 2
+    assert ("argument --size: --size 100000,100000 has 10,000,000,000 pixels per image, more "
+            "than the 67,108,864 allowed") in capsys.readouterr().err

@@ -68,6 +68,8 @@ __all__ = [
     "read_index_csv",
     "read_broden_index",
     "convert_broden",
+    "MAX_GRID_CELLS",
+    "MAX_LABEL",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -889,6 +891,10 @@ def _check_size(size: Any) -> Optional[tuple]:
         raise TypeError(f"size must be an integer or (height, width), got {size!r}")
     if out[0] < 1 or out[1] < 1:
         raise ValueError(f"size must be positive, got {size!r}")
+    if int(out[0]) * int(out[1]) > MAX_GRID_CELLS:
+        raise ValueError(f"size {out[0]}x{out[1]} has {int(out[0]) * int(out[1]):,} pixels per "
+                         f"image, more than the {MAX_GRID_CELLS:,} allowed "
+                         f"(compexp_core.broden.MAX_GRID_CELLS)")
     return int(out[0]), int(out[1])
 
 

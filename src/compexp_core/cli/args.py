@@ -27,6 +27,9 @@ class Subcommand(NamedTuple):
 #: larger selection, such as ``0-999999999999``, is refused when the option is parsed.
 MAX_UNITS = 1 << 24
 _MAX_INDEX = 2 ** 63 - 1
+#: The most pixels per image ``--size`` may ask for (8192x8192; the same bound as
+#: ``compexp_core.broden.MAX_GRID_CELLS``, not imported here to keep the parser light).
+MAX_IMAGE_PIXELS = 1 << 26
 
 
 class UnitSelection(Sequence[int]):
@@ -171,7 +174,12 @@ def image_size(text: str) -> tuple:
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--size takes H or H,W (positive integers), got "
                                          f"{text!r}")
-    return values * 2 if len(values) == 1 else values
+    values = values * 2 if len(values) == 1 else values
+    if values[0] * values[1] > MAX_IMAGE_PIXELS:
+        raise argparse.ArgumentTypeError(f"--size {values[0]},{values[1]} has "
+                                         f"{values[0] * values[1]:,} pixels per image, more "
+                                         f"than the {MAX_IMAGE_PIXELS:,} allowed")
+    return values
 
 
 def grid_size(text: str) -> tuple:
