@@ -25,8 +25,21 @@ numbers, as Broden's own loader reads them. Label 0 means "no label".
 :func:`convert_broden` turns a directory into a ``compexp-concepts`` file (label maps per
 pixel-level category, sample labels for image-level ones), decoding the PNGs a chunk of images
 at a time into a temporary HDF5 file beside the output, so no dense mask and no full label
-tensor is ever in memory. :class:`BrodenDataset` yields the same images, in the same order,
-normalised for a model, so that activations extracted from it line up with the concepts.
+tensor is ever in memory.
+
+Sizes are checked before anything is allocated, and a value out of bounds is named:
+
+* label numbers (``label.csv``, ``c_<category>.csv``) must fit the int32 label maps the
+  engine uses: at most :data:`MAX_LABEL` (2**31 - 1). Labels found in segmentation PNGs are
+  ``R + 256·G``, so below 65536; larger numbers can only be image-level labels.
+* a segmentation size ``sh×sw`` and the conversion's mask grid ``H×W`` may have at most
+  :data:`MAX_GRID_CELLS` cells (67,108,864, e.g. 8192x8192) per image;
+* the memory one decoding step needs (one image's label layers at the grid size, plus the
+  largest segmentation PNG decoded) must be available (MemAvailable, the cgroup's memory limit
+  and the address-space limit, whichever is smallest).
+
+:class:`BrodenDataset` yields the same images, in the same order, normalised for a model, so
+that activations extracted from it line up with the concepts.
 
 Examples:
     >>> parse_label_categories("object(12);part(3)")
@@ -55,6 +68,8 @@ __all__ = [
     "read_index_csv",
     "read_broden_index",
     "convert_broden",
+    "MAX_GRID_CELLS",
+    "MAX_LABEL",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -69,6 +84,13 @@ _DECODE_BUDGET_BYTES = 64 << 20
 _TMP_CHUNK_BYTES = 2 << 20
 # A segmentation PNG holds 16-bit labels (R + 256·G).
 _MAX_PNG_LABEL = 255 + 256 * 255
+#: The largest label number: label maps are int32 in the engine.
+MAX_LABEL = 2 ** 31 - 1
+#: The most cells per image of a segmentation (sh x sw) or of the mask grid (H x W).
+MAX_GRID_CELLS = 1 << 26
+# Bytes per segmentation pixel while one PNG is decoded: RGB (3), label (2), validity (1), and
+# the int32 image and its copy when it is resized (8).
+_DECODE_BYTES_PER_PIXEL = 14
 
 _CATEGORY_ENTRY = re.compile(r"^\s*([^()]+?)\s*\(\s*(\d+)\s*\)\s*$")
 
@@ -224,16 +246,30 @@ def _csv_records(path: str, required: Sequence[str], what: str) -> tuple:
     return header, records
 
 
-def _int_field(value: str, path: str, line: int, column: str, *, minimum: int = 0) -> int:
+def _int_field(value: str, path: str, line: int, column: str, *, minimum: int = 0,
+               maximum: int = 2 ** 63 - 1, why: str = "") -> int:
     text = value.strip()
     if not re.fullmatch(r"[+]?\d+", text):
         raise ValueError(f"'{path}', line {line}, column '{column}': expected an integer, "
                          f"found {value!r}")
-    out = int(text)
+    digits = text.lstrip("+").lstrip("0") or "0"
+    out = int(digits) if len(digits) <= 30 else None       # no 10**6-digit int() on garbage
+    if out is None or out > maximum:
+        shown = digits if len(digits) <= 30 else f"{digits[:12]}... ({len(digits)} digits)"
+        raise ValueError(f"'{path}', line {line}, column '{column}': {shown} is too large "
+                         f"(at most {maximum}{why})")
     if out < minimum:
         raise ValueError(f"'{path}', line {line}, column '{column}': expected an integer >= "
                          f"{minimum}, found {out}")
     return out
+
+
+_LABEL_WHY = (": label numbers must fit the int32 label maps the engine uses; labels in "
+              "segmentation PNGs are R + 256·G, so below 65536")
+
+
+def _label_field(value: str, path: str, line: int, column: str) -> int:
+    return _int_field(value, path, line, column, maximum=MAX_LABEL, why=_LABEL_WHY)
 
 
 def _float_field(value: str, path: str, line: int, column: str) -> float:
@@ -343,7 +379,7 @@ def read_index_csv(path: PathLike) -> tuple:
             if kinds[c] is None:
                 kinds[c], first_line[c] = kind, line
             if kind == IMAGE:
-                labels[c] = tuple(int(e) for e in entries)
+                labels[c] = tuple(_label_field(e, p, line, c) for e in entries)
             else:
                 pixel[c] = tuple(entries)
         rows.append(BrodenRow(image=image, split=rec["split"].strip(), pixel=pixel,
@@ -355,7 +391,7 @@ def _read_labels(path: str) -> dict:
     header, records = _csv_records(path, ("number", "name", "category"), "a Broden label.csv")
     labels: dict = {}
     for line, rec in records:
-        number = _int_field(rec["number"], path, line, "number")
+        number = _label_field(rec["number"], path, line, "number")
         if number in labels:
             raise ValueError(f"'{path}', line {line}, column 'number': label {number} is listed "
                              f"twice")
@@ -383,8 +419,8 @@ def _read_category_names(path: str) -> tuple:
 
 def _read_category_codes(path: str) -> dict:
     _, records = _csv_records(path, ("code", "number"), "a Broden c_<category>.csv")
-    return {_int_field(rec["code"], path, line, "code"):
-            _int_field(rec["number"], path, line, "number") for line, rec in records}
+    return {_label_field(rec["code"], path, line, "code"):
+            _label_field(rec["number"], path, line, "number") for line, rec in records}
 
 
 def _check_directory(directory: PathLike) -> str:
@@ -459,7 +495,74 @@ def _check_grid(grid: Any) -> Optional[tuple]:
         raise TypeError(f"grid must be (H, W) with two integers, got {grid!r}")
     if out[0] < 1 or out[1] < 1:
         raise ValueError(f"grid must be (H, W) with H, W >= 1, got {grid!r}")
-    return int(out[0]), int(out[1])
+    h, w = int(out[0]), int(out[1])
+    if h * w > MAX_GRID_CELLS:
+        raise ValueError(f"grid {h}x{w} has {h * w:,} cells per image, more than the "
+                         f"{MAX_GRID_CELLS:,} allowed (compexp_core.broden.MAX_GRID_CELLS, e.g. "
+                         f"8192x8192); choose a smaller grid")
+    return h, w
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes this process can still allocate, as far as can be told (None when unknown): the
+    smallest of MemAvailable, the cgroup's memory limit less its usage, and the address-space
+    limit (RLIMIT_AS) less the current address space."""
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for text in fh:
+                if text.startswith("MemAvailable:"):
+                    found.append(int(text.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as fh:
+                found.append(int(limit) - int(fh.read().strip()))
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                used = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            found.append(soft - used)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def _check_sizes(rows: Sequence[BrodenRow], grid: tuple, layers: Mapping[str, int],
+                 index_path: str) -> None:
+    """Refuse, before anything is allocated, segmentations larger than MAX_GRID_CELLS and a
+    decoding step (one image) that needs more memory than is available."""
+    big = max(rows, key=lambda r: r.sh * r.sw)
+    if big.sh * big.sw > MAX_GRID_CELLS:
+        raise ValueError(f"'{index_path}', line {big.line}: image '{big.image}' has "
+                         f"segmentation size sh x sw = {big.sh}x{big.sw} = "
+                         f"{big.sh * big.sw:,} cells, more than the {MAX_GRID_CELLS:,} allowed "
+                         f"per image (compexp_core.broden.MAX_GRID_CELLS)")
+    if not layers:
+        return
+    h, w = grid
+    most = max(layers.values())
+    # Two category blocks of one image (the previous one is freed after the next is made),
+    # one PNG decoded at its own size, and its label map at the grid size.
+    need = (2 * most * h * w * 2 + big.sh * big.sw * _DECODE_BYTES_PER_PIXEL + h * w * 6)
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ValueError(f"decoding one image needs about {need / 2 ** 30:.3g} GiB ({most} label "
+                         f"layer(s) on the {h}x{w} grid, the largest segmentation "
+                         f"{big.sh}x{big.sw} from '{index_path}' line {big.line}), but only "
+                         f"{available / 2 ** 30:.3g} GiB of memory is available; choose a "
+                         f"smaller grid")
 
 
 def _choose_categories(index: BrodenIndex, rows: Sequence[BrodenRow],
@@ -623,7 +726,11 @@ def convert_broden(directory: PathLike, output: PathLike, *,
             or split; rows of different segmentation sizes without ``grid`` (the first
             offending image named); a PNG that cannot be read, whose size differs from its
             row's ``sh×sw``, or that holds a label ``label.csv`` does not list (file and label
-            named); an image-level label number ``label.csv`` does not list; no concept.
+            named); an image-level label number ``label.csv`` does not list; no concept;
+            sizes out of bounds, checked before anything is allocated (see the module
+            docstring): a label number above :data:`MAX_LABEL`, a segmentation ``sh×sw`` or
+            ``grid`` of more than :data:`MAX_GRID_CELLS` cells, a decoding step needing more
+            memory than is available.
         TypeError: arguments of the wrong type.
 
     Examples:
@@ -688,19 +795,22 @@ def convert_broden(directory: PathLike, output: PathLike, *,
     n = len(rows)
     h, w = grid
 
-    # ---- one label -> concept mapping for every category
-    n_labels = max(index.labels) + 1
-    concept_of_label = np.full(n_labels, -1, np.int32)
-    concept_of_label[numbers] = np.arange(len(numbers), dtype=np.int32)
-    valid = np.zeros(_MAX_PNG_LABEL + 1, bool)           # label values a PNG may hold
-    valid[0] = True
-    known = np.array([v for v in index.labels if v <= _MAX_PNG_LABEL], np.int64)
-    valid[known] = True
-
     pixel_cats = [c for c in chosen if index.column_kinds.get(c) == PIXEL]
     image_cats = [c for c in chosen if index.column_kinds.get(c) == IMAGE]
     layers = {c: max(len(r.pixel.get(c, ())) for r in rows) for c in pixel_cats}
     layers = {c: nl for c, nl in layers.items() if nl > 0}
+    _check_sizes(rows, grid, layers, index_path)
+
+    # ---- one label -> concept mapping for every category. Label maps hold PNG labels
+    # (< 65536), so the array covers those; image-level labels are looked up in a dict.
+    concept_of = {number: j for j, number in enumerate(numbers)}
+    known = np.array([v for v in index.labels if v <= _MAX_PNG_LABEL], np.int64)
+    concept_of_label = np.full(int(known.max()) + 1 if known.size else 1, -1, np.int32)
+    png_numbers = [v for v in numbers if v <= _MAX_PNG_LABEL]
+    concept_of_label[png_numbers] = [concept_of[v] for v in png_numbers]
+    valid = np.zeros(_MAX_PNG_LABEL + 1, bool)           # label values a PNG may hold
+    valid[0] = True
+    valid[known] = True
 
     # ---- image-level labels: small ([N, k] booleans), built in memory
     sample_labels = None
@@ -715,7 +825,7 @@ def convert_broden(directory: PathLike, output: PathLike, *,
                         raise ValueError(f"'{index_path}', line {r.line}, column '{c}': label "
                                          f"{v} is not listed in "
                                          f"'{os.path.join(d, 'label.csv')}'")
-                    j = int(concept_of_label[v])
+                    j = concept_of.get(v, -1)
                     if j >= 0:
                         hits_rows.append(i)
                         hits_cols.append(j)
@@ -736,9 +846,12 @@ def convert_broden(directory: PathLike, output: PathLike, *,
         with _h5.scratch_file(out_path) as tmp:
             maps = {}
             for c, nl in layers.items():
-                chunk = max(1, min(n, _TMP_CHUNK_BYTES // (nl * h * w * 2)))
+                # about _TMP_CHUNK_BYTES a chunk: whole images, or single layers of large ones
+                per_layer = h * w * 2
+                chunk_layers = max(1, min(nl, _TMP_CHUNK_BYTES // per_layer))
+                chunk = max(1, min(n, _TMP_CHUNK_BYTES // (chunk_layers * per_layer)))
                 maps[c] = tmp.create_dataset(c, shape=(n, nl, h, w), dtype=np.uint16,
-                                             chunks=(chunk, nl, h, w))
+                                             chunks=(chunk, chunk_layers, h, w))
             for s in range(0, n if layers else 0, step):
                 part = rows[s:s + step]
                 for c, nl in layers.items():
@@ -778,6 +891,10 @@ def _check_size(size: Any) -> Optional[tuple]:
         raise TypeError(f"size must be an integer or (height, width), got {size!r}")
     if out[0] < 1 or out[1] < 1:
         raise ValueError(f"size must be positive, got {size!r}")
+    if int(out[0]) * int(out[1]) > MAX_GRID_CELLS:
+        raise ValueError(f"size {out[0]}x{out[1]} has {int(out[0]) * int(out[1]):,} pixels per "
+                         f"image, more than the {MAX_GRID_CELLS:,} allowed "
+                         f"(compexp_core.broden.MAX_GRID_CELLS)")
     return int(out[0]), int(out[1])
 
 

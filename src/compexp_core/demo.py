@@ -153,7 +153,14 @@ def cache_dir() -> str:
 
 def load_or_train(config: DemoConfig, *, retrain: bool = False,
                   log: Callable[[str], None] = print):
-    """The trained demo model: from the cache when there, else trained and cached."""
+    """The trained demo model: from the cache when there, else trained and cached.
+
+    A cached file that cannot be loaded (truncated, garbage, another model's weights) is not
+    fatal: ``log`` names the file and why, and the model is trained again and re-cached. The
+    cache is written atomically (a temporary file in the cache folder, flushed, then renamed
+    over the old one), so an interrupted save leaves no corrupt file; a cache folder that
+    cannot be written is reported through ``log`` and the trained model is still returned.
+    """
     import torch
 
     path = os.path.join(cache_dir(), f"demo-cnn-{config.key()}.pt")
@@ -164,16 +171,43 @@ def load_or_train(config: DemoConfig, *, retrain: bool = False,
             model.eval()
             log(f"loaded the trained CNN from {path}")
             return model
-        except (RuntimeError, OSError, ValueError, EOFError) as err:
-            log(f"cached weights in {path} are unreadable ({err}); training again")
+        except Exception as err:   # noqa: BLE001 - any unreadable cache means: train again
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            log(f"the cached weights {path} are unreadable ({type(err).__name__}"
+                f"{': ' + reason[:200] if reason else ''}); training the CNN again and "
+                f"replacing the file")
+            model = build_demo_model()      # a failed load may have left some weights set
     log(f"training the CNN on {config.train_images} images ({config.epochs} epochs, CPU)")
     model, _ = train_demo_model(config, log=log)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    log(f"cached the weights in {path}")
+    try:
+        _save_atomically(torch, model.state_dict(), path)
+    except OSError as err:
+        log(f"could not cache the weights in {path} ({err}); they will be trained again next "
+            f"time")
+    else:
+        log(f"cached the weights in {path}")
     return model
+
+
+def _save_atomically(torch, state: dict, path: str) -> None:
+    """torch.save to a temporary file beside ``path``, flushed to disk, then renamed over it."""
+    import tempfile
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def predict(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .engine.concepts import ConceptSet, check_names
-from .engine.units import as_activations
+from .engine.units import as_activations, is_tensor, tensor_to_numpy
 
 __all__ = ["activations_input", "concepts_input"]
 
@@ -23,7 +23,7 @@ def _is_path(x) -> bool:
 
 def activations_input(acts):
     """Activations as the engine reads them: a path is opened as an activations HDF5 file
-    (read lazily, in chunks); arrays, h5py datasets and CPU torch tensors pass through
+    (read lazily, in chunks); arrays, h5py datasets and torch tensors pass through
     :func:`compexp_core.engine.units.as_activations`."""
     if _is_path(acts):
         from .io import open_activations
@@ -51,8 +51,11 @@ def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
         if names is not None and tuple(names) != cs.names:
             raise ValueError(f"names differ from the names stored in {masks}; pass names=None")
         return cs
-    if hasattr(masks, "detach") and hasattr(masks, "cpu"):   # a torch tensor, without torch
-        masks = masks.detach().cpu().numpy()
+    if is_tensor(masks):                                     # a torch tensor, without torch
+        if str(masks.dtype) != "torch.bool":
+            raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "
+                            f"[N, K, H, W] / [N, K]; got a torch tensor of dtype {masks.dtype}")
+        masks = tensor_to_numpy(masks, "masks")
     masks = np.asarray(masks)
     if masks.dtype != bool:
         raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "

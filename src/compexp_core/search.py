@@ -64,7 +64,9 @@ def search_formulas(
         allow_repeats: also form candidates whose new concept already occurs in the formula,
             as the reference code does.
         candidate_limit: extend only with the K best concepts by single-concept score.
-        complexity_penalty: scores are multiplied by ``penalty ** (length - 1)``.
+        complexity_penalty: scores are multiplied by ``penalty ** (length - 1)``: a finite
+            number > 0 (below 1 favours shorter formulas) whose power ``max_length - 1``
+            neither overflows nor underflows to 0 in float64 (else ValueError).
         quantile: fraction of each unit's activations above its threshold, in (0, 1).
         threshold: explicit threshold, a scalar or one per unit of ``acts`` (overrides
             ``quantile``).

@@ -6,10 +6,11 @@ argparse reports as ``compexp <command>: error: argument --x: <message>`` with e
 from __future__ import annotations
 
 import argparse
-from typing import Callable, NamedTuple, Optional
+import operator
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
-__all__ = ["Subcommand", "unit_list", "positive_int", "image_size", "grid_size", "rgb_triple",
-           "add_search_options", "search_kwargs"]
+__all__ = ["Subcommand", "UnitSelection", "MAX_UNITS", "unit_list", "positive_int", "image_size",
+           "grid_size", "rgb_triple", "add_search_options", "search_kwargs"]
 
 
 class Subcommand(NamedTuple):
@@ -22,23 +23,135 @@ class Subcommand(NamedTuple):
     description: Optional[str] = None
 
 
-def unit_list(text: str) -> list[int]:
-    """Parse '0-9,15,20-22' into unit indices (``--units``)."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part:
-                out.append(int(part))
-    except ValueError:
+#: The most unit indices one ``--units`` may name (far more than any layer has units): a
+#: larger selection, such as ``0-999999999999``, is refused when the option is parsed.
+MAX_UNITS = 1 << 24
+_MAX_INDEX = 2 ** 63 - 1
+#: The most pixels per image ``--size`` may ask for (8192x8192; the same bound as
+#: ``compexp_core.broden.MAX_GRID_CELLS``, not imported here to keep the parser light).
+MAX_IMAGE_PIXELS = 1 << 26
+
+
+class UnitSelection(Sequence[int]):
+    """The unit indices of a ``--units`` option, kept as ranges: nothing is materialised until
+    the indices are used (iteration, indexing, ``np.asarray``), and :meth:`resolve` checks them
+    against the activations' unit count before it builds an array.
+
+    Examples:
+        >>> units = unit_list("0-3,7")
+        >>> len(units), list(units), units == [0, 1, 2, 3, 7], units[-1]
+        (5, [0, 1, 2, 3, 7], True, 7)
+        >>> units.resolve(5)
+        Traceback (most recent call last):
+        ...
+        ValueError: --units 0-3,7 names unit 7, but the activations have 5 units (0-4)
+    """
+
+    def __init__(self, ranges: Sequence[tuple], text: str = "") -> None:
+        self.ranges = tuple((int(lo), int(hi)) for lo, hi in ranges)   # [lo, hi) each
+        self.text = text or ",".join(f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}"
+                                     for lo, hi in self.ranges)
+
+    def __len__(self) -> int:
+        return sum(hi - lo for lo, hi in self.ranges)
+
+    def __iter__(self) -> Iterator[int]:
+        for lo, hi in self.ranges:
+            yield from range(lo, hi)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        i = operator.index(i)
+        if not -n <= i < n:
+            raise IndexError(f"unit selection index {i} out of range for {n} units")
+        i %= n
+        for lo, hi in self.ranges:
+            if i < hi - lo:
+                return lo + i
+            i -= hi - lo
+        raise AssertionError("unreachable")
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, UnitSelection):
+            return list(self._runs()) == list(other._runs())
+        try:
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None     # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"UnitSelection({self.text!r})"
+
+    def _runs(self):
+        return ((lo, hi) for lo, hi in self.ranges if hi > lo)
+
+    def max(self) -> int:
+        """The largest index (without materialising the selection)."""
+        return max(hi - 1 for lo, hi in self._runs())
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        out = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in self.ranges])
+        return out if dtype is None else out.astype(dtype)
+
+    def resolve(self, n_units: int):
+        """The indices as an int64 array, after checking (before building it) that every one
+        is below ``n_units``.
+
+        Raises:
+            ValueError: an index ``>= n_units``, naming it and the unit count.
+        """
+        import numpy as np
+
+        top = self.max()
+        if top >= n_units:
+            raise ValueError(f"--units {self.text} names unit {top}, but the activations have "
+                             f"{n_units} units (0-{n_units - 1})")
+        return np.asarray(self)
+
+
+def _index(text: str, option_text: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit()):
         raise argparse.ArgumentTypeError(f"--units takes indices and ranges like 0-9,15; got "
-                                         f"{text!r}")
-    if not out:
+                                         f"{option_text!r}")
+    if len(t.lstrip("0")) > 19 or int(t) > _MAX_INDEX:
+        raise argparse.ArgumentTypeError(f"--units: {t[:20]}{'...' if len(t) > 20 else ''} is "
+                                         f"not a unit index (too large)")
+    return int(t)
+
+
+def unit_list(text: str) -> UnitSelection:
+    """Parse '0-9,15,20-22' into a :class:`UnitSelection` (``--units``), lazily: a range is
+    kept as its two ends. Refused here: malformed text, ranges that run backwards, and more
+    than :data:`MAX_UNITS` indices in all (such as ``0-999999999999``)."""
+    ranges = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo_text, hi_text = part.split("-", 1)
+            lo, hi = _index(lo_text, text), _index(hi_text, text)
+            if hi < lo:
+                raise argparse.ArgumentTypeError(f"--units: the range {part} runs backwards "
+                                                 f"(write {hi}-{lo})")
+        else:
+            lo = hi = _index(part, text)
+        ranges.append((lo, hi + 1))
+    if not ranges:
         raise argparse.ArgumentTypeError("--units is empty")
-    return out
+    count = sum(hi - lo for lo, hi in ranges)
+    if count > MAX_UNITS:
+        raise argparse.ArgumentTypeError(f"--units {text} names {count:,} units, more than the "
+                                         f"{MAX_UNITS:,} one selection may name; name the units "
+                                         f"the activations have (leave --units out for all)")
+    return UnitSelection(ranges, text.strip())
 
 
 def positive_int(text: str) -> int:
@@ -61,7 +174,12 @@ def image_size(text: str) -> tuple:
     if len(values) not in (1, 2) or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--size takes H or H,W (positive integers), got "
                                          f"{text!r}")
-    return values * 2 if len(values) == 1 else values
+    values = values * 2 if len(values) == 1 else values
+    if values[0] * values[1] > MAX_IMAGE_PIXELS:
+        raise argparse.ArgumentTypeError(f"--size {values[0]},{values[1]} has "
+                                         f"{values[0] * values[1]:,} pixels per image, more "
+                                         f"than the {MAX_IMAGE_PIXELS:,} allowed")
+    return values
 
 
 def grid_size(text: str) -> tuple:
@@ -101,7 +219,9 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                    help="also form candidates that repeat a concept (as the reference code)")
     p.add_argument("--candidate-limit", type=int, default=None,
                    help="extend only with the K best single concepts")
-    p.add_argument("--penalty", type=float, default=1.0, help="complexity penalty per extra leaf")
+    p.add_argument("--penalty", type=float, default=1.0,
+                   help="complexity penalty: scores are multiplied by PENALTY ** (length - 1) "
+                        "(default 1; below 1 favours shorter formulas)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--top", type=int, default=15, help="rows in the summary table")

@@ -89,9 +89,29 @@ class SearchParams:
         if isinstance(complexity_penalty, bool) or not isinstance(
                 complexity_penalty, (int, float, np.floating, np.integer)):
             raise TypeError(f"complexity_penalty must be a number, got {complexity_penalty!r}")
-        if not (np.isfinite(complexity_penalty) and complexity_penalty > 0):
+        try:
+            penalty = float(complexity_penalty)
+        except OverflowError:                       # an int beyond the float range
+            raise ValueError(f"complexity_penalty must be a finite number > 0, got an integer of "
+                             f"{len(str(abs(complexity_penalty)))} digits, beyond the float "
+                             f"range") from None
+        if not (np.isfinite(penalty) and penalty > 0):
             raise ValueError(f"complexity_penalty must be a finite number > 0, got {complexity_penalty}")
-        self.penalty = float(complexity_penalty)
+        # Scores are multiplied by penalty ** (length - 1) for lengths up to max_length: the
+        # largest power must be a finite, nonzero float (no overflow, no underflow to 0).
+        try:
+            largest = penalty ** (self.max_length - 1)
+        except OverflowError:
+            largest = float("inf")
+        if not (np.isfinite(largest) and largest > 0):
+            big = penalty > 1
+            raise ValueError(
+                f"complexity_penalty {complexity_penalty} is too {'large' if big else 'small'} "
+                f"for max_length {self.max_length}: scores are multiplied by "
+                f"complexity_penalty ** (length - 1), and {penalty!r} ** {self.max_length - 1} "
+                f"{'overflows' if big else 'underflows to 0'} in float64; choose a penalty "
+                f"nearer 1 (below 1 favours shorter formulas, above 1 longer ones)")
+        self.penalty = penalty
         self.op_codes = np.array([OP_CODES[o] for o in self.ops], np.int32)
 
     def factor(self, length: int) -> float:

@@ -23,11 +23,66 @@ __all__ = ["compute_thresholds", "unit_masks", "as_activations"]
 
 # Bytes of activations read at once (a batch of units x a chunk of samples).
 _READ_BYTES = 1 << 28
+# A sparse torch tensor is made dense only up to this many bytes (its dense form); larger ones
+# are refused with a message rather than exhausting memory.
+MAX_DENSIFY_BYTES = 1 << 30
+# Torch floating dtypes NumPy holds as they are; other floating ones (bfloat16, float8) are
+# widened to float32, which represents every one of their values exactly.
+_NUMPY_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
+
+
+def is_tensor(x) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch (duck typing)."""
+    return hasattr(x, "detach") and hasattr(x, "cpu") and hasattr(x, "layout")
+
+
+def tensor_to_numpy(t, what: str = "acts") -> np.ndarray:
+    """A torch tensor's values as a NumPy array, on the host, without importing torch.
+
+    CUDA (and other device) tensors are copied to the CPU; bfloat16 and float8 values are
+    widened to float32 (exact); quantized tensors are dequantized; sparse tensors (any sparse
+    layout) are made dense when their dense form takes at most :data:`MAX_DENSIFY_BYTES`.
+
+    Raises:
+        ValueError: a tensor on the ``meta`` device (it has a shape but no data); a sparse
+            tensor whose dense form is larger than :data:`MAX_DENSIFY_BYTES`.
+        TypeError: a dtype NumPy cannot hold.
+    """
+    t = t.detach()
+    shape = tuple(int(d) for d in t.shape)
+    if getattr(t, "is_meta", False) or getattr(getattr(t, "device", None), "type", "") == "meta":
+        raise ValueError(f"{what} is a torch tensor on the 'meta' device: it has a shape "
+                         f"{shape} but no data; pass a tensor that holds values (on the CPU or a "
+                         f"GPU)")
+    t = t.cpu()
+    layout = str(t.layout)
+    if layout != "torch.strided":
+        nbytes = int(np.prod(shape, dtype=np.float64)) * int(t.element_size())
+        if nbytes > MAX_DENSIFY_BYTES:
+            raise ValueError(f"{what} is a sparse torch tensor ({layout}) of shape {shape}, whose "
+                             f"dense form would take {nbytes / 2 ** 30:.3g} GiB, more than the "
+                             f"{MAX_DENSIFY_BYTES / 2 ** 30:.3g} GiB made dense automatically; "
+                             f"pass dense values (a tensor, an array, an h5py dataset or an "
+                             f"activations file, which is read in chunks)")
+        t = t.to_dense()
+    if getattr(t, "is_quantized", False):
+        t = t.dequantize()
+    if t.is_floating_point() and str(t.dtype) not in _NUMPY_FLOATS:
+        t = t.float()
+    if hasattr(t, "resolve_conj"):
+        t = t.resolve_conj().resolve_neg()
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(f"{what} is a torch tensor of dtype {t.dtype}, which NumPy cannot hold "
+                        f"({e}); pass float or bool values") from None
 
 
 def as_activations(acts):
-    """Accept a NumPy array, an h5py dataset or a CPU torch tensor (paths are opened by the
-    caller: :func:`compexp_core.io.open_activations`).
+    """Accept a NumPy array, an h5py dataset or a torch tensor (paths are opened by the
+    caller: :func:`compexp_core.io.open_activations`). Tensors are converted by
+    :func:`tensor_to_numpy` (a GPU tensor is copied to the CPU, bfloat16 widened to float32,
+    a small sparse tensor made dense; a meta tensor is refused).
 
     Returns an object with ``shape``, ``dtype`` and NumPy-style slicing.
     """
@@ -36,8 +91,8 @@ def as_activations(acts):
     if isinstance(acts, (str, bytes, os.PathLike)):
         raise TypeError(f"acts is a path ({acts!r}); open it with compexp_core.io.open_activations "
                         f"or pass it to compexp_core.search_formulas, which opens it")
-    if hasattr(acts, "detach") and hasattr(acts, "cpu"):  # torch.Tensor without importing torch
-        acts = acts.detach().cpu().numpy()
+    if is_tensor(acts):                      # torch.Tensor without importing torch
+        acts = tensor_to_numpy(acts, "acts")
     if hasattr(acts, "shape") and hasattr(acts, "dtype") and hasattr(acts, "__getitem__") \
             and not isinstance(acts, np.ndarray) and type(acts).__module__.startswith("h5py"):
         return acts
