@@ -17,6 +17,7 @@ double-quoted only when needed (see :func:`format_name`)::
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -33,6 +34,11 @@ _OP_NAMES = {code: name for name, code in OP_CODES.items()}
 
 _OPERATORS = frozenset({"AND", "OR", "NOT"})
 _SPECIAL = frozenset('()"\\')
+# A run of characters that may appear in an unquoted name: anything but whitespace (as
+# str.isspace, which is what \s means for str patterns), parentheses, '"' and '\'.
+_PLAIN_RUN = re.compile(r'[^\s()"\\]+')
+# Token kinds of the words that are not names (operator words are case-insensitive).
+_TOKEN_KINDS = {"AND": "AND", "OR": "OR", "NOT": "NOT", "(": "(", ")": ")"}
 
 
 def _is_plain_char(c: str) -> bool:
@@ -370,27 +376,47 @@ _STEP_OPS: dict[str, Callable[[Formula, str], Formula]] = {
 
 
 class _Parser:
-    """Recursive-descent parser over a token list of ``(kind, value, position)``."""
+    """Parser over a token list of ``(kind, value, position)``.
+
+    The grammar is recursive (parentheses nest), but the parser keeps the enclosing
+    expressions on an explicit stack instead of the call stack, so nesting depth is
+    limited only by memory.
+    """
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
             raise TypeError(f"Formula.parse expects a str, got {type(text).__name__}")
         self.text = text
-        self.tokens = self._tokenize()
-        self.i = 0
+        if '"' in text or "\\" in text:
+            self.tokens = self._tokenize()
+        else:
+            # No quotes or escapes: tokens are the words around whitespace and parentheses,
+            # split in C. Their positions (-1 here) are only needed for an error message,
+            # and _pos then gets them from _tokenize, which yields the same tokens.
+            kind = _TOKEN_KINDS.get
+            self.tokens = [(kind(word.upper(), "NAME"), word, -1)
+                           for word in text.replace("(", " ( ").replace(")", " ) ").split()]
+            self.tokens.append(("END", "", len(text)))
 
     def _error(self, msg: str, pos: int) -> ValueError:
         return ValueError(f"invalid formula {self.text!r}: {msg} at position {pos}")
 
+    def _pos(self, i: int) -> int:
+        """The position of token ``i`` in the text."""
+        pos = self.tokens[i][2]
+        return pos if pos >= 0 else self._tokenize()[i][2]
+
     def _tokenize(self) -> list[tuple[str, str, int]]:
         text, n, i = self.text, len(self.text), 0
+        plain = _PLAIN_RUN.match
         tokens: list[tuple[str, str, int]] = []
+        append = tokens.append
         while i < n:
             c = text[i]
             if c.isspace():
                 i += 1
             elif c in "()":
-                tokens.append((c, c, i))
+                append((c, c, i))
                 i += 1
             elif c == '"':
                 start, i, chars = i, i + 1, []
@@ -406,66 +432,75 @@ class _Parser:
                         i += 1
                     chars.append(text[i])
                     i += 1
-                tokens.append(("NAME", "".join(chars), start))
+                append(("NAME", "".join(chars), start))
                 i += 1
             elif c == "\\":
                 raise self._error("unexpected '\\' outside quotes", i)
             else:
                 start = i
-                while i < n and _is_plain_char(text[i]):
-                    i += 1
+                i = plain(text, i).end()  # type: ignore[union-attr]
                 word = text[start:i]
                 # Unquoted operator words are keywords; quote them to use them as names.
-                kind = word.upper() if word.upper() in _OPERATORS else "NAME"
-                tokens.append((kind, word, start))
-        tokens.append(("END", "", n))
+                upper = word.upper()
+                append((upper if upper in _OPERATORS else "NAME", word, start))
+        append(("END", "", n))
         return tokens
 
-    def _found(self) -> str:
-        kind, value, _ = self.tokens[self.i]
+    def _found(self, i: int) -> str:
+        kind, value, _ = self.tokens[i]
         return "end of input" if kind == "END" else repr(value)
 
     def parse(self) -> Formula:
-        f = self._expr()
-        kind, _, pos = self.tokens[self.i]
-        if kind != "END":
-            raise self._error(f"expected AND, OR or end of input but found {self._found()}", pos)
-        return f
-
-    def _expr(self) -> Formula:
-        f = self._unary()
-        while self.tokens[self.i][0] in ("AND", "OR"):
-            op = self.tokens[self.i][0]
-            self.i += 1
-            right = self._unary()
-            f = And(f, right) if op == "AND" else Or(f, right)
-        return f
-
-    def _unary(self) -> Formula:
-        # NOT chains are iterated (not recursed) so long "NOT NOT ..." inputs are cheap.
-        nots = 0
-        while self.tokens[self.i][0] == "NOT":
-            nots += 1
-            self.i += 1
-        f = self._atom()
-        for _ in range(nots):
-            f = Not(f)
-        return f
-
-    def _atom(self) -> Formula:
-        kind, value, pos = self.tokens[self.i]
-        if kind == "NAME":
-            self.i += 1
-            return Leaf(value)
-        if kind == "(":
-            self.i += 1
-            f = self._expr()
-            kind, _, pos = self.tokens[self.i]
-            if kind != ")":
-                raise self._error(f"expected ')' but found {self._found()}", pos)
-            self.i += 1
-            return f
-        raise self._error(f"expected a concept name, NOT or '(' but found {self._found()}", pos)
+        """``expr := unary ((AND|OR) unary)*``, ``unary := NOT* atom``,
+        ``atom := NAME | '(' expr ')'``, as a loop: ``acc`` is the expression parsed so
+        far at the current nesting level, ``op`` the operator waiting for its right operand
+        and ``nots`` the NOTs before the operand; ``(`` saves them on ``outer``, ``)``
+        restores them and the parenthesised expression becomes the operand."""
+        tokens = self.tokens
+        outer: list[tuple[Formula | None, str, int]] = []
+        acc: Formula | None = None
+        op, nots, i = "", 0, 0
+        while True:
+            # An operand: NOT* then a name or '('.
+            kind = tokens[i][0]
+            while kind == "NOT":
+                nots += 1
+                i += 1
+                kind = tokens[i][0]
+            if kind == "(":
+                outer.append((acc, op, nots))
+                acc, op, nots = None, "", 0
+                i += 1
+                continue
+            if kind != "NAME":
+                raise self._error(f"expected a concept name, NOT or '(' but found {self._found(i)}",
+                                  self._pos(i))
+            f: Formula = Leaf(tokens[i][1])
+            i += 1
+            # The operand is complete: combine it, then close as many ')' as follow.
+            while True:
+                if nots:
+                    for _ in range(nots):
+                        f = Not(f)
+                if acc is None:
+                    acc = f
+                else:
+                    acc = And(acc, f) if op == "AND" else Or(acc, f)
+                kind = tokens[i][0]
+                if kind == "AND" or kind == "OR":
+                    op, nots = kind, 0
+                    i += 1
+                    break
+                if not outer:
+                    if kind != "END":
+                        raise self._error(f"expected AND, OR or end of input but found {self._found(i)}",
+                                          self._pos(i))
+                    return acc
+                if kind != ")":
+                    raise self._error(f"expected ')' but found {self._found(i)}", self._pos(i))
+                i += 1
+                f = acc
+                acc, op, nots = outer.pop()
 
 
 # ------------------------------------------------------------------------------ formula keys
