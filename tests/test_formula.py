@@ -1,11 +1,17 @@
 """Tests for compexp_core.engine.formula: printing, parsing, builders and evaluation."""
 
+import contextlib
+import copy
+import pickle
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compexp_core.engine.formula import And, Formula, Leaf, Not, Or, format_name
+from compexp_core.engine.formula import (OP_CODES, And, Formula, Leaf, Not, Or, format_name, formula_key,
+                                         key_formula)
 
 A, B, C = Leaf("a"), Leaf("b"), Leaf("c")
 
@@ -355,3 +361,133 @@ def test_evaluate_dense_errors():
         Leaf("water").evaluate(DENSE2, names=NAMES[:3])
     with pytest.raises(ValueError, match="unique"):
         Leaf("water").evaluate(DENSE2, names=["water", "river", "water", "blue"])
+
+
+# --- depth: no operation recurses -------------------------------------------------------
+# Formulas far deeper than the recursion limit, which the checks lower to 200 (restoring it
+# after), so any recursive walk fails.
+
+DEEP = 100_000
+N_ROWS = 16
+MASKS_DEEP = np.random.default_rng(1).random((N_ROWS, 4)) < 0.5  # [N, K]: concepts c0..c3
+NAMES_DEEP = ["c0", "c1", "c2", "c3"]
+# The masks as bit sets (bit r: row r), to compute expected values cheaply.
+BITS = [sum(1 << r for r in range(N_ROWS) if MASKS_DEEP[r, j]) for j in range(4)]
+ALL = (1 << N_ROWS) - 1
+STEP_OPS = ["or", "and_not", "and", "or_not"]
+STEP_WORDS = {"or": "OR", "and": "AND", "and_not": "AND NOT", "or_not": "OR NOT"}
+
+
+@contextlib.contextmanager
+def shallow_stack():
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def _check_deep(f, text, n_leaves, want_bits, pickles=False):
+    """str, parse round trip, ==, hash, len, leaves, evaluate (and repr, pickle) of a deep
+    formula; returns the parsed copy."""
+    with shallow_stack():
+        assert str(f) == text
+        g = Formula.parse(text)
+        assert g is not f and g == f and hash(g) == hash(f)
+        assert str(g) == text
+        assert len(f) == n_leaves and len(f.leaves()) == n_leaves and f.leaves() == g.leaves()
+        assert f != Not(f)
+        want = np.array([(want_bits >> r) & 1 for r in range(N_ROWS)], dtype=bool)
+        np.testing.assert_array_equal(f.evaluate(MASKS_DEEP), want)
+        if pickles:
+            assert repr(f) == f"Formula({text!r})"
+            assert pickle.loads(pickle.dumps(f)) == f and copy.deepcopy(f) == f
+    return g
+
+
+def _left_deep(n):
+    """Steps, printed text and expected mask bits of a left-deep formula of n steps."""
+    steps = [(STEP_OPS[i % 4], f"c{(i + 1) % 4}") for i in range(n)]
+    text = "(" * n + "c0" + "".join(f" {STEP_WORDS[op]} {name})" for op, name in steps)
+    bits = BITS[0]
+    for op, name in steps:
+        b = BITS[int(name[1:])]
+        b = ALL & ~b if op.endswith("_not") else b
+        bits = bits | b if op.startswith("or") else bits & b
+    return steps, text, bits
+
+
+def test_deep_left_formula_as_the_search_builds():
+    steps, text, bits = _left_deep(DEEP)
+    key = (0, *((OP_CODES[op], int(name[1:])) for op, name in steps))
+    with shallow_stack():
+        f = key_formula(key, NAMES_DEEP)  # by Formula.from_steps
+    g = _check_deep(f, text, DEEP + 1, bits)
+    with shallow_stack():
+        assert g.steps() == ("c0", steps)
+        assert formula_key(g, NAMES_DEEP.index) == key
+        assert f.left == g.left and f.left != f and f != f.left.or_("c0")
+
+
+def test_deep_right_nested_formula():
+    leaves = [Leaf(name) for name in NAMES_DEEP]
+    f, bits = leaves[3], BITS[3]
+    with shallow_stack():
+        for i in reversed(range(DEEP)):
+            j = i % 3
+            if i % 2:
+                f, bits = And(leaves[j], f), BITS[j] & bits
+            else:
+                f, bits = Or(leaves[j], f), BITS[j] | bits
+    text = "".join(f"(c{i % 3} {'AND' if i % 2 else 'OR'} " for i in range(DEEP)) + "c3" + ")" * DEEP
+    _check_deep(f, text, DEEP + 1, bits)
+    with shallow_stack():
+        with pytest.raises(ValueError, match="not left-deep"):
+            f.steps()
+        with pytest.raises(ValueError, match="not left-deep"):
+            formula_key(f, NAMES_DEEP.index)
+
+
+def test_deep_not_chain():
+    text = "NOT " * DEEP + "c1"
+    with shallow_stack():
+        f = Formula.parse(text)
+        built = Leaf("c1")
+        for _ in range(DEEP):
+            built = Not(built)
+        assert f == built and hash(f) == hash(built)
+        g = Formula.parse(f"(c0 or {text})")
+        assert g.right == f and len(g) == 2 and str(g) == f"(c0 OR {text})"
+        np.testing.assert_array_equal(Not(f).evaluate(MASKS_DEEP), ~MASKS_DEEP[:, 1])
+        with pytest.raises(ValueError, match="not left-deep"):
+            f.steps()
+    _check_deep(f, text, 1, BITS[1], pickles=True)
+
+
+def test_deep_nested_parentheses_parse():
+    with shallow_stack():
+        assert Formula.parse("(" * DEEP + "c2" + ")" * DEEP) == Leaf("c2")
+        assert str(Formula.parse("NOT (" * DEEP + "c2" + ")" * DEEP)) == "NOT " * DEEP + "c2"
+        # ((((c0) AND c1)) AND c1) ...: a redundant pair of parentheses at every level.
+        f = Formula.parse("((" * DEEP + "c0" + ") AND c1)" * DEEP)
+        assert str(f) == "(" * DEEP + "c0" + " AND c1)" * DEEP
+        # Unbalanced at depth: the error gives the position, as for shallow input.
+        with pytest.raises(ValueError, match=f"expected '\\)' but found end of input at position {2 * DEEP + 1}$"):
+            Formula.parse("(" * DEEP + "c2" + ")" * (DEEP - 1))
+        with pytest.raises(ValueError, match=f"expected AND, OR or end of input but found '\\)' at position {2 * DEEP + 2}$"):
+            Formula.parse("(" * DEEP + "c2" + ")" * (DEEP + 1))
+
+
+def test_flat_10000_term_formula():
+    n = 10_000
+    steps, text, bits = _left_deep(n - 1)
+    words = {"or": "or", "and": "AND", "and_not": "and not", "or_not": "OR NOT"}
+    flat = "c0 " + " ".join(f"{words[op]} {name}" for op, name in steps)  # no parentheses
+    with shallow_stack():
+        f = Formula.parse(flat)
+        assert f == Formula.from_steps("c0", steps)
+    _check_deep(f, text, n, bits, pickles=True)
+    with shallow_stack():
+        assert f.steps() == ("c0", steps)
+        assert key_formula(formula_key(f, NAMES_DEEP.index), NAMES_DEEP) == f

@@ -13,13 +13,24 @@ double-quoted only when needed (see :func:`format_name`)::
     'NOT ("living room" AND "AND")'
 
 :meth:`Formula.parse` is the exact inverse of ``str``.
+
+No operation recurses: printing, parsing, ``len``, ``leaves``, ``==``, ``hash``,
+``evaluate``, ``steps`` and the key functions walk the tree with explicit stacks, so a
+formula of any depth works (a search with a large ``max_length`` builds left-deep formulas
+as deep as that). Each node stores a signature computed, when it is built, from its
+children's: its printed text while that is short (then ``str`` is O(1), ``==`` a string
+comparison and ``hash`` the text's), else a structural hash (then ``hash`` is O(1) and
+``==`` rejects most unequal formulas at once). Memory stays O(size): no node keeps more
+than about ``_SHORT`` characters of text (a leaf, however long, keeps its own name's).
 """
 
 from __future__ import annotations
 
+import operator
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -32,12 +43,17 @@ OP_CODES = {"or": 1, "and": 2, "and_not": 3, "or_not": 4}
 _OP_NAMES = {code: name for name, code in OP_CODES.items()}
 
 _OPERATORS = frozenset({"AND", "OR", "NOT"})
-_SPECIAL = frozenset('()"\\')
+# A node stores its printed text when it is shorter than this (see the module docstring).
+_SHORT = 512
+# A run of characters that may appear in an unquoted name: anything but whitespace (as
+# str.isspace, which is what \s means for str patterns), parentheses, '"' and '\'.
+_PLAIN_RUN = re.compile(r'[^\s()"\\]+')
 
+# Token kinds of the words that are not names (operator words are case-insensitive).
+_TOKEN_KINDS = {"AND": "AND", "OR": "OR", "NOT": "NOT", "(": "(", ")": ")"}
 
-def _is_plain_char(c: str) -> bool:
-    """Whether ``c`` may appear in an unquoted name (the tokenizer splits on the rest)."""
-    return not c.isspace() and c not in _SPECIAL
+# Node kinds (the class attribute _KIND), for the tree walks below.
+_LEAF, _NOT, _BINARY = 0, 1, 2
 
 
 def format_name(name: str) -> str:
@@ -61,12 +77,14 @@ def format_name(name: str) -> str:
         >>> print(format_name('say "hi"\\\\'))
         "say \\"hi\\"\\\\"
     """
-    if name and all(map(_is_plain_char, name)) and name.upper() not in _OPERATORS:
+    if _PLAIN_RUN.fullmatch(name) and name.upper() not in _OPERATORS:
         return name
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _as_formula(x: str | Formula) -> Formula:
+    if x.__class__ is str:
+        return Leaf(x)
     if isinstance(x, Formula):
         return x
     if isinstance(x, str):
@@ -77,29 +95,86 @@ def _as_formula(x: str | Formula) -> Formula:
 class Formula(ABC):
     """Abstract base of formula nodes; see the module docstring for the print style."""
 
-    __slots__ = ()
+    # _sig, set by every node's constructor from its children's: the printed text (a str)
+    # when it is shorter than about _SHORT and the subtree has only the four node classes
+    # (subclasses print alike but compare unequal), else a structural hash (an int). Equal
+    # formulas have equal signatures (of the same type), and equal str signatures mean
+    # equal formulas since parse inverts str.
+    __slots__ = ("_sig",)
+    _KIND: ClassVar[int]
 
     @abstractmethod
     def __str__(self) -> str: ...
 
-    @abstractmethod
-    def _collect(self, out: list[str]) -> None:
-        """Append this subtree's leaf names, left to right, to ``out``."""
-
-    @abstractmethod
-    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray: ...
-
     def __repr__(self) -> str:
         return f"Formula({str(self)!r})"
 
+    def __hash__(self) -> int:
+        return hash(self._sig)  # O(1): a str caches its hash
+
+    def __eq__(self, other: object) -> bool:
+        # Structural equality, as the dataclass-generated __eq__ had it (same class at
+        # every node, equal names at the leaves), but walked without recursion.
+        if self is other:
+            return True
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        sig = self._sig
+        if sig != other._sig:  # type: ignore[attr-defined]
+            return False
+        return sig.__class__ is str or _same(self, other)  # type: ignore[arg-type]
+
     def __len__(self) -> int:
-        return len(self.leaves())
+        """The number of leaves (repeats included)."""
+        n = 0
+        pending: list[Formula] = []
+        node: Any = self
+        while True:
+            kind = node._KIND
+            if kind == _BINARY:
+                pending.append(node.right)
+                node = node.left
+            elif kind == _NOT:
+                node = node.operand
+            else:
+                n += 1
+                if not pending:
+                    return n
+                node = pending.pop()
 
     def leaves(self) -> tuple[str, ...]:
         """The leaf names, left to right (repeats included)."""
+        # Walk down left children; right children wait on the stack.
         out: list[str] = []
-        self._collect(out)
-        return tuple(out)
+        pending: list[Formula] = []
+        node: Any = self
+        while True:
+            kind = node._KIND
+            if kind == _BINARY:
+                pending.append(node.right)
+                node = node.left
+            elif kind == _NOT:
+                node = node.operand
+            elif pending:
+                out.append(node.name)
+                node = pending.pop()
+            else:
+                out.append(node.name)
+                return tuple(out)
+
+    # Immutable: a copy is the formula itself. Pickles hold the printed text (parse is its
+    # exact inverse), which, unlike pickling the tree, works at any depth; a tree with
+    # subclasses of the node classes (which parse would not restore) pickles node by node.
+    def __copy__(self) -> Formula:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Formula:
+        return self
+
+    def __reduce__(self) -> tuple:
+        if _only_node_types(self):
+            return _from_text, (str(self),)
+        return self.__class__, tuple(getattr(self, field) for field in self.__match_args__)  # type: ignore[attr-defined]
 
     # Builders used by the beam search: extend the current formula by one concept.
     def or_(self, x: str | Formula) -> Formula:
@@ -257,9 +332,45 @@ class Formula(ABC):
                 cache[name] = get(index[name])
             return cache[name]
 
-        out = self._eval(leaf)
-        # A bare leaf returns the stored mask itself; copy so callers may mutate it.
-        return out.copy() if isinstance(self, Leaf) else out
+        # Operands left to right (so leaves are fetched left to right), without recursion:
+        # descend to the leftmost leaf noting on `stack` what to do on the way back up
+        # (None: negate; a binary node: evaluate its right operand; a (combine, left value)
+        # pair: combine with the right operand's value), then go back up.
+        stack: list[Any] = []
+        push, pop = stack.append, stack.pop
+        node: Any = self
+        while True:
+            kind = node._KIND
+            while kind != _LEAF:
+                if kind == _NOT:
+                    push(None)
+                    node = node.operand
+                else:
+                    push(node)
+                    node = node.left
+                kind = node._KIND
+            value = leaf(node.name)
+            while stack:
+                top = pop()
+                if top is None:
+                    value = ~value
+                elif top.__class__ is tuple:
+                    value = top[0](top[1], value)
+                else:
+                    node = top.right
+                    kind = node._KIND
+                    # The search's shapes (a right operand that is a leaf or a negated leaf)
+                    # are done at once.
+                    if kind == _LEAF:
+                        value = top._COMBINE(value, leaf(node.name))
+                    elif kind == _NOT and node.operand._KIND == _LEAF:
+                        value = top._COMBINE(value, ~leaf(node.operand.name))
+                    else:
+                        push((top._COMBINE, value))
+                        break
+            else:
+                # A bare leaf's value is the stored mask itself; copy so callers may mutate it.
+                return value.copy() if isinstance(self, Leaf) else value
 
 
 def _check_dtype(arr: np.ndarray) -> np.ndarray:
@@ -281,85 +392,209 @@ def _name_index(names: Sequence[str]) -> dict[str, int]:
     return index
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+def _to_str(root: Formula) -> str:
+    """The printed form of ``root``, built left to right from an explicit stack that holds
+    nodes still to print and literal pieces (str) to emit; subtrees that store their text
+    are emitted whole."""
+    sig = root._sig  # type: ignore[attr-defined]
+    if sig.__class__ is str:
+        return sig
+    parts: list[str] = []
+    append = parts.append
+    stack: list[Any] = [root]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if node.__class__ is str:
+            append(node)
+            continue
+        sig = node._sig
+        if sig.__class__ is str:
+            append(sig)
+            continue
+        kind = node._KIND
+        if kind == _LEAF:
+            append(format_name(node.name))
+        elif kind == _NOT:
+            append("NOT ")
+            push(node.operand)
+        else:
+            append("(")
+            push(")")
+            push(node.right)
+            push(node._INFIX)
+            push(node.left)
+    return "".join(parts)
+
+
+def _same(a: Formula, b: Formula) -> bool:
+    """Structural equality of two trees, walked pairwise: shared subtrees are skipped,
+    signatures prune unequal subtrees early and settle those that store their text."""
+    stack: list[Any] = [a, b]
+    pop, push = stack.pop, stack.append
+    while stack:
+        y = pop()
+        x = pop()
+        if x is y:
+            continue
+        if x.__class__ is not y.__class__:
+            return False
+        sig = x._sig
+        if sig != y._sig:
+            return False
+        if sig.__class__ is str:
+            continue
+        kind = x._KIND
+        if kind == _LEAF:
+            if x.name != y.name:
+                return False
+        elif kind == _NOT:
+            push(x.operand)
+            push(y.operand)
+        else:
+            push(x.right)
+            push(y.right)
+            push(x.left)
+            push(y.left)
+    return True
+
+
+def _only_node_types(root: Formula) -> bool:
+    """Whether every node of ``root`` is a Leaf, Not, And or Or (not a subclass)."""
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if type(node) not in _NODE_TYPES:
+            return False
+        if node._sig.__class__ is str:  # a text signature vouches for the whole subtree
+            continue
+        kind = node._KIND
+        if kind == _NOT:
+            stack.append(node.operand)
+        elif kind == _BINARY:
+            stack.append(node.right)
+            stack.append(node.left)
+    return True
+
+
+def _from_text(text: str) -> Formula:
+    """Unpickle a formula from its printed text."""
+    return Formula.parse(text)
+
+
+# Formatted leaf names, by name: concept vocabularies are small, so this is nearly always a
+# hit; cleared when full so that hostile input cannot grow it without bound.
+_FORMATTED: dict[str, str] = {}
+_FORMATTED_MAX = 1 << 16
+
+
+# The constructors below are written by hand (init=False) to type-check their arguments and
+# store _sig; frozen=True still makes the dataclass refuse assignment to its fields,
+# and eq=False leaves Formula's iterative __eq__ and __hash__ in place. Fields are set
+# through their slot descriptors (frozen classes refuse plain assignment).
+
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Leaf(Formula):
     """A single concept, by name."""
 
     name: str
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TypeError(f"Leaf name must be a str, got {type(self.name).__name__}")
+    _KIND = _LEAF
+
+    def __init__(self, name: str) -> None:
+        if name.__class__ is not str and not isinstance(name, str):
+            raise TypeError(f"Leaf name must be a str, got {type(name).__name__}")
+        _set_name(self, name)
+        if self.__class__ is not Leaf:
+            _set_sig(self, hash((_LEAF, name)))
+        elif name.__class__ is not str:  # a str subclass: keep the text as a plain str
+            _set_sig(self, str.__str__(format_name(name)))
+        else:
+            text = _FORMATTED.get(name)
+            if text is None:
+                if len(_FORMATTED) >= _FORMATTED_MAX:
+                    _FORMATTED.clear()
+                text = _FORMATTED[name] = format_name(name)
+            _set_sig(self, text)
 
     def __str__(self) -> str:
-        return format_name(self.name)
-
-    def _collect(self, out: list[str]) -> None:
-        out.append(self.name)
-
-    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
-        return leaf(self.name)
+        sig = self._sig
+        return sig if sig.__class__ is str else format_name(self.name)
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Not(Formula):
     """Negation of a formula."""
 
     operand: Formula
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.operand, Formula):
-            raise TypeError(f"Not operand must be a Formula, got {type(self.operand).__name__}")
+    _KIND = _NOT
+
+    def __init__(self, operand: Formula) -> None:
+        if type(operand) not in _NODE_TYPES and not isinstance(operand, Formula):
+            raise TypeError(f"Not operand must be a Formula, got {type(operand).__name__}")
+        _set_operand(self, operand)
+        sig = operand._sig
+        if sig.__class__ is str and len(sig) < _SHORT and self.__class__ is Not:
+            _set_sig(self, "NOT " + sig)
+        else:
+            _set_sig(self, hash((_NOT, hash(sig))))
 
     def __str__(self) -> str:
-        return "NOT " + str(self.operand)
-
-    def _collect(self, out: list[str]) -> None:
-        self.operand._collect(out)
-
-    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
-        return ~self.operand._eval(leaf)
+        sig = self._sig
+        return sig if sig.__class__ is str else _to_str(self)
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class _Binary(Formula):
     left: Formula
     right: Formula
 
-    _WORD = ""
+    _KIND = _BINARY
+    _INFIX = ""  # " AND " / " OR "
+    _COMBINE: ClassVar[Callable[[np.ndarray, np.ndarray], np.ndarray]]
 
-    def __post_init__(self) -> None:
-        for side in (self.left, self.right):
-            if not isinstance(side, Formula):
-                raise TypeError(f"{type(self).__name__} operands must be Formulas, got {type(side).__name__}")
+    def __init__(self, left: Formula, right: Formula) -> None:
+        if type(left) not in _NODE_TYPES or type(right) not in _NODE_TYPES:
+            for side in (left, right):
+                if not isinstance(side, Formula):
+                    raise TypeError(f"{type(self).__name__} operands must be Formulas, got {type(side).__name__}")
+        _set_left(self, left)
+        _set_right(self, right)
+        infix, ls, rs = self._INFIX, left._sig, right._sig
+        if ls.__class__ is str and rs.__class__ is str and len(ls) + len(rs) < _SHORT \
+                and type(self) in _NODE_TYPES:
+            _set_sig(self, f"({ls}{infix}{rs})")
+        else:
+            _set_sig(self, hash((hash(ls), infix, hash(rs))))
 
     def __str__(self) -> str:
-        return f"({self.left} {self._WORD} {self.right})"
-
-    def _collect(self, out: list[str]) -> None:
-        self.left._collect(out)
-        self.right._collect(out)
+        sig = self._sig
+        return sig if sig.__class__ is str else _to_str(self)
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class And(_Binary):
     """Conjunction of two formulas."""
 
-    _WORD = "AND"
-
-    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
-        return self.left._eval(leaf) & self.right._eval(leaf)
+    _INFIX = " AND "
+    _COMBINE = operator.and_
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(frozen=True, slots=True, init=False, eq=False, repr=False)
 class Or(_Binary):
     """Disjunction of two formulas."""
 
-    _WORD = "OR"
+    _INFIX = " OR "
+    _COMBINE = operator.or_
 
-    def _eval(self, leaf: Callable[[str], np.ndarray]) -> np.ndarray:
-        return self.left._eval(leaf) | self.right._eval(leaf)
 
+_NODE_TYPES = frozenset({Leaf, Not, And, Or})
+_set_sig = Formula._sig.__set__  # type: ignore[attr-defined]
+_set_name = Leaf.name.__set__  # type: ignore[attr-defined]
+_set_operand = Not.operand.__set__  # type: ignore[attr-defined]
+_set_left = _Binary.left.__set__  # type: ignore[attr-defined]
+_set_right = _Binary.right.__set__  # type: ignore[attr-defined]
 
 _STEP_OPS: dict[str, Callable[[Formula, str], Formula]] = {
     "or": Formula.or_,
@@ -370,27 +605,47 @@ _STEP_OPS: dict[str, Callable[[Formula, str], Formula]] = {
 
 
 class _Parser:
-    """Recursive-descent parser over a token list of ``(kind, value, position)``."""
+    """Parser over a token list of ``(kind, value, position)``.
+
+    The grammar is recursive (parentheses nest), but the parser keeps the enclosing
+    expressions on an explicit stack instead of the call stack, so nesting depth is
+    limited only by memory.
+    """
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
             raise TypeError(f"Formula.parse expects a str, got {type(text).__name__}")
         self.text = text
-        self.tokens = self._tokenize()
-        self.i = 0
+        if '"' in text or "\\" in text:
+            self.tokens = self._tokenize()
+        else:
+            # No quotes or escapes: tokens are the words around whitespace and parentheses,
+            # split in C. Their positions (-1 here) are only needed for an error message,
+            # and _pos then gets them from _tokenize, which yields the same tokens.
+            kind = _TOKEN_KINDS.get
+            self.tokens = [(kind(word.upper(), "NAME"), word, -1)
+                           for word in text.replace("(", " ( ").replace(")", " ) ").split()]
+            self.tokens.append(("END", "", len(text)))
 
     def _error(self, msg: str, pos: int) -> ValueError:
         return ValueError(f"invalid formula {self.text!r}: {msg} at position {pos}")
 
+    def _pos(self, i: int) -> int:
+        """The position of token ``i`` in the text."""
+        pos = self.tokens[i][2]
+        return pos if pos >= 0 else self._tokenize()[i][2]
+
     def _tokenize(self) -> list[tuple[str, str, int]]:
         text, n, i = self.text, len(self.text), 0
+        plain = _PLAIN_RUN.match
         tokens: list[tuple[str, str, int]] = []
+        append = tokens.append
         while i < n:
             c = text[i]
             if c.isspace():
                 i += 1
             elif c in "()":
-                tokens.append((c, c, i))
+                append((c, c, i))
                 i += 1
             elif c == '"':
                 start, i, chars = i, i + 1, []
@@ -406,66 +661,75 @@ class _Parser:
                         i += 1
                     chars.append(text[i])
                     i += 1
-                tokens.append(("NAME", "".join(chars), start))
+                append(("NAME", "".join(chars), start))
                 i += 1
             elif c == "\\":
                 raise self._error("unexpected '\\' outside quotes", i)
             else:
                 start = i
-                while i < n and _is_plain_char(text[i]):
-                    i += 1
+                i = plain(text, i).end()  # type: ignore[union-attr]
                 word = text[start:i]
                 # Unquoted operator words are keywords; quote them to use them as names.
-                kind = word.upper() if word.upper() in _OPERATORS else "NAME"
-                tokens.append((kind, word, start))
-        tokens.append(("END", "", n))
+                upper = word.upper()
+                append((upper if upper in _OPERATORS else "NAME", word, start))
+        append(("END", "", n))
         return tokens
 
-    def _found(self) -> str:
-        kind, value, _ = self.tokens[self.i]
+    def _found(self, i: int) -> str:
+        kind, value, _ = self.tokens[i]
         return "end of input" if kind == "END" else repr(value)
 
     def parse(self) -> Formula:
-        f = self._expr()
-        kind, _, pos = self.tokens[self.i]
-        if kind != "END":
-            raise self._error(f"expected AND, OR or end of input but found {self._found()}", pos)
-        return f
-
-    def _expr(self) -> Formula:
-        f = self._unary()
-        while self.tokens[self.i][0] in ("AND", "OR"):
-            op = self.tokens[self.i][0]
-            self.i += 1
-            right = self._unary()
-            f = And(f, right) if op == "AND" else Or(f, right)
-        return f
-
-    def _unary(self) -> Formula:
-        # NOT chains are iterated (not recursed) so long "NOT NOT ..." inputs are cheap.
-        nots = 0
-        while self.tokens[self.i][0] == "NOT":
-            nots += 1
-            self.i += 1
-        f = self._atom()
-        for _ in range(nots):
-            f = Not(f)
-        return f
-
-    def _atom(self) -> Formula:
-        kind, value, pos = self.tokens[self.i]
-        if kind == "NAME":
-            self.i += 1
-            return Leaf(value)
-        if kind == "(":
-            self.i += 1
-            f = self._expr()
-            kind, _, pos = self.tokens[self.i]
-            if kind != ")":
-                raise self._error(f"expected ')' but found {self._found()}", pos)
-            self.i += 1
-            return f
-        raise self._error(f"expected a concept name, NOT or '(' but found {self._found()}", pos)
+        """``expr := unary ((AND|OR) unary)*``, ``unary := NOT* atom``,
+        ``atom := NAME | '(' expr ')'``, as a loop: ``acc`` is the expression parsed so
+        far at the current nesting level, ``op`` the operator waiting for its right operand
+        and ``nots`` the NOTs before the operand; ``(`` saves them on ``outer``, ``)``
+        restores them and the parenthesised expression becomes the operand."""
+        tokens = self.tokens
+        outer: list[tuple[Formula | None, str, int]] = []
+        acc: Formula | None = None
+        op, nots, i = "", 0, 0
+        while True:
+            # An operand: NOT* then a name or '('.
+            kind = tokens[i][0]
+            while kind == "NOT":
+                nots += 1
+                i += 1
+                kind = tokens[i][0]
+            if kind == "(":
+                outer.append((acc, op, nots))
+                acc, op, nots = None, "", 0
+                i += 1
+                continue
+            if kind != "NAME":
+                raise self._error(f"expected a concept name, NOT or '(' but found {self._found(i)}",
+                                  self._pos(i))
+            f: Formula = Leaf(tokens[i][1])
+            i += 1
+            # The operand is complete: combine it, then close as many ')' as follow.
+            while True:
+                if nots:
+                    for _ in range(nots):
+                        f = Not(f)
+                if acc is None:
+                    acc = f
+                else:
+                    acc = And(acc, f) if op == "AND" else Or(acc, f)
+                kind = tokens[i][0]
+                if kind == "AND" or kind == "OR":
+                    op, nots = kind, 0
+                    i += 1
+                    break
+                if not outer:
+                    if kind != "END":
+                        raise self._error(f"expected AND, OR or end of input but found {self._found(i)}",
+                                          self._pos(i))
+                    return acc
+                if kind != ")":
+                    raise self._error(f"expected ')' but found {self._found(i)}", self._pos(i))
+                i += 1
+                f = acc
+                acc, op, nots = outer.pop()
 
 
 # ------------------------------------------------------------------------------ formula keys
