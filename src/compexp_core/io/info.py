@@ -190,7 +190,7 @@ def describe(path: PathLike) -> str:
         layer: layer4
     """
     p = os.fspath(path)
-    with _h5.open_file(p) as f, _h5.reading(p):
+    with _h5.reading(p), _h5.open_file(p) as f:
         fmt = _h5.format_of(f)
         if fmt == ACTIVATIONS_FORMAT or (fmt is None and isinstance(f.get("acts"), h5py.Dataset)):
             body = _describe_activations(f, p)
