@@ -178,7 +178,14 @@ def main(argv: list[str]) -> int:
 
                     _h5._write_hook = None
                     pd.DataFrame.to_csv = original_to_csv
-                time.sleep(0.1)   # a SIGINT that arrived as the write ended lands here
+                # a SIGINT held back as the write ended is delivered here (within 10 ms)
+                from compexp_core.io import _h5
+
+                end = time.monotonic() + 5
+                while (_h5._sigint_pending or _h5._sigint_redelivery) \
+                        and time.monotonic() < end:
+                    time.sleep(0.005)
+                time.sleep(0.05)
             except KeyboardInterrupt:
                 print("LATE", flush=True)
         return 0
