@@ -41,6 +41,8 @@ def _mb(nbytes: int) -> str:
 def _short(value: Any, limit: int = 120) -> str:
     if isinstance(value, np.ndarray) and value.size > 8:
         return f"array shape {value.shape} dtype {value.dtype}"
+    if isinstance(value, np.generic) and not isinstance(value, np.bytes_):
+        value = value.item()               # 1, not np.int64(1)
     s = _h5.attr_str(value) if isinstance(value, (bytes, np.bytes_, str)) else repr(value)
     if isinstance(value, np.ndarray):
         s = np.array2string(value, threshold=8)
