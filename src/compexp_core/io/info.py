@@ -14,7 +14,7 @@ Examples:
     >>> print(describe(p).split("\\n", 1)[1])  # doctest: +NORMALIZE_WHITESPACE
     kind: images (compexp-images)
     @format: compexp-images
-    @version: np.int64(1)
+    @version: 1
       images: shape (2, 4, 4, 3), dtype uint8, chunks (2, 4, 4, 3), 0.00 MB
 """
 from __future__ import annotations
