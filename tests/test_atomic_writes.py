@@ -2,7 +2,9 @@
 finished file is flushed and renamed, leaves any previous file at the path byte for byte intact
 and no temporary file behind."""
 
+import errno
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -22,6 +24,7 @@ from compexp_core.io import (
     save_images,
     write_concept_sources,
 )
+from compexp_core.io import _h5
 from compexp_core.io._h5 import atomic_path, scratch_file, writing
 from compexp_core.io.activations import PARTIAL_SUFFIX, ActivationsWriter
 
@@ -118,6 +121,77 @@ def test_a_failure_while_committing_keeps_the_previous_file(tmp_path, monkeypatc
     _assert_intact(tmp_path, path, before)
 
 
+def _count_disk_writes(monkeypatch, write) -> int:
+    """How many writes ``write()`` sends to disk through the HDF5 guard."""
+    count = [0]
+    with monkeypatch.context() as m:
+        m.setattr(_h5, "_write_hook", lambda guard: count.__setitem__(0, count[0] + 1))
+        write()
+    return count[0]
+
+
+H5_WRITERS = sorted(w for w in WRITERS if w != "results csv")
+
+
+@pytest.mark.parametrize("which", H5_WRITERS)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("errno_", [errno.ENOSPC, errno.EIO])
+def test_a_failed_disk_write_raises_write_error(tmp_path, monkeypatch, which, where, errno_):
+    """A write that the disk refuses (the first, one in the middle, or the last: HDF5's final
+    flush) inside HDF5: HDF5 never sees it; the writer raises WriteError naming the file and
+    the previous file is intact. (In a child process, with a real full disk and the exit
+    checked: tests/test_faults.py.)"""
+    path = _path(tmp_path, which)
+    WRITERS[which](path, 1)
+    before = path.read_bytes()
+    n = _count_disk_writes(monkeypatch, lambda: WRITERS[which](tmp_path / "probe.h5", 2))
+    os.unlink(tmp_path / "probe.h5")
+    k = {"first": 1, "middle": max(1, n // 2), "last": n}[where]
+    calls = [0]
+
+    def failing(guard):
+        calls[0] += 1
+        if calls[0] >= k:
+            raise OSError(errno_, os.strerror(errno_))
+    with monkeypatch.context() as m:
+        m.setattr(_h5, "_write_hook", failing)
+        with pytest.raises(_h5.WriteError) as info:
+            WRITERS[which](path, 2)
+    assert f"cannot write '{path}'" in str(info.value) and info.value.errno == errno_
+    if errno_ == errno.ENOSPC:
+        assert "the disk is full or the file is too large" in str(info.value)
+    _assert_intact(tmp_path, path, before)
+
+
+def test_a_failed_write_in_the_csv_writer_raises_write_error(tmp_path, monkeypatch):
+    path = tmp_path / "out.csv"
+    _result(1).save(path)
+    before = path.read_bytes()
+    with monkeypatch.context() as m:
+        def to_csv(self, fh, **kw):
+            fh.write("unit,formula\n3,")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        m.setattr(pd.DataFrame, "to_csv", to_csv)
+        with pytest.raises(_h5.WriteError, match="the disk is full"):
+            _result(2).save(path)
+    _assert_intact(tmp_path, path, before)
+
+
+def test_a_half_written_hdf5_file_is_refused(tmp_path):
+    """The temporary file of a write that did not finish (a killed process leaves it) is
+    marked incomplete until the very end: no reader takes it for a complete file."""
+    copy = tmp_path / "copy.h5"
+    with writing(tmp_path / "c.h5", "compexp-concepts") as f:
+        f.attrs["n_samples"] = np.int64(1)
+        f.attrs["height"] = f.attrs["width"] = np.int64(1)
+        _h5.write_strings(f, "concept_names", ["a"])
+        f.flush()
+        shutil.copyfile(f.filename, copy)
+    with pytest.raises(ValueError, match="is an incomplete file.*never finished"):
+        load_concepts(copy)
+    assert load_concepts(tmp_path / "c.h5").names == ("a",)
+
+
 def test_new_files_are_complete_or_absent(tmp_path, monkeypatch):
     """Without a previous file, a failed write leaves nothing at all."""
     for which in sorted(WRITERS):
@@ -197,7 +271,7 @@ def test_resumable_writer_keeps_its_partial_file_and_resumes(tmp_path):
             raise Injected
     assert p.read_bytes() == before                              # previous file untouched
     with h5py.File(str(p) + PARTIAL_SUFFIX) as f:
-        assert f.attrs["format"] == "compexp-activations-partial" and f.attrs["n_done"] == 2
+        assert f.attrs["format"] == b"compexp-activations-partial" and f.attrs["n_done"] == 2
     with ActivationsWriter(p, **kw) as w:
         assert w.resume() == 2
         w.write(2, blocks[1])
@@ -225,3 +299,57 @@ def test_writer_checks_blocks(tmp_path):
     with pytest.raises(TypeError, match="float16, float32, float64 or bool"):
         ActivationsWriter(tmp_path / "a.h5", n_samples=4, dtype="int32")
     assert os.listdir(tmp_path) == []
+
+
+def test_resumable_writer_after_a_full_disk(tmp_path, monkeypatch):
+    """A full disk in the 3rd batch, at each of its writes: the partial file keeps the
+    batches recorded (its chunks are allocated when it is created, so a batch changes raw
+    data and n_done only) and a later run resumes from them to the exact result. A full
+    disk before any batch is recorded leaves no partial file."""
+    p = tmp_path / "a.h5"
+    blocks = [np.full((2, 3, 4, 4), i, np.float32) for i in range(4)]
+    kw = dict(n_samples=8, dtype="float32", layer="l", batch_size=2, resumable=True)
+    calls = [0]
+
+    def full_after(k):
+        def hook(guard):
+            calls[0] += 1
+            if calls[0] > k:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return hook
+    # the disk fills during the first batch: nothing to resume from
+    with monkeypatch.context() as m:
+        m.setattr(_h5, "_write_hook", full_after(0))
+        with pytest.raises(_h5.WriteError, match="disk is full"):
+            with ActivationsWriter(p, **kw) as w:
+                w.write(0, blocks[0])
+    assert os.listdir(tmp_path) == []
+    # the disk fills in the 3rd batch
+    with ActivationsWriter(tmp_path / "probe.h5", **kw) as w:
+        w.write(0, blocks[0])
+        w.write(2, blocks[1])
+        calls[0] = 0
+        with monkeypatch.context() as m:
+            m.setattr(_h5, "_write_hook", full_after(10 ** 9))
+            w.write(4, blocks[2])
+    per_batch = calls[0]
+    os.unlink(tmp_path / "probe.h5.partial")
+    for k in range(per_batch):
+        calls[0] = 0
+        with monkeypatch.context() as m:
+            with pytest.raises(_h5.WriteError):
+                with ActivationsWriter(p, **kw) as w:
+                    w.write(0, blocks[0])
+                    w.write(2, blocks[1])
+                    m.setattr(_h5, "_write_hook", full_after(k))
+                    w.write(4, blocks[2])
+        with h5py.File(str(p) + PARTIAL_SUFFIX) as f:
+            # HDF5 flushes raw data before metadata: a recorded n_done is always on disk
+            assert f.attrs["n_done"] in (4, 6)
+        with ActivationsWriter(p, **kw) as w:
+            start = w.resume()
+            for i in range(start // 2, 4):
+                w.write(2 * i, blocks[i])
+            w.finish()
+        np.testing.assert_array_equal(load_activations(p), np.concatenate(blocks))
+        os.unlink(p)

@@ -166,7 +166,7 @@ def test_provenance_and_format(tmp_path, ds):
     assert meta["model"] == "Net" and meta["layer"] == "blocks.1.conv"
     assert meta["dataset"] == "array of 10 images 8x8"
     with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "compexp-activations" and f.attrs["version"] == 1
+        assert f.attrs["format"] == b"compexp-activations" and f.attrs["version"] == 1
         assert "n_done" not in f.attrs and "n_samples" not in f.attrs
     run(make_net(), ds, "head", out, model_name="mynet", dataset_name="probe")
     meta = read_activations_metadata(out)
@@ -411,7 +411,7 @@ def test_interrupted_extraction_resumes_without_recomputing(tmp_path, ds):
     for layer in layers:
         partial = str(out).format(layer=layer) + PARTIAL_SUFFIX
         with h5py.File(partial, "r") as f:
-            assert f.attrs["n_done"] == 4 and f.attrs["format"] == "compexp-activations-partial"
+            assert f.attrs["n_done"] == 4 and f.attrs["format"] == b"compexp-activations-partial"
         assert not os.path.exists(str(out).format(layer=layer))
         with pytest.raises(ValueError, match="is not a compexp-activations file"):
             open_activations(partial)  # a partial file is never taken for a finished one
@@ -428,7 +428,7 @@ def test_interrupted_extraction_resumes_without_recomputing(tmp_path, ds):
             "layer"]
         assert not os.path.exists(path + PARTIAL_SUFFIX)
         with h5py.File(path, "r") as f:
-            assert "n_done" not in f.attrs and f.attrs["format"] == "compexp-activations"
+            assert "n_done" not in f.attrs and f.attrs["format"] == b"compexp-activations"
 
 
 def test_an_interrupted_extraction_keeps_the_previous_file(tmp_path, ds):

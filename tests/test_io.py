@@ -113,7 +113,7 @@ def test_save_load_concepts_roundtrip(tmp_path, rng, grid):
     assert_same_concepts(cs, back)
     np.testing.assert_array_equal(back.to_dense(), cs.to_dense())
     with h5py.File(p, "r") as f:
-        assert f.attrs["format"] == "compexp-concepts"
+        assert f.attrs["format"] == b"compexp-concepts"   # fixed-length UTF-8
         assert f.attrs["version"] == 1
         assert (f.attrs["n_samples"], f.attrs["height"], f.attrs["width"]) == (n,) + grid
         assert f["index"].attrs["block_words"] == 8
@@ -423,7 +423,7 @@ def test_activations_roundtrip(tmp_path, rng, dtype, shape):
         assert ds.chunks == (min(2, shape[0]),) + shape[1:]
         assert ds.compression is None
         np.testing.assert_array_equal(ds[1:3], acts[1:3])
-        assert ds.file.attrs["format"] == "compexp-activations"
+        assert ds.file.attrs["format"] == b"compexp-activations"
         assert ds.file.attrs["version"] == 1
     finally:
         ds.file.close()
@@ -830,6 +830,13 @@ def test_corrupt_index_contents(index_file):
         ec[0] = 50
         f["index/entry_concept"][...] = ec
     edit(index_file, fn)
+    # the dataset's checksum finds it first
+    with pytest.raises(ValueError, match="dataset 'index/entry_concept' is corrupt: its "
+                                         "contents do not match their CRC-32") as e:
+        load_concepts(index_file)
+    assert str(index_file) in str(e.value)
+    # without a checksum (a file written by another tool), the index checks find it
+    edit(index_file, lambda f: f["index/entry_concept"].attrs.__delitem__("crc32"))
     with pytest.raises(ValueError, match="the concept index in group 'index' is invalid: "
                                          "entry concept out of range") as e:
         load_concepts(index_file)

@@ -29,7 +29,9 @@ def activations_input(acts):
         from .io import open_activations
 
         return open_activations(acts)
-    return as_activations(acts)
+    from .io._h5 import check_open
+
+    return as_activations(check_open(acts, "acts"))
 
 
 def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:

@@ -101,10 +101,21 @@ class SearchResult(Sequence):
         """Write to HDF5 (``.h5``, ``.hdf5``) or CSV (``.csv``), chosen by the extension.
 
         The file (``docs/FORMAT.md`` §3) is written into a temporary file beside ``path`` and
-        renamed into place when complete; :attr:`stats` is not saved."""
+        renamed into place when complete, so a failed save leaves any previous file at
+        ``path`` as it was; :attr:`stats` is not saved. The path and the parameters are
+        checked before anything is written: ``path`` must have a known extension, be in an
+        existing, writable directory, and not be one of the search's input files (the
+        ``acts_path`` and ``concepts_path`` of :attr:`params`, when recorded).
+
+        Raises:
+            ValueError: an unknown extension; ``path`` is an input file.
+            TypeError: a parameter that cannot be saved as JSON.
+            OSError: a missing or read-only directory; a failed write (a full disk).
+        """
         from .io.results import write_results
 
-        write_results(path, list(self), self.params)
+        inputs = [self.params.get(key) for key in ("acts_path", "concepts_path")]
+        write_results(path, list(self), self.params, inputs=inputs)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SearchResult":

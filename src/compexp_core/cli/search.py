@@ -24,7 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..search import search_formulas
     from ..io import load_concepts, open_activations
+    from ..io.results import check_output_path
 
+    # Before any work: a search whose results cannot be written is not started.
+    check_output_path(args.output, inputs=(args.acts, args.concepts))
     t0 = time.perf_counter()
     concepts = load_concepts(args.concepts)
     acts = open_activations(args.acts)

@@ -52,6 +52,16 @@ def check_names(names: Optional[Sequence[str]], k: int, what: str = "names") -> 
     if names is None:
         return default_names(k)
     names = check_strings(names, k, what, expected=f" but there are {k} concepts")
+    for n in names:
+        # Names go into files (HDF5 strings, CSV, JSON): NUL and text that is not valid
+        # Unicode (lone surrogates) cannot be stored, so they are refused here, early.
+        if "\x00" in n:
+            raise ValueError(f"{what} may not contain the NUL character (\\x00): {n!r}")
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{what} must be valid Unicode text, {n!r} is not ({e.reason} at "
+                             f"position {e.start})") from None
     if len(set(names)) != k:
         seen, dup = set(), []
         for n in names:

@@ -35,7 +35,6 @@ Examples:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Optional, Sequence, Union
 
@@ -102,6 +101,9 @@ class ActivationsWriter:
                            "layer": _h5.check_str(layer, "layer"),
                            "dataset": _h5.check_str(dataset, "dataset")}
         self.unit_names = None if unit_names is None else list(unit_names)
+        for name in self.unit_names or ():
+            if isinstance(name, str):           # the rest: TypeError in finish()
+                _h5.check_text(name, "unit_names")
         self.chunk_samples = (None if chunk_samples is None
                               else _h5.check_chunk_samples(chunk_samples))
         self.batch_size = batch_size
@@ -109,6 +111,8 @@ class ActivationsWriter:
         self.resumable = resumable
         self.temp = self.path + PARTIAL_SUFFIX if resumable else _h5.temp_path(self.path)
         self.n_done = 0
+        self._durable = 0        # samples recorded in the partial file on disk
+        self._discard = False    # a failed resumable write with nothing worth resuming
         self._file: Optional[h5py.File] = None
         self._acts: Optional[h5py.Dataset] = None
 
@@ -143,7 +147,7 @@ class ActivationsWriter:
         if not os.path.exists(p):
             return 0
         try:
-            f = _h5.open_file(p, "r+")
+            f = _h5.open_update(p, target=self.path)
         except ValueError as e:
             raise ValueError(f"cannot resume from '{p}': {e}; delete it or run without "
                              f"resume") from None
@@ -151,9 +155,10 @@ class ActivationsWriter:
             with _h5.reading(p):
                 acts, n_done = self._check_partial(f, p)
         except BaseException:
-            f.close()
+            _h5.abandon(f)
             raise
         self._file, self._acts, self.n_done = f, acts, n_done
+        self._durable = n_done
         return n_done
 
     def _check_partial(self, f: h5py.File, p: str) -> tuple:
@@ -190,18 +195,31 @@ class ActivationsWriter:
             chunk = _h5.batch_chunk_rows(self.batch_size, n, row_bytes)
         else:
             chunk = _h5.chunk_rows(n, row_bytes, self.chunk_samples)
-        f = _h5.create(self.temp)  # a resumable write replaces a stale partial file
+        _h5.check_writable(self.path)
+        # a resumable write replaces a stale partial file
+        f = _h5.create(self.temp, target=self.path)
+        kwargs = {}
+        if self.resumable and self.compression is None:
+            # All chunks allocated now (on disk: a sparse file), so that writing a batch
+            # changes raw data only: a partial file whose last batch failed is consistent.
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            kwargs = {"dcpl": dcpl, "fill_time": "never"}
         try:
-            f.attrs["format"] = PARTIAL_ACTIVATIONS_FORMAT
+            _h5.set_text(f.attrs, "format", PARTIAL_ACTIVATIONS_FORMAT)
             f.attrs["version"] = np.int64(FORMAT_VERSION)
             for key, value in self._expected_attrs().items():
-                f.attrs[key] = np.int64(value) if key == "n_samples" else value
+                if key == "n_samples":
+                    f.attrs[key] = np.int64(value)
+                else:
+                    _h5.set_text(f.attrs, key, value)
             f.attrs["n_done"] = np.int64(0)
             self._acts = f.create_dataset("acts", shape=shape, dtype=self.dtype,
                                           chunks=(chunk,) + sample_shape,
-                                          compression=self.compression)
+                                          compression=self.compression, **kwargs)
+            _h5.check_io(f)
         except BaseException:
-            f.close()
+            _h5.abandon(f)
             _h5.discard(self.temp)
             raise
         self._file = f
@@ -243,11 +261,19 @@ class ActivationsWriter:
                 bad = tuple(int(i) for i in np.argwhere(~finite)[0])
                 raise ValueError(f"acts holds non-finite values (NaN or infinity), the first "
                                  f"at index {(bad[0] + start,) + bad[1:]}: {block[bad]}")
-        self._acts[start:end] = block
+        try:
+            self._acts[start:end] = block
+            _h5.check_io(self._file)          # a full disk stops the write here
+            self._file.attrs["n_done"] = np.int64(end)
+            if self.resumable:
+                self._file.flush()  # n_done on disk never counts samples that are not
+                _h5.check_io(self._file)
+        except _h5.WriteError:
+            self._discard = self._durable == 0   # nothing to resume from
+            raise
         self.n_done = end
-        self._file.attrs["n_done"] = np.int64(end)
         if self.resumable:
-            self._file.flush()  # n_done on disk never counts samples that are not
+            self._durable = end
 
     def finish(self) -> None:
         """Turn the complete file into the activations file at ``path`` (``docs/FORMAT.md``
@@ -266,27 +292,32 @@ class ActivationsWriter:
         if self.unit_names is not None:
             names = check_strings(self.unit_names, self._acts.shape[1], "unit_names")
             _h5.write_strings(f, "unit_names", names)
-        f.attrs["format"] = ACTIVATIONS_FORMAT
         for key in _PARTIAL_ONLY_ATTRS:
             if key in f.attrs:
                 del f.attrs[key]
+        _h5.set_text(f.attrs, "format", ACTIVATIONS_FORMAT)
         self._file = self._acts = None
         try:
-            f.close()
+            try:
+                _h5.close(f)
+            except BaseException:
+                _h5.abandon(f)
+                raise
             _h5.commit(self.temp, self.path)
-        except BaseException:
+        except BaseException as e:
             if not self.resumable:
                 _h5.discard(self.temp)
+            if isinstance(e, OSError) and not isinstance(e, _h5.WriteError) \
+                    and e.errno in _h5.NO_ROOM_ERRNOS:
+                raise _h5.write_error(e, self.path) from e
             raise
 
     def close(self) -> None:
         """Close the file without finishing it: a resumable write keeps its partial file (for
         :meth:`resume`), any other is removed. Does nothing after :meth:`finish`."""
         f, self._file, self._acts = self._file, None, None
-        if f is not None:
-            with contextlib.suppress(Exception):
-                f.close()
-        if not self.resumable:
+        _h5.abandon(f)
+        if not self.resumable or self._discard:
             _h5.discard(self.temp)
 
 
@@ -329,7 +360,7 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
         >>> read_activations_metadata(p)["unit_names"]
         ['a', 'b', 'c', 'd']
     """
-    acts = _h5.array_like(acts)
+    acts = _h5.array_like(acts, "acts")
     dtype = np.dtype(acts.dtype)
     if acts.ndim not in (2, 4):
         raise ValueError(f"acts must be [N, U, h, w] or [N, U], got shape {tuple(acts.shape)}")
@@ -341,7 +372,8 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
     shape = tuple(int(s) for s in acts.shape)
     n, u = shape[0], shape[1]
     if unit_names is not None:
-        unit_names = check_strings(unit_names, u, "unit_names")
+        unit_names = [_h5.check_text(t, "unit_names")
+                      for t in check_strings(unit_names, u, "unit_names")]
     with ActivationsWriter(path, n_samples=n, dtype=dtype, model=model, layer=layer,
                            dataset=dataset, unit_names=unit_names, chunk_samples=chunk_samples,
                            compression=compression) as writer:
@@ -399,7 +431,7 @@ def open_activations(path: PathLike) -> h5py.Dataset:
         with _h5.reading(p):
             return validated_acts(f, p)
     except BaseException:
-        f.close()
+        _h5.close_reader(f)
         raise
 
 
@@ -421,7 +453,7 @@ def load_activations(path: PathLike) -> np.ndarray:
         with _h5.reading(p):
             return ds[()]
     finally:
-        ds.file.close()
+        _h5.close_reader(ds.file)
 
 
 def read_activations_metadata(path: PathLike) -> dict:
@@ -443,4 +475,4 @@ def read_activations_metadata(path: PathLike) -> dict:
             meta["unit_names"] = None if un is None else _h5.read_strings(un, p, "unit_names")
             return meta
     finally:
-        f.close()
+        _h5.close_reader(f)

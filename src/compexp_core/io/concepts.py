@@ -33,7 +33,7 @@ import numpy as np
 
 from ..engine.concepts import BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names, check_strings
 from . import _h5
-from ._h5 import CONCEPTS_FORMAT, FORMAT_VERSION, PathLike
+from ._h5 import CONCEPTS_FORMAT, PathLike
 
 __all__ = ["write_concept_sources", "save_concepts", "load_concepts"]
 
@@ -377,13 +377,14 @@ def write_concept_sources(path: PathLike, *, n_samples: int, grid: Sequence[int]
     for category, value in dict(label_maps or {}).items():
         category = _check_group_name(category)
         maps, mapping = _pair(value, f"label_maps[{category!r}]", "(maps, concept_of_label)")
-        sources.append(rules.label_maps(category, _h5.array_like(maps), mapping))
+        maps = _h5.array_like(maps, f"label_maps[{category!r}] maps")
+        sources.append(rules.label_maps(category, maps, mapping))
     if sample_labels is not None:
         present, cols = _pair(sample_labels, "sample_labels", "(present, concepts)")
-        sources.append(rules.sample_labels(_h5.array_like(present), cols))
+        sources.append(rules.sample_labels(_h5.array_like(present, "sample_labels present"), cols))
     if dense is not None:
         masks, cols = _pair(dense, "dense", "(masks, concepts)")
-        masks = _h5.array_like(masks)
+        masks = _h5.array_like(masks, "dense masks")
         if masks.ndim == 2 and grid == (1, 1):
             masks = np.asarray(masks)[:, :, None, None]
         sources.append(rules.dense(masks, cols))
@@ -397,19 +398,22 @@ def write_concept_sources(path: PathLike, *, n_samples: int, grid: Sequence[int]
                         cats[c] = source.group[len("label_maps/"):]
     else:
         cats = check_strings(categories, k, "categories")
+    for c in cats:
+        _h5.check_text(c, "a category")
 
     # ---- write (and build the index from the same chunks)
     builder = ConceptSetBuilder(n, grid, names, cats) if with_index else None
-    with _h5.writing(path) as f:
+    with _h5.writing(path, CONCEPTS_FORMAT) as f:
         _write_header(f, n, grid, names, cats)
         for source in sources:
             g = f.create_group(source.group)
             chunk = _h5.chunk_rows(n, source.row_bytes(), chunk_samples)
             ds = g.create_dataset(source.part, shape=source.shape, dtype=source.dtype,
                                   chunks=(chunk,) + source.shape[1:], compression=compression)
-            g.create_dataset(source.concepts_part, data=source.concepts)
+            _h5.write_array(g, source.concepts_part, source.concepts)
             for s, block in rules.blocks(source, _h5.io_rows(n, source.row_bytes(), chunk)):
                 ds[s:s + block.shape[0]] = block
+                _h5.check_io(f)               # a full disk stops the write here
                 if builder is not None:
                     rules.add(builder, source, s, block)
         if builder is not None:
@@ -418,8 +422,7 @@ def write_concept_sources(path: PathLike, *, n_samples: int, grid: Sequence[int]
 
 def _write_header(f: h5py.File, n: int, grid: tuple, names: list[str],
                   categories: list[str]) -> None:
-    f.attrs["format"] = CONCEPTS_FORMAT
-    f.attrs["version"] = np.int64(FORMAT_VERSION)
+    # format and version: set by _h5.writing (format last, when the file is complete)
     f.attrs["n_samples"] = np.int64(n)
     f.attrs["height"] = np.int64(grid[0])
     f.attrs["width"] = np.int64(grid[1])
@@ -432,7 +435,7 @@ def _write_index(f: h5py.File, cs: ConceptSet) -> None:
     g.attrs["block_words"] = np.int64(BLOCK_WORDS)
     a = cs.arrays
     for name, _, dtype, _ in INDEX_DATASETS:
-        g.create_dataset(name, data=np.ascontiguousarray(getattr(a, name), dtype))
+        _h5.write_array(g, name, np.ascontiguousarray(getattr(a, name), dtype))
 
 
 def save_concepts(path: PathLike, concepts: ConceptSet) -> None:
@@ -457,7 +460,9 @@ def save_concepts(path: PathLike, concepts: ConceptSet) -> None:
     """
     if not isinstance(concepts, ConceptSet):
         raise TypeError(f"concepts must be a ConceptSet, got {type(concepts).__name__}")
-    with _h5.writing(path) as f:
+    for text in concepts.names + concepts.categories:
+        _h5.check_text(text, "a concept name or category")
+    with _h5.writing(path, CONCEPTS_FORMAT) as f:
         _write_header(f, concepts.n_samples, concepts.grid, list(concepts.names),
                       list(concepts.categories))
         _write_index(f, concepts)
@@ -490,7 +495,7 @@ def load_concepts(path: PathLike, *, chunk_samples: Optional[int] = None) -> Con
     p = os.fspath(path)
     if chunk_samples is not None:
         chunk_samples = _h5.check_chunk_samples(chunk_samples)
-    with _h5.open_file(p) as f, _h5.reading(p):
+    with _h5.reading(p), _h5.open_file(p) as f:
         n, grid, names, categories = read_header(f, p)
         if _h5.get(f, "index", p, h5py.Group, required=False) is not None:
             return _read_index(f, p, n, grid, names, categories)
@@ -538,7 +543,7 @@ def _read_index(f: h5py.File, path: str, n: int, grid: tuple, names: list[str],
         if ds.dtype.kind not in kinds or ds.ndim != ndim:
             raise ValueError(f"'{path}': dataset 'index/{name}' must be a {ndim}-D integer array "
                              f"({np.dtype(dtype).name}), found shape {ds.shape} dtype {ds.dtype}")
-        arrays[name] = np.ascontiguousarray(ds[()], dtype)
+        arrays[name] = np.ascontiguousarray(_h5.read_array(ds, path, f"index/{name}"), dtype)
     for name in ("block_ptr", "full_ptr"):
         if arrays[name].shape != (n_blocks + 1,):
             raise ValueError(f"'{path}': dataset 'index/{name}' has shape {arrays[name].shape}, "
@@ -567,14 +572,17 @@ def _file_sources(f: h5py.File, path: str, rules: _SourceRules) -> list[_Source]
             _h5.get(f, base, path, h5py.Group)
             maps = _h5.get(f, f"{base}/maps", path, h5py.Dataset)
             mapping = _h5.get(f, f"{base}/concept_of_label", path, h5py.Dataset)
+            _h5.read_array(mapping, path, f"{base}/concept_of_label")   # its checksum
             sources.append(rules.label_maps(category, maps, mapping))
     if _h5.get(f, "sample_labels", path, h5py.Group, required=False) is not None:
         present = _h5.get(f, "sample_labels/present", path, h5py.Dataset)
         cols = _h5.get(f, "sample_labels/concepts", path, h5py.Dataset)
+        _h5.read_array(cols, path, "sample_labels/concepts")
         sources.append(rules.sample_labels(present, cols))
     if _h5.get(f, "dense", path, h5py.Group, required=False) is not None:
         masks = _h5.get(f, "dense/masks", path, h5py.Dataset)
         cols = _h5.get(f, "dense/concepts", path, h5py.Dataset)
+        _h5.read_array(cols, path, "dense/concepts")
         sources.append(rules.dense(masks, cols))
     return sources
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engine.concepts import check_strings
 from . import _h5
-from ._h5 import FORMAT_VERSION, IMAGES_FORMAT, PathLike
+from ._h5 import IMAGES_FORMAT, PathLike
 
 __all__ = ["save_images", "open_images", "read_images_metadata"]
 
@@ -58,7 +58,7 @@ def save_images(path: PathLike, images: Any, *, labels: Optional[Any] = None,
         >>> read_images_metadata(p)["label_names"]
         ['cat', 'dog']
     """
-    images = _h5.array_like(images)
+    images = _h5.array_like(images, "images")
     if images.ndim != 4 or images.shape[3] != 3 or any(int(s) < 1 for s in images.shape):
         raise ValueError(f"images must be uint8 [N, H, W, 3] RGB with N, H, W >= 1, got shape "
                          f"{tuple(images.shape)}")
@@ -75,26 +75,26 @@ def save_images(path: PathLike, images: Any, *, labels: Optional[Any] = None,
         if labels.size and int(labels.min()) < 0:
             raise ValueError(f"labels must be >= 0, found {int(labels.min())}")
     if label_names is not None:
-        label_names = check_strings(label_names, len(label_names), "label_names")
+        label_names = [_h5.check_text(t, "label_names")
+                       for t in check_strings(label_names, len(label_names), "label_names")]
         if labels is not None and labels.size and int(labels.max()) >= len(label_names):
             raise ValueError(f"labels holds {int(labels.max())} but label_names names only "
                              f"{len(label_names)} labels")
     if names is not None:
-        names = check_strings(names, n, "names")
+        names = [_h5.check_text(t, "names") for t in check_strings(names, n, "names")]
     dataset = _h5.check_str(dataset, "dataset")
     row_bytes = int(np.prod(shape[1:]))
     chunk = _h5.chunk_rows(n, row_bytes, chunk_samples)
     step = _h5.io_rows(n, row_bytes, chunk)
-    with _h5.writing(path) as f:
-        f.attrs["format"] = IMAGES_FORMAT
-        f.attrs["version"] = np.int64(FORMAT_VERSION)
+    with _h5.writing(path, IMAGES_FORMAT) as f:
         if dataset is not None:
-            f.attrs["dataset"] = dataset
+            _h5.set_text(f.attrs, "dataset", dataset)
         ds = f.create_dataset("images", shape=shape, dtype=np.uint8, chunks=(chunk,) + shape[1:])
         for s in range(0, n, step):
             ds[s:s + step] = np.asarray(images[s:s + step])
+            _h5.check_io(f)                   # a full disk stops the write here
         if labels is not None:
-            f.create_dataset("labels", data=labels.astype(np.int64))
+            _h5.write_array(f, "labels", labels.astype(np.int64))
         for key, values in (("label_names", label_names), ("names", names)):
             if values is not None:
                 _h5.write_strings(f, key, values)
@@ -132,7 +132,7 @@ def open_images(path: PathLike) -> h5py.Dataset:
         with _h5.reading(p):
             return _validated_images(f, p)
     except BaseException:
-        f.close()
+        _h5.close_reader(f)
         raise
 
 
@@ -155,10 +155,11 @@ def read_images_metadata(path: PathLike) -> dict:
             if labels is not None and np.dtype(labels.dtype).kind not in "iu":
                 raise ValueError(f"'{p}': dataset 'labels' must hold integers, found dtype "
                                  f"{labels.dtype}")
-            meta["labels"] = None if labels is None else labels[()].astype(np.int64)
+            meta["labels"] = (None if labels is None
+                              else _h5.read_array(labels, p, "labels").astype(np.int64))
             for key in ("label_names", "names"):
                 d = _h5.get(f, key, p, h5py.Dataset, required=False)
                 meta[key] = None if d is None else _h5.read_strings(d, p, key)
             return meta
     finally:
-        f.close()
+        _h5.close_reader(f)

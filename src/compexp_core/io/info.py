@@ -14,7 +14,7 @@ Examples:
     >>> print(describe(p).split("\\n", 1)[1])  # doctest: +NORMALIZE_WHITESPACE
     kind: images (compexp-images)
     @format: compexp-images
-    @version: np.int64(1)
+    @version: 1
       images: shape (2, 4, 4, 3), dtype uint8, chunks (2, 4, 4, 3), 0.00 MB
 """
 from __future__ import annotations
@@ -41,6 +41,8 @@ def _mb(nbytes: int) -> str:
 def _short(value: Any, limit: int = 120) -> str:
     if isinstance(value, np.ndarray) and value.size > 8:
         return f"array shape {value.shape} dtype {value.dtype}"
+    if isinstance(value, np.generic) and not isinstance(value, np.bytes_):
+        value = value.item()               # 1, not np.int64(1)
     s = _h5.attr_str(value) if isinstance(value, (bytes, np.bytes_, str)) else repr(value)
     if isinstance(value, np.ndarray):
         s = np.array2string(value, threshold=8)
@@ -190,7 +192,7 @@ def describe(path: PathLike) -> str:
         layer: layer4
     """
     p = os.fspath(path)
-    with _h5.open_file(p) as f, _h5.reading(p):
+    with _h5.reading(p), _h5.open_file(p) as f:
         fmt = _h5.format_of(f)
         if fmt == ACTIVATIONS_FORMAT or (fmt is None and isinstance(f.get("acts"), h5py.Dataset)):
             body = _describe_activations(f, p)

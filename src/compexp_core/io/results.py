@@ -24,10 +24,11 @@ Examples:
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -36,13 +37,16 @@ from ..engine.results import Explanation
 from . import _h5
 from ._h5 import FORMAT_VERSION, RESULTS_FORMAT, PathLike
 
-__all__ = ["write_results", "read_results", "results_kind"]
+__all__ = ["write_results", "read_results", "results_kind", "check_output_path",
+           "params_json"]
 
 # Datasets every results file has; files written before the others existed lack them.
 _REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam_formula",
              "beam_score")
 _OPTIONAL = ("threshold", "by_length_formula", "by_length_iou")
 _CSV_REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam")
+_CSV_COLUMNS = ["unit", "formula", "iou", "score", "primitive", "primitive_iou", "threshold",
+                "beam", "by_length", "row"]
 
 
 def results_kind(path: PathLike) -> str:
@@ -55,6 +59,74 @@ def results_kind(path: PathLike) -> str:
     raise ValueError(f"results path {str(path)!r} must end in .h5, .hdf5 or .csv")
 
 
+def check_output_path(path: PathLike, *, inputs: Iterable[Any] = ()) -> str:
+    """Check, before a search starts, that its results can be written to ``path``: a known
+    extension (``.h5``, ``.hdf5``, ``.csv``), an existing directory in which a file can be
+    created, ``path`` not a directory, and not one of the ``inputs`` (paths of the files the
+    search reads, compared with :func:`os.path.samefile`, so through symbolic and hard links
+    too; anything else in ``inputs`` is ignored).
+
+    Returns:
+        ``path`` as a str.
+
+    Raises:
+        ValueError: another extension; ``path`` is one of the inputs, or not a regular file.
+        IsADirectoryError, FileNotFoundError, NotADirectoryError, PermissionError: as
+            :func:`compexp_core.io._h5.check_writable`.
+
+    Examples:
+        >>> import os, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> check_output_path(os.path.join(d, "out.csv")) == os.path.join(d, "out.csv")
+        True
+        >>> check_output_path(os.path.join(d, "out.txt"))
+        Traceback (most recent call last):
+        ...
+        ValueError: results path '...out.txt' must end in .h5, .hdf5 or .csv
+    """
+    p = os.fspath(path)
+    results_kind(p)
+    _h5.check_writable(p, probe=True)
+    if os.path.exists(p) and not os.path.isfile(p):
+        raise ValueError(f"cannot write results to '{p}': it exists and is not a regular file")
+    for source in inputs:
+        if not isinstance(source, (str, os.PathLike)):
+            continue
+        try:
+            same = os.path.samefile(p, source)
+        except OSError:       # either does not exist
+            same = False
+        if same:
+            raise ValueError(f"the output '{p}' is the input file '{os.fspath(source)}': "
+                             f"writing the results there would replace it; choose another "
+                             f"output path")
+    return p
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    if isinstance(x, (set, frozenset)):
+        return sorted(x, key=repr)
+    raise TypeError(f"{type(x).__name__} {x!r} is not JSON serialisable")
+
+
+def params_json(params: dict) -> str:
+    """The search parameters as JSON text: NumPy scalars and arrays become numbers and lists,
+    paths strings.
+
+    Raises:
+        TypeError: a value that cannot be saved (the message names it)."""
+    try:
+        return json.dumps(dict(params), default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"the search parameters cannot be saved: {e}") from None
+
+
 def _text(f: Optional[Formula]) -> str:
     return "" if f is None else str(f)
 
@@ -64,7 +136,7 @@ def _parse(text: str) -> Optional[Formula]:
 
 
 def _str(x: Any) -> str:
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+    return x.decode("utf-8") if isinstance(x, (bytes, np.bytes_)) else str(x)
 
 
 def _pair_table(rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,22 +155,32 @@ def _pair_table(rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
 
 # =============================================================================== write
 
-def write_results(path: PathLike, explanations: Sequence[Explanation], params: dict) -> None:
+def write_results(path: PathLike, explanations: Sequence[Explanation], params: dict, *,
+                  inputs: Iterable[Any] = ()) -> None:
     """Write explanations and search parameters to HDF5 (``.h5``, ``.hdf5``) or CSV
-    (``.csv``), chosen by the extension, atomically.
+    (``.csv``), chosen by the extension, atomically: into a temporary file renamed onto
+    ``path`` when complete, so a failed write leaves any previous file untouched.
+
+    Everything is checked before a file is created: the path (:func:`check_output_path`,
+    with ``inputs``) and the parameters (:func:`params_json`).
 
     Raises:
-        ValueError: another extension.
+        ValueError: another extension; ``path`` is one of ``inputs``.
+        TypeError: a parameter that cannot be saved.
+        OSError: the directory is missing or not writable; the write failed
+            (``compexp_core.io._h5.WriteError``: a full disk).
     """
     kind = results_kind(path)
+    check_output_path(path, inputs=inputs)
     explanations = list(explanations)
+    params_text = params_json(params)
     if kind == "csv":
-        _write_csv(path, explanations, dict(params))
+        _write_csv(path, explanations, params_text)
     else:
-        _write_h5(path, explanations, dict(params))
+        _write_h5(path, explanations, params_text)
 
 
-def _write_csv(path: PathLike, explanations: list, params: dict) -> None:
+def _write_csv(path: PathLike, explanations: list, params_text: str) -> None:
     import pandas as pd
 
     rows = [{
@@ -111,36 +193,36 @@ def _write_csv(path: PathLike, explanations: list, params: dict) -> None:
         "threshold": e.threshold,
         "beam": json.dumps([(str(f), s) for f, s in e.beam]),
         "by_length": json.dumps([(_text(f), v) for f, v in e.by_length]),
-    } for e in explanations]
-    columns = ["unit", "formula", "iou", "score", "primitive", "primitive_iou", "threshold",
-               "beam", "by_length"]
-    df = pd.DataFrame(rows, columns=columns)
-    header = json.dumps({"format": RESULTS_FORMAT, "version": FORMAT_VERSION, "params": params})
+        "row": i,
+    } for i, e in enumerate(explanations)]
+    df = pd.DataFrame(rows, columns=_CSV_COLUMNS)
+    header = ('{"format": %s, "version": %d, "rows": %d, "params": %s}'
+              % (json.dumps(RESULTS_FORMAT), FORMAT_VERSION, len(rows), params_text))
     with _h5.atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             fh.write("# " + header + "\n")
             df.to_csv(fh, index=False)
 
 
-def _write_h5(path: PathLike, explanations: list, params: dict) -> None:
+def _write_h5(path: PathLike, explanations: list, params_text: str) -> None:
     beam_text, beam_score = _pair_table([e.beam for e in explanations])
     by_length_text, by_length_iou = _pair_table([e.by_length for e in explanations])
-    with _h5.writing(path) as h5:
-        h5.attrs["format"] = RESULTS_FORMAT
-        h5.attrs["version"] = FORMAT_VERSION
-        h5.attrs["params"] = json.dumps(params)
-        h5["unit"] = np.array([e.unit for e in explanations], np.int64)
+    with _h5.writing(path, RESULTS_FORMAT) as h5:
+        h5.attrs["n_units"] = np.int64(len(explanations))
+        _h5.write_array(h5, "params", np.frombuffer(params_text.encode("utf-8"), np.uint8))
+        _h5.write_array(h5, "unit", np.array([e.unit for e in explanations], np.int64))
         _h5.write_strings(h5, "formula", [_text(e.formula) for e in explanations])
-        h5["iou"] = np.array([e.iou for e in explanations], np.float64)
-        h5["score"] = np.array([e.score for e in explanations], np.float64)
+        _h5.write_array(h5, "iou", np.array([e.iou for e in explanations], np.float64))
+        _h5.write_array(h5, "score", np.array([e.score for e in explanations], np.float64))
         _h5.write_strings(h5, "primitive", [_text(e.primitive) for e in explanations])
-        h5["primitive_iou"] = np.array([e.primitive_iou for e in explanations], np.float64)
+        _h5.write_array(h5, "primitive_iou",
+                        np.array([e.primitive_iou for e in explanations], np.float64))
         _h5.write_strings(h5, "beam_formula", beam_text)
-        h5["beam_score"] = beam_score
-        h5["threshold"] = np.array([np.nan if e.threshold is None else e.threshold
-                                    for e in explanations], np.float64)
+        _h5.write_array(h5, "beam_score", beam_score)
+        _h5.write_array(h5, "threshold", np.array([np.nan if e.threshold is None else e.threshold
+                                                   for e in explanations], np.float64))
         _h5.write_strings(h5, "by_length_formula", by_length_text)
-        h5["by_length_iou"] = by_length_iou
+        _h5.write_array(h5, "by_length_iou", by_length_iou)
 
 
 # =============================================================================== read
@@ -153,7 +235,8 @@ def read_results(path: PathLike) -> tuple[list[Explanation], dict]:
         FileNotFoundError: the file does not exist.
         ValueError: another extension; not a readable HDF5 file, or not a results file (the
             message names the file and what is wrong or missing); a CSV file without the
-            header line's JSON or without a required column.
+            header line's JSON or without a required column; an incomplete file (fewer rows
+            than its header or ``n_units`` records: a truncated copy, say); a corrupt one.
     """
     kind = results_kind(path)
     p = os.fspath(path)
@@ -162,62 +245,117 @@ def read_results(path: PathLike) -> tuple[list[Explanation], dict]:
     return _read_h5(p)
 
 
+def _explanation(unit: Any, formula: str, iou: Any, score: Any, primitive: str,
+                 primitive_iou: Any, beam: tuple, threshold: Optional[float],
+                 by_length: tuple) -> Explanation:
+    return Explanation(int(unit), _parse(formula), float(iou), float(score), _parse(primitive),
+                       float(primitive_iou), beam, threshold, by_length)
+
+
 def _read_csv(path: str) -> tuple[list[Explanation], dict]:
     import pandas as pd
 
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-    with open(path) as fh:
-        first = fh.readline()
-    params: dict[str, Any] = {}
-    if first.startswith("# "):
-        try:
-            params = json.loads(first[2:]).get("params", {})
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: the header line is not valid JSON ({err})") from None
     try:
-        df = pd.read_csv(path, comment=None, skiprows=1 if first.startswith("# ") else 0,
-                         keep_default_na=False)
+        with open(path, newline="", encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"'{path}' is not a readable results CSV: it is not UTF-8 text ({e}); "
+                         f"it may be corrupt") from None
+    header: dict = {}
+    if text.startswith("# "):
+        first, _, text = text.partition("\n")
+        try:
+            header = json.loads(first[2:])
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{path}': the header line is not valid JSON ({err}); the file "
+                             f"may be truncated or corrupt") from None
+        if not isinstance(header, dict) or not isinstance(header.get("params", {}), dict):
+            raise ValueError(f"'{path}': the header line is not a JSON object with 'params'")
+        if header.get("format", RESULTS_FORMAT) != RESULTS_FORMAT:
+            raise ValueError(f"'{path}' is not a {RESULTS_FORMAT} file: its header has format "
+                             f"{header.get('format')!r}")
+        if header.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(f"'{path}': {RESULTS_FORMAT} version {header.get('version')!r} is "
+                             f"not supported (this version of compexp-core reads version "
+                             f"{FORMAT_VERSION})")
+    try:
+        # Every column as text, exactly as written: names such as 007, 1e5, NA or None are
+        # concept names, not numbers or missing values.
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except Exception as err:  # pandas raises several parser error types
-        raise ValueError(f"{path} is not a readable results CSV ({err})") from None
+        raise ValueError(f"'{path}' is not a readable results CSV ({err}); it may be "
+                         f"truncated or corrupt") from None
     missing = [c for c in _CSV_REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}")
+    if "rows" in header:
+        # Files written since the row count exists: all rows, each ending in its row number.
+        n = header["rows"]
+        rows = df["row"].tolist() if "row" in df.columns else []
+        if len(df) != n or rows != [str(i) for i in range(len(rows))]:
+            raise ValueError(f"'{path}' is incomplete: its header records {n} rows, found "
+                             f"{len(df)} complete rows; it may be truncated (an interrupted "
+                             f"copy or write)")
     out = []
-    for row in df.itertuples(index=False):
-        beam = tuple((Formula.parse(f), float(s)) for f, s in json.loads(row.beam))
-        row = row._asdict()
-        by_length = tuple((_parse(f), float(v))
-                          for f, v in json.loads(row.get("by_length") or "[]"))
-        threshold = float(row["threshold"]) if row.get("threshold", "") != "" else None
-        out.append(Explanation(int(row["unit"]), _parse(str(row["formula"])), float(row["iou"]),
-                               float(row["score"]), _parse(str(row["primitive"])),
-                               float(row["primitive_iou"]), beam, threshold, by_length))
-    return out, params
+    for i, row in enumerate(df.to_dict("records")):
+        try:
+            beam = tuple((Formula.parse(f), float(s)) for f, s in json.loads(row["beam"]))
+            by_length = tuple((_parse(f), float(v))
+                              for f, v in json.loads(row.get("by_length") or "[]"))
+            threshold = float(row["threshold"]) if row.get("threshold", "") != "" else None
+            out.append(_explanation(row["unit"], row["formula"], row["iou"], row["score"],
+                                    row["primitive"], row["primitive_iou"], beam, threshold,
+                                    by_length))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"'{path}', data row {i + 1}: {e}; the file may be corrupt") \
+                from None
+    return out, header.get("params", {})
 
 
 def _read_h5(path: str) -> tuple[list[Explanation], dict]:
     import h5py
 
-    with _h5.open_file(path) as h5, _h5.reading(path):
+    with _h5.reading(path), _h5.open_file(path) as h5:
         _h5.check_format(h5, path, RESULTS_FORMAT)
-        d = {n: _h5.get(h5, n, path, h5py.Dataset)[()] for n in _REQUIRED}
+        d = {n: _h5.read_array(_h5.get(h5, n, path, h5py.Dataset), path, n) for n in _REQUIRED}
         for n in _OPTIONAL:
             ds = _h5.get(h5, n, path, h5py.Dataset, required=False)
-            d[n] = None if ds is None else ds[()]
-        params = json.loads(h5.attrs.get("params", "{}"))
-    out = []
-    for i in range(len(d["unit"])):
-        beam = tuple((Formula.parse(_str(t)), float(s))
-                     for t, s in zip(d["beam_formula"][i], d["beam_score"][i])
-                     if _str(t) != "" and not math.isnan(s))
-        by_length = () if d["by_length_iou"] is None else tuple(
-            (_parse(_str(t)), float(v)) for t, v in zip(d["by_length_formula"][i],
-                                                       d["by_length_iou"][i]) if not math.isnan(v))
-        threshold = (None if d["threshold"] is None or math.isnan(d["threshold"][i])
-                     else float(d["threshold"][i]))
-        out.append(Explanation(int(d["unit"][i]), _parse(_str(d["formula"][i])),
-                               float(d["iou"][i]), float(d["score"][i]),
-                               _parse(_str(d["primitive"][i])), float(d["primitive_iou"][i]),
-                               beam, threshold, by_length))
+            d[n] = None if ds is None else _h5.read_array(ds, path, n)
+        stored = _h5.get(h5, "params", path, h5py.Dataset, required=False)
+        if stored is not None:
+            params_text = bytes(np.asarray(_h5.read_array(stored, path, "params"), np.uint8)
+                                .reshape(-1)).decode("utf-8")
+        else:   # files written before the parameters moved into a dataset
+            params_text = _str(h5.attrs.get("params", "{}"))
+        n_units = (_h5.attr_int(h5, "n_units", path, minimum=0) if "n_units" in h5.attrs
+                   else len(d["unit"]))
+    n = len(d["unit"])
+    for name, values in d.items():
+        if values is not None and (np.ndim(values) == 0 or len(values) != n_units):
+            raise ValueError(f"'{path}' is incomplete or corrupt: dataset '{name}' has "
+                             f"{np.shape(values)[:1] or 'no'} rows, expected {n_units} (one per "
+                             f"unit)")
+    try:
+        params = json.loads(params_text)
+        if not isinstance(params, dict):
+            raise ValueError("the parameters are not a JSON object")
+        out = []
+        for i in range(n):
+            beam = tuple((Formula.parse(_str(t)), float(s))
+                         for t, s in zip(d["beam_formula"][i], d["beam_score"][i])
+                         if _str(t) != "" and not math.isnan(s))
+            by_length = () if d["by_length_iou"] is None else tuple(
+                (_parse(_str(t)), float(v)) for t, v in zip(d["by_length_formula"][i],
+                                                           d["by_length_iou"][i])
+                if not math.isnan(v))
+            threshold = (None if d["threshold"] is None or math.isnan(d["threshold"][i])
+                         else float(d["threshold"][i]))
+            out.append(_explanation(d["unit"][i], _str(d["formula"][i]), d["iou"][i],
+                                    d["score"][i], _str(d["primitive"][i]), d["primitive_iou"][i],
+                                    beam, threshold, by_length))
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise ValueError(f"'{path}' is not a readable results file: {e}; it may be "
+                         f"corrupt") from None
     return out, params
