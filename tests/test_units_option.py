@@ -117,7 +117,7 @@ def test_selection_behaves_like_the_list_it_names():
 def test_units_beyond_the_activations_are_a_message(files, tmp_path, capsys):
     with memory_limit():
         assert search(files, tmp_path, "0-3,99") == 2
-    assert "unit index 99 out of range: acts has 6 units" in capsys.readouterr().err
+    assert "--units 0-3,99 names unit 99, but the activations have 6 units" in capsys.readouterr().err
 
 
 def test_units_in_range_still_search(files, tmp_path):

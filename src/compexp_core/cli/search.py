@@ -31,10 +31,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     concepts = load_concepts(args.concepts)
     acts = open_activations(args.acts)
+    # Ranges are checked against the unit count before any index array is built.
+    units = None if args.units is None else args.units.resolve(acts.shape[1])
     print(f"concepts: {concepts}")
     print(f"activations: {args.acts} {tuple(acts.shape)} {acts.dtype}")
     result = search_formulas(acts, concepts, quantile=args.quantile, threshold=args.threshold,
-                             units=args.units, progress=not args.no_progress,
+                             units=units, progress=not args.no_progress,
                              **search_kwargs(args))
     elapsed = time.perf_counter() - t0
     # Where the inputs were, so that `compexp report` finds them by default.
