@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import compexp_core as cx
 from compexp_core import ConceptSet, _core
+from compexp_core.engine import backends
 from compexp_core.engine.backends import resolve_device
 from compexp_core.engine.concepts import dense_to_masks, empty_masks
 
@@ -250,5 +251,5 @@ def test_gpu_search_equals_cpu(params):
     assert gpu_res.params["device"] == "cuda"
     _same_results(gpu_res, cpu)
     # "auto" takes the GPU only once the GPU path is validated (backend.AUTO_USES_GPU).
-    expected_auto = "cuda" if cx.backend.AUTO_USES_GPU else "cpu"
+    expected_auto = "cuda" if backends.AUTO_USES_GPU else "cpu"
     assert cx.search_formulas(acts, cs, device="auto", **params).params["device"] == expected_auto
