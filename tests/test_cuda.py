@@ -145,6 +145,19 @@ def test_gpu_many_concepts_use_global_accumulators():
 
 @pytest.mark.gpu
 @requires_gpu
+def test_gpu_index_without_stored_blocks():
+    # Every concept empty: the index stores no block, so its concept-major view is empty. It
+    # was refused on upload ("the index needs its concept-major view": the empty arrays'
+    # pointers were taken for missing ones).
+    cs = ConceptSet.from_dense(np.zeros((3, 2, 4, 5), bool))
+    assert cs.n_stored_blocks == (0, 0)
+    rng = np.random.default_rng(8)
+    check_all_kernels(cs, rng, n_units=2, n_formulas=3)
+    assert cs.device_index().n_concepts == 2
+
+
+@pytest.mark.gpu
+@requires_gpu
 def test_gpu_empty_inputs():
     rng = np.random.default_rng(3)
     cs = ConceptSet.from_dense(random_concepts(rng, 5, 4, 3, 3))

@@ -92,8 +92,9 @@ DeviceArray<T> upload_array(const T* host, size_t n, cudaStream_t s) {
 
 DeviceIndex::DeviceIndex(const ConceptIndexView& ix, int device)
     : device_(device), n_cells_(ix.n_cells), n_blocks_(ix.n_blocks), n_concepts_(ix.n_concepts) {
-  COMPEXP_CHECK(ix.concept_ptr && ix.concept_block && ix.concept_entry,
-                "the index needs its concept-major view");
+  // concept_block / concept_entry are empty (their pointers may be null) when no concept has
+  // a stored block: only concept_ptr tells whether the view was built.
+  COMPEXP_CHECK(ix.concept_ptr, "the index needs its concept-major view");
   const int n = device_count();
   if (n == 0) throw std::runtime_error("no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)");
   if (device < 0 || device >= n)
