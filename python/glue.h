@@ -55,8 +55,11 @@ struct PyMaskSet {
     const int64_t* b = block.data();
     const int64_t n = ptr.shape(0) - 1;
     require(p[0] == 0 && p[n] == block.shape(0), std::string(what) + ": ptr does not span block");
-    for (int64_t m = 0; m < n; ++m) {
+    // All of ptr first: a pointer past the end followed by a smaller one must not send the
+    // block loop below past the end of the arrays.
+    for (int64_t m = 0; m < n; ++m)
       require(p[m] <= p[m + 1], std::string(what) + ": ptr is not non-decreasing");
+    for (int64_t m = 0; m < n; ++m) {
       for (int64_t q = p[m]; q < p[m + 1]; ++q) {
         require(b[q] >= 0 && b[q] < n_blocks, std::string(what) + ": block id out of range");
         require(q == p[m] || b[q - 1] < b[q], std::string(what) + ": block ids not increasing");

@@ -157,6 +157,10 @@ def test_kernels_reject_malformed_mask_sets():
         cs.extension_counts((ptr, block, words), [3], (ptr, block, words))
     with pytest.raises(ValueError, match="simd"):
         cs.primitive_counts((ptr, block, words), simd="sse9")
+    # A pointer past the end followed by a smaller one: refused before any block is read
+    # (the block loop used to walk ptr[0]..ptr[1] past the end of block).
+    with pytest.raises(ValueError, match="ptr is not non-decreasing"):
+        cs.primitive_counts((np.array([0, 2, 1]), block, words))
 
 
 def test_simd_paths_agree_at_scale(device):
