@@ -106,13 +106,13 @@ def section_kernel(args, d: Path) -> None:
     bw = gpu.copy_bandwidth(1 << 30, args.repeats)
     ms = np.array(gpu.time_extension_counts(formulas, unit_of, umasks, args.repeats))
     # Equality and the CPU side on the same inputs.
-    f_gpu, g_gpu = cs.extension_counts(formulas, unit_of, umasks, device="cuda")
+    f_gpu, g_gpu, work_gpu = cs.extension_counts(formulas, unit_of, umasks, device="cuda")
     cpu_times = []
     for _ in range(args.cpu_repeats):
         t = time.perf_counter()
-        f_cpu, g_cpu = cs.extension_counts(formulas, unit_of, umasks, device="cpu")
+        f_cpu, g_cpu, work_cpu = cs.extension_counts(formulas, unit_of, umasks, device="cpu")
         cpu_times.append(time.perf_counter() - t)
-    same = bool((f_gpu == f_cpu).all() and (g_gpu == g_cpu).all())
+    same = bool((f_gpu == f_cpu).all() and (g_gpu == g_cpu).all() and work_gpu == work_cpu)
     t_gpu = float(np.median(ms)) * 1e-3
     t_cpu = float(np.median(cpu_times))
     kbw = touched / t_gpu

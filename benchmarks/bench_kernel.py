@@ -54,7 +54,7 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         if ref is None:
             ref = out
-        assert all((a == b).all() for a, b in zip(out, ref)), simd
+        assert all((a == b).all() for a, b in zip(out[:2], ref[:2])) and out[2] == ref[2], simd
         t = float(np.median(times))
         print(f"| {simd} | {1000 * t:.1f} | {nbytes / t / 1e9:.2f} | {100 * nbytes / t / bw:.0f}% |")
 

@@ -90,6 +90,13 @@ def assert_same_masks(got, expected):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
 
+def expected_work(cs, formulas):
+    """(formula blocks, partial entries, full entries) under the formulas' stored blocks."""
+    blocks = formulas[1]
+    return (int(blocks.size), int(np.diff(cs.arrays.block_ptr)[blocks].sum()),
+            int(np.diff(cs.arrays.full_ptr)[blocks].sum()))
+
+
 def check_all_kernels(cs, rng, n_units=5, n_formulas=9):
     P = cs.n_cells
     units = random_masks(rng, n_units, P)
@@ -98,11 +105,13 @@ def check_all_kernels(cs, rng, n_units=5, n_formulas=9):
     unit_of = np.sort(rng.integers(0, n_units, n_formulas))
     unit_of[-1] = 0
     np.testing.assert_array_equal(cs.primitive_counts(units, device="cuda"), cs.primitive_counts(units))
-    f_gpu, g_gpu = cs.extension_counts(formulas, unit_of, units, device="cuda")
-    f_cpu, g_cpu = cs.extension_counts(formulas, unit_of, units)
+    f_gpu, g_gpu, work_gpu = cs.extension_counts(formulas, unit_of, units, device="cuda")
+    f_cpu, g_cpu, work_cpu = cs.extension_counts(formulas, unit_of, units)
     assert f_gpu.dtype == np.int64 and g_gpu.dtype == np.int64
     np.testing.assert_array_equal(f_gpu, f_cpu)
     np.testing.assert_array_equal(g_gpu, g_cpu)
+    assert work_gpu == work_cpu == expected_work(cs, formulas)
+    assert all(type(x) is int for x in work_gpu)
     n_out = 3 * len(ALL_OPS)
     op = np.repeat(np.array(ALL_OPS, np.int32), 3)
     src = rng.integers(0, n_formulas, n_out)
@@ -145,6 +154,22 @@ def test_gpu_many_concepts_use_global_accumulators():
 
 @pytest.mark.gpu
 @requires_gpu
+@pytest.mark.parametrize("n_concepts", [6144, 6145, 29056, 29057])
+def test_gpu_concept_counts_around_the_shared_memory_limits(n_concepts):
+    # The counts kernel keeps one 8-byte accumulator per concept in shared memory: up to 48 KiB
+    # (K <= 6144) without asking, beyond that only after raising the kernel's opt-in limit
+    # (cudaFuncSetAttribute), up to the device's opt-in maximum (227 KiB = 29,056 concepts on
+    # H100/H200 and under cudaemu); past it the kernel adds to global memory directly.
+    rng = np.random.default_rng(n_concepts)
+    dense = rng.random((2, n_concepts, 4, 4)) < 0.05
+    dense[:, -1] = True             # the last concept: full blocks at the top of the range
+    dense[0, -2] = True
+    cs = ConceptSet.from_dense(dense)
+    check_all_kernels(cs, rng, n_units=2, n_formulas=3)
+
+
+@pytest.mark.gpu
+@requires_gpu
 def test_gpu_index_without_stored_blocks():
     # Every concept empty: the index stores no block, so its concept-major view is empty. It
     # was refused on upload ("the index needs its concept-major view": the empty arrays'
@@ -163,8 +188,8 @@ def test_gpu_empty_inputs():
     cs = ConceptSet.from_dense(random_concepts(rng, 5, 4, 3, 3))
     none = empty_masks(0)
     assert cs.primitive_counts(none, device="cuda").shape == (0, 4)
-    f, g = cs.extension_counts(none, np.zeros(0, np.int64), empty_masks(2), device="cuda")
-    assert f.shape == g.shape == (0, 4)
+    f, g, work = cs.extension_counts(none, np.zeros(0, np.int64), empty_masks(2), device="cuda")
+    assert f.shape == g.shape == (0, 4) and work == (0, 0, 0)
     blank = empty_masks(3)                       # masks without any block
     np.testing.assert_array_equal(cs.primitive_counts(blank, device="cuda"), np.zeros((3, 4), np.int64))
     out = cs.materialize(blank, [0, 1, 2], [_core.OP_AND, _core.OP_COPY, _core.OP_OR_NOT], [0, 0, 1],
@@ -221,20 +246,34 @@ def test_gpu_device_masks_handles():
     formulas = random_masks(rng, 4, cs.n_cells)
     gpu = cs.device_index()
     du, df = gpu.upload(units), gpu.upload(formulas)
-    assert du.n_masks == 3 and len(df) == 3
+    assert (du.n_masks, df.n_masks) == (3, 4)
+    assert (df.nnz, df.device) == (formulas[1].size, gpu.device)
+    assert df.nbytes == 8 * (5 + formulas[1].size) + formulas[2].nbytes
+    # A handle is not a tuple: nothing copies device data back implicitly, only download().
+    with pytest.raises(TypeError):
+        len(df)
+    with pytest.raises(TypeError):
+        df[1]
     assert_same_masks(gpu.download(df), formulas)
-    assert_same_masks(tuple(df[i] for i in range(3)), formulas)
     unit_of = np.array([0, 0, 1, 2])
     np.testing.assert_array_equal(cs.primitive_counts(du, device="cuda"), cs.primitive_counts(units))
-    for a, b in zip(cs.extension_counts(df, unit_of, du, device="cuda"),
-                    cs.extension_counts(formulas, unit_of, units)):
-        np.testing.assert_array_equal(a, b)
+    f, g, work = cs.extension_counts(df, unit_of, du, device="cuda")
+    f_cpu, g_cpu, work_cpu = cs.extension_counts(formulas, unit_of, units)
+    np.testing.assert_array_equal(f, f_cpu)
+    np.testing.assert_array_equal(g, g_cpu)
+    assert work == work_cpu == expected_work(cs, formulas)
     src, op, con = [0, 1, 2, 3], [_core.OP_OR, _core.OP_COPY, _core.OP_AND_NOT, _core.OP_OR_NOT], [1, 0, 2, 3]
     kept = cs.materialize(df, src, op, con, device="cuda", keep_on_device=True)
     assert_same_masks(gpu.download(kept), cs.materialize(formulas, src, op, con))
     other = ConceptSet.from_dense(random_concepts(rng, 2, 2, 2, 2)).device_index()
     with pytest.raises(ValueError, match="another concept index"):
         other.primitive_counts(du)
+    # Another index of the same shape (same block count) is another index too.
+    twin = ConceptSet.from_dense(random_concepts(rng, 20, 5, 7, 9)).device_index()
+    with pytest.raises(ValueError, match="another concept index"):
+        twin.primitive_counts(du)
+    with pytest.raises(ValueError, match="another concept index"):
+        twin.download(df)
 
 
 def _same_results(a, b):

@@ -50,9 +50,18 @@ def test_counts_match_numpy(shape, seed, device):
         prim = cs.primitive_counts(um, simd, device=device)
         assert prim.dtype == np.int64
         np.testing.assert_array_equal(prim, (U[:, None] & D[None]).sum(2))
-        f, g = cs.extension_counts(fm, unit_of, um, simd, device=device)
+        f, g, work = cs.extension_counts(fm, unit_of, um, simd, device=device)
         np.testing.assert_array_equal(f, (F[:, None] & D[None]).sum(2))
         np.testing.assert_array_equal(g, (F[:, None] & D[None] & U[unit_of][:, None]).sum(2))
+        assert work == expected_work(cs, fm)
+
+
+def expected_work(cs, formulas):
+    """(formula blocks, partial entries, full entries) the extension kernel walks: per stored
+    block b of each formula, 1, the partial and the full concept blocks stored in b."""
+    blocks = formulas[1]
+    return (int(blocks.size), int(np.diff(cs.arrays.block_ptr)[blocks].sum()),
+            int(np.diff(cs.arrays.full_ptr)[blocks].sum()))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -163,6 +172,38 @@ def test_kernels_reject_malformed_mask_sets():
         cs.primitive_counts((np.array([0, 2, 1]), block, words))
 
 
+def _index(n_cells, entry_concept, entry_words, full_concept, blocks_of_entries=None):
+    """A one- or two-block concept set from raw block-major arrays (all in block 0 unless
+    blocks_of_entries says otherwise)."""
+    n_blocks = -(-n_cells // _core.BLOCK_CELLS)
+    be = np.zeros(len(entry_concept), np.int64) if blocks_of_entries is None else np.array(blocks_of_entries)
+    block_ptr = np.concatenate([[0], np.cumsum(np.bincount(be, minlength=n_blocks))])
+    full_ptr = np.zeros(n_blocks + 1, np.int64)
+    full_ptr[1:] = len(full_concept)
+    return ConceptSet(1, (1, n_cells), ["a", "b"], block_ptr, np.array(entry_concept, np.int32),
+                      np.array(entry_words, np.uint64).reshape(-1, 8), full_ptr,
+                      np.array(full_concept, np.int32))
+
+
+def test_concept_index_rejects_malformed_arrays():
+    one = [1] + [0] * 7
+    assert _index(512, [0, 1], [one, one], []).sizes.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="partial concepts of a block must be strictly increasing"):
+        _index(512, [1, 0], [one, one], [])
+    with pytest.raises(ValueError, match="partial concepts of a block must be strictly increasing"):
+        _index(512, [0, 0], [one, one], [])
+    with pytest.raises(ValueError, match="full concepts of a block must be strictly increasing"):
+        _index(512, [], [], [1, 1])
+    with pytest.raises(ValueError, match="both partial and full"):
+        _index(512, [1], [one], [0, 1])
+    # Cells past P (the padding of the last block) are never set.
+    with pytest.raises(ValueError, match="full concept block lies past the last cell"):
+        _index(100, [], [], [0])
+    with pytest.raises(ValueError, match="bits past the last cell"):
+        _index(100, [0], [[0, 1 << 36] + [0] * 6], [])
+    assert _index(100, [0], [[0, 1 << 35] + [0] * 6], []).sizes.tolist() == [1, 0]
+
+
 def test_simd_paths_agree_at_scale(device):
     # Many entries per block, so the SIMD loops run long; the scalar path is the oracle.
     rng = np.random.default_rng(6)
@@ -170,12 +211,14 @@ def test_simd_paths_agree_at_scale(device):
     cs = ConceptSet.from_label_maps(maps, np.arange(-1, 59), names=[f"c{i}" for i in range(59)])
     U = dense_to_masks(rng.random((8, cs.n_cells)) < 0.3)
     ref = cs.primitive_counts(U, "scalar")
-    f0, g0 = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, "scalar")
+    f0, g0, w0 = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, "scalar")
+    assert w0 == expected_work(cs, U) and all(type(x) is int for x in w0)
     for simd in SIMDS:
         np.testing.assert_array_equal(cs.primitive_counts(U, simd, device=device), ref)
-        f, g = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd, device=device)
+        f, g, w = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd, device=device)
         np.testing.assert_array_equal(f, f0)
         np.testing.assert_array_equal(g, g0)
+        assert w == w0
 
 
 def test_wide_unsigned_labels_do_not_wrap():

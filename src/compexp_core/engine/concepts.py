@@ -305,7 +305,9 @@ class ConceptSet:
 
     def extension_counts(self, formulas, unit_of: np.ndarray, units, simd: str = "auto",
                          device: str = "cpu"):
-        """(f, g) int64 [n_formulas, K]: |F_i AND C_j| and |U AND F_i AND C_j|."""
+        """(f, g, work): f and g int64 [n_formulas, K], |F_i AND C_j| and |U AND F_i AND C_j|;
+        work the ints (formula blocks, partial concept entries read, full concept entries
+        counted) summed over the formulas' stored blocks."""
         unit_of = np.ascontiguousarray(unit_of, np.int64)
         gpu = self._kernels(device)
         if gpu is not None:
@@ -317,8 +319,8 @@ class ConceptSet:
         """Masks op[i](F_src[i], C_concept[i]) as a block-sparse mask set.
 
         On the GPU, ``keep_on_device=True`` returns a ``compexp_core._cuda.DeviceMasks`` handle
-        that stays there (the GPU kernels take it wherever they take a mask set; it reads like
-        the (ptr, block, words) tuple, copying from the GPU when indexed).
+        that stays there (the GPU kernels take it wherever they take a mask set;
+        ``device_index().download(handle)`` copies it back as the (ptr, block, words) tuple).
         """
         args = (formulas, np.ascontiguousarray(src, np.int64), np.ascontiguousarray(op, np.int32),
                 np.ascontiguousarray(concept, np.int32))

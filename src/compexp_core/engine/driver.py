@@ -424,12 +424,11 @@ def _search_batch(cs: ConceptSet, umasks, unit_ids: np.ndarray, p: _Params,
         if unit_of.size == 0:
             break
         t = time.perf_counter()
-        f_all, g_all = cs.extension_counts(formulas, unit_of, umasks, device=device)
+        f_all, g_all, work = cs.extension_counts(formulas, unit_of, umasks, device=device)
         stats.seconds["extension_counts"] += time.perf_counter() - t
-        blocks = formulas[1]        # (copied from the GPU when the formulas live there)
-        stats.extension_formula_blocks += int(blocks.size)
-        stats.extension_entries += int(cs.block_entry_counts[blocks].sum())
-        stats.extension_full += int(cs.block_full_counts[blocks].sum())
+        stats.extension_formula_blocks += work[0]   # counted by the kernel (on the GPU there)
+        stats.extension_entries += work[1]
+        stats.extension_full += work[2]
         born = []         # new beam members: (entry, parent row, op, concept)
         offset = 0
         for k in range(n):
