@@ -170,6 +170,22 @@ def test_gpu_concept_counts_around_the_shared_memory_limits(n_concepts):
 
 @pytest.mark.gpu
 @requires_gpu
+def test_gpu_materialize_many_outputs():
+    # More outputs than one 256-thread block of the output-pointer kernel, and many slots per
+    # output (several grid blocks in the flag and write passes), every operator interleaved.
+    rng = np.random.default_rng(9)
+    cs = ConceptSet.from_dense(random_concepts(rng, 12, 7, 8, 9))
+    formulas = random_masks(rng, 6, cs.n_cells)
+    n_out = 700
+    op = rng.choice(np.array(ALL_OPS, np.int32), n_out)
+    src = rng.integers(0, 6, n_out)
+    concept = rng.integers(0, cs.n_concepts, n_out).astype(np.int32)
+    assert_same_masks(cs.materialize(formulas, src, op, concept, device="cuda"),
+                      cs.materialize(formulas, src, op, concept))
+
+
+@pytest.mark.gpu
+@requires_gpu
 def test_gpu_index_without_stored_blocks():
     # Every concept empty: the index stores no block, so its concept-major view is empty. It
     # was refused on upload ("the index needs its concept-major view": the empty arrays'
