@@ -41,6 +41,10 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
+            # The build folder may be reused: a test-only option left ON in its cache must not
+            # reach a later plain install (CMAKE_ARGS below still override these).
+            "-DCOMPEXP_CUDA_EMULATOR=OFF",
+            "-DCOMPEXP_CUDA_EMULATOR_SANITIZE=OFF",
         ]
         if shutil.which("ninja") and "CMAKE_GENERATOR" not in os.environ:
             args += ["-G", "Ninja"]

@@ -1,5 +1,5 @@
-// pybind11 glue for the CPU backend: argument checks, array conversion, GIL release.
-// No algorithm lives here; see csrc/.
+// pybind11 glue for the CPU backend (module compexp_core._core): array conversion, Python-level
+// shape checks, GIL release. No algorithm and no structural check lives here; see csrc/.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,9 +8,11 @@
 #include <string>
 #include <vector>
 
-#include "compexp.h"
-#include "glue.h"
+#include "cpu/cpu_backend.h"
 #include "cpu/parallel.h"
+#include "glue.h"
+#include "index.h"
+#include "layout.h"
 
 namespace py = pybind11;
 using namespace compexp;
@@ -26,15 +28,15 @@ Simd parse_simd(const std::string& s) {
   throw py::value_error("simd must be 'auto', 'scalar', 'popcnt' or 'avx512', got '" + s + "'");
 }
 
-// The concept index: owns (references to) the block-major arrays and its concept-major view.
+// The concept index (csrc/index.h) and the CPU operations on it.
 class PyConceptIndex {
  public:
   PyConceptIndex(int64_t n_cells, int32_t n_concepts, Arr<int64_t> block_ptr,
                  Arr<int32_t> entry_concept, Arr<uint64_t> entry_words, Arr<int64_t> full_ptr,
                  Arr<int32_t> full_concept)
-      : arrays_(n_cells, n_concepts, block_ptr, entry_concept, entry_words, full_ptr,
-                full_concept),
-        view_(arrays_.view) {}
+      : index_(concept_index_from_python(n_cells, n_concepts, block_ptr, entry_concept,
+                                         entry_words, full_ptr, full_concept)),
+        view_(index_.view()) {}
 
   py::array_t<int64_t> primitive_counts(const py::tuple& units, const std::string& simd, int n_threads) {
     PyMaskSet u(units, view_.n_blocks, "units");
@@ -60,11 +62,12 @@ class PyConceptIndex {
     py::array_t<int64_t> f(shape), g(shape);
     int64_t* fo = f.mutable_data();
     int64_t* go = g.mutable_data();
+    ExtensionWork work;
     {
       py::gil_scoped_release nogil;
-      cpu::extension_counts(view_, fm.view, unit_of.data(), u.view, fo, go, s, n_threads);
+      work = cpu::extension_counts(view_, fm.view, unit_of.data(), u.view, fo, go, s, n_threads);
     }
-    return py::make_tuple(f, g);
+    return py::make_tuple(f, g, py::make_tuple(work.formula_blocks, work.partial_entries, work.full_entries));
   }
 
   py::tuple materialize(const py::tuple& formulas, Arr<int64_t> src, Arr<int32_t> op,
@@ -92,7 +95,7 @@ class PyConceptIndex {
   int32_t n_concepts() const { return view_.n_concepts; }
 
  private:
-  PyIndexArrays arrays_;
+  ConceptIndex index_;
   const ConceptIndexView& view_;
 };
 

@@ -1,6 +1,7 @@
-// pybind11 glue for the CUDA backend (module compexp_core._cuda): argument checks, array
-// conversion, GIL release. Same argument and return conventions as the CPU ConceptIndex in
-// bindings.cpp; no algorithm lives here (see csrc/cuda/).
+// pybind11 glue for the CUDA backend (module compexp_core._cuda): array conversion, Python-level
+// shape checks, GIL release. Same argument and return conventions as the CPU ConceptIndex in
+// bindings.cpp; no algorithm and no structural check lives here (see csrc/cuda/, csrc/).
+// Device data never comes back to the host implicitly: only download() copies masks back.
 //
 // CUDA failures are std::runtime_error carrying the CUDA error text (Python RuntimeError);
 // bad arguments are ValueError, as on the CPU.
@@ -8,13 +9,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "compexp.h"
-#include "glue.h"
 #include "cuda/cuda_backend.h"
+#include "glue.h"
+#include "index.h"
+#include "layout.h"
 
 namespace py = pybind11;
 using namespace compexp;
@@ -22,36 +25,38 @@ using namespace compexp::pyglue;
 
 namespace {
 
-// A mask set on the GPU (from DeviceConceptIndex.upload or materialize(on_device=True)).
-// Reads like the (ptr, block, words) tuple: ptr is kept on the host, block and words are
-// downloaded when asked for.
+// A mask set on the GPU (from DeviceConceptIndex.upload or materialize(on_device=True)): an
+// opaque handle with its sizes; DeviceConceptIndex.download copies it back.
 struct PyDeviceMasks {
   std::shared_ptr<const cuda::DeviceMaskSet> masks;
-  int64_t n_blocks = 0;  // of the index that made it: its block ids are below this
-  int device = 0;        // the GPU holding it
+  uint64_t index_id = 0;  // the DeviceConceptIndex that made it (its block ids fit that index)
+  int device = 0;         // the GPU holding it
 };
+
+// Identities of DeviceConceptIndex objects (never reused, unlike addresses).
+std::atomic<uint64_t> next_index_id{1};
 
 // The concept index on a GPU: uploaded once at construction, then counts and materialisation.
 class PyDeviceIndex {
  public:
   PyDeviceIndex(int64_t n_cells, int32_t n_concepts, Arr<int64_t> block_ptr, Arr<int32_t> entry_concept,
                 Arr<uint64_t> entry_words, Arr<int64_t> full_ptr, Arr<int32_t> full_concept, int device) {
-    // The concept-major view is built on the host by the CPU code (the same arrays the CPU
-    // materialisation walks) and uploaded with the rest.
-    const PyIndexArrays arrays(n_cells, n_concepts, block_ptr, entry_concept, entry_words,
-                               full_ptr, full_concept);
-    const ConceptIndexView& v = arrays.view;
+    // The index is checked and its concept-major view built on the host (csrc/index.h), then
+    // uploaded; the host copy is dropped (with the GIL held) when the constructor returns.
+    const ConceptIndex host = concept_index_from_python(n_cells, n_concepts, block_ptr, entry_concept,
+                                                        entry_words, full_ptr, full_concept);
     py::gil_scoped_release nogil;
-    index_ = std::make_unique<cuda::DeviceIndex>(v, device);
+    index_ = std::make_unique<cuda::DeviceIndex>(host, device);
   }
+
+  bool owns(const PyDeviceMasks& h) const { return h.index_id == id_ && h.device == index_->device(); }
 
   // A mask-set argument: a DeviceMasks handle made by this index (used in place), or a
   // (ptr, block, words) tuple, checked and uploaded now.
   std::shared_ptr<const cuda::DeviceMaskSet> device_masks(const py::object& obj, const char* what) {
     if (py::isinstance<PyDeviceMasks>(obj)) {
       const PyDeviceMasks& h = obj.cast<const PyDeviceMasks&>();
-      require(h.n_blocks == index_->n_blocks() && h.device == index_->device(),
-              std::string(what) + ": device masks of another concept index or GPU");
+      require(owns(h), std::string(what) + ": device masks of another concept index or GPU");
       return h.masks;
     }
     require(py::isinstance<py::tuple>(obj), std::string(what) + " must be a (ptr, block, words) tuple or DeviceMasks");
@@ -60,21 +65,18 @@ class PyDeviceIndex {
     return std::make_shared<const cuda::DeviceMaskSet>(index_->upload(host.view));
   }
 
-  void check_unit_of(const Arr<int64_t>& unit_of, int64_t n_formulas, int64_t n_units) {
+  static void check_unit_of_shape(const Arr<int64_t>& unit_of, int64_t n_formulas) {
     require(unit_of.ndim() == 1 && unit_of.shape(0) == n_formulas, "unit_of must have one entry per formula");
-    for (int64_t i = 0; i < n_formulas; ++i)
-      require(unit_of.data()[i] >= 0 && unit_of.data()[i] < n_units, "unit_of index out of range");
   }
 
   PyDeviceMasks handle(std::shared_ptr<const cuda::DeviceMaskSet> m) const {
-    return PyDeviceMasks{std::move(m), index_->n_blocks(), index_->device()};
+    return PyDeviceMasks{std::move(m), id_, index_->device()};
   }
 
   PyDeviceMasks upload(const py::tuple& masks) { return handle(device_masks(masks, "masks")); }
 
   py::tuple download(const PyDeviceMasks& masks) {
-    require(masks.n_blocks == index_->n_blocks() && masks.device == index_->device(),
-            "masks: device masks of another concept index or GPU");
+    require(owns(masks), "masks: device masks of another concept index or GPU");
     MaskSet out;
     {
       py::gil_scoped_release nogil;
@@ -97,16 +99,17 @@ class PyDeviceIndex {
   py::tuple extension_counts(const py::object& formulas, Arr<int64_t> unit_of, const py::object& units) {
     auto df = device_masks(formulas, "formulas");
     auto du = device_masks(units, "units");
-    check_unit_of(unit_of, df->n_masks, du->n_masks);
+    check_unit_of_shape(unit_of, df->n_masks);
     const std::vector<py::ssize_t> shape{df->n_masks, index_->n_concepts()};
     py::array_t<int64_t> f(shape), g(shape);
     int64_t* fo = f.mutable_data();
     int64_t* go = g.mutable_data();
+    ExtensionWork work;
     {
       py::gil_scoped_release nogil;
-      index_->extension_counts(*df, unit_of.data(), *du, fo, go);
+      work = index_->extension_counts(*df, unit_of.data(), *du, fo, go);
     }
-    return py::make_tuple(f, g);
+    return py::make_tuple(f, g, py::make_tuple(work.formula_blocks, work.partial_entries, work.full_entries));
   }
 
   // Host arrays like the CPU's, or (on_device) a DeviceMasks handle that stays on the GPU.
@@ -132,7 +135,7 @@ class PyDeviceIndex {
                                            int repeats) {
     auto df = device_masks(formulas, "formulas");
     auto du = device_masks(units, "units");
-    check_unit_of(unit_of, df->n_masks, du->n_masks);
+    check_unit_of_shape(unit_of, df->n_masks);
     py::gil_scoped_release nogil;
     return index_->time_extension_counts(*df, unit_of.data(), *du, repeats);
   }
@@ -151,6 +154,7 @@ class PyDeviceIndex {
 
  private:
   std::unique_ptr<cuda::DeviceIndex> index_;
+  const uint64_t id_ = next_index_id++;
 };
 
 }  // namespace
@@ -165,34 +169,18 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_description", [](int device) { return cuda::device_description(device); },
         py::arg("device") = 0, "Name, compute capability and memory of a CUDA device.");
 
-  py::class_<PyDeviceMasks>(m, "DeviceMasks")
-      .def_property_readonly("n_masks", [](const PyDeviceMasks& h) { return h.masks->n_masks; })
+  py::class_<PyDeviceMasks>(m, "DeviceMasks",
+                            "A mask set held on the GPU (not a tuple: DeviceConceptIndex.download "
+                            "copies it back).")
+      .def_property_readonly("n_masks", [](const PyDeviceMasks& h) { return h.masks->n_masks; },
+                             "Number of masks.")
+      .def_property_readonly("nnz", [](const PyDeviceMasks& h) { return h.masks->nnz(); },
+                             "Stored blocks over all masks.")
       .def_property_readonly("nbytes", [](const PyDeviceMasks& h) {
         return h.masks->ptr.bytes() + h.masks->block.bytes() + h.masks->words.bytes();
-      })
-      .def("__len__", [](const PyDeviceMasks&) { return 3; })
-      .def("__getitem__", [](const PyDeviceMasks& h, int i) -> py::object {
-        // As the tuple: 0 ptr, 1 block, 2 words (block and words are copied from the GPU).
-        if (i < 0) i += 3;
-        if (i == 0) {
-          std::vector<int64_t> ptr = h.masks->host_ptr;
-          const py::ssize_t n = static_cast<py::ssize_t>(ptr.size());
-          return to_numpy(std::move(ptr), {n});
-        }
-        if (i != 1 && i != 2) throw py::index_error("DeviceMasks has 3 items: ptr, block, words");
-        const int64_t nnz = h.masks->nnz();
-        const size_t count = static_cast<size_t>(nnz) * (i == 1 ? 1 : kBlockWords);
-        std::vector<uint64_t> buf(count);
-        {
-          py::gil_scoped_release nogil;
-          const void* src = i == 1 ? static_cast<const void*>(h.masks->block.data())
-                                   : static_cast<const void*>(h.masks->words.data());
-          if (count) COMPEXP_CUDA_CHECK(cudaMemcpy(buf.data(), src, count * sizeof(uint64_t), cudaMemcpyDeviceToHost));
-        }
-        if (i == 2) return to_numpy(std::move(buf), {static_cast<py::ssize_t>(nnz), kBlockWords});
-        std::vector<int64_t> block(buf.begin(), buf.end());
-        return to_numpy(std::move(block), {static_cast<py::ssize_t>(nnz)});
-      });
+      }, "Device memory held, in bytes.")
+      .def_property_readonly("device", [](const PyDeviceMasks& h) { return h.device; },
+                             "The CUDA device holding the masks.");
 
   py::class_<PyDeviceIndex>(m, "DeviceConceptIndex")
       .def(py::init<int64_t, int32_t, Arr<int64_t>, Arr<int32_t>, Arr<uint64_t>, Arr<int64_t>, Arr<int32_t>, int>(),
@@ -200,7 +188,8 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("entry_words"), py::arg("full_ptr"), py::arg("full_concept"), py::arg("device") = 0)
       .def("upload", &PyDeviceIndex::upload, py::arg("masks"),
            "Copy a (ptr, block, words) mask set to the GPU once; the kernels accept the handle.")
-      .def("download", &PyDeviceIndex::download, py::arg("masks"))
+      .def("download", &PyDeviceIndex::download, py::arg("masks"),
+           "Copy a DeviceMasks handle back to the host as a (ptr, block, words) tuple.")
       .def("primitive_counts", &PyDeviceIndex::primitive_counts, py::arg("units"))
       .def("extension_counts", &PyDeviceIndex::extension_counts, py::arg("formulas"), py::arg("unit_of"),
            py::arg("units"))

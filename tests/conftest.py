@@ -34,6 +34,14 @@ DEVICES = [
 ]
 
 
+def pytest_sessionstart(session):
+    # CI's runs on the CUDA emulator set COMPEXP_REQUIRE_GPU=1: a CUDA module that is missing
+    # or fails to load must fail the run, not skip every gpu test quietly.
+    if os.environ.get("COMPEXP_REQUIRE_GPU") == "1" and not compexp_core.cuda_available():
+        raise pytest.UsageError("COMPEXP_REQUIRE_GPU=1 but compexp_core.cuda_available() is False "
+                                f"(backend_info: {compexp_core.backend_info()})")
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     """The ``device=`` to pass on: "cpu", then "cuda" (gpu marker; skipped without a GPU)."""

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import compexp_core as cx
 from compexp_core import ConceptSet, _core
 from compexp_core.engine import backends
-from compexp_core.engine.backends import get_backend
+from compexp_core.engine.backends import ExtensionWork, get_backend
 from compexp_core.engine.masks import MaskSet
 
 requires_gpu = pytest.mark.skipif(not cx.cuda_available(), reason="needs a CUDA build and a GPU")
@@ -101,6 +101,13 @@ def assert_same_masks(got, expected):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
 
+def expected_work(cs, formulas):
+    """(formula blocks, partial entries, full entries) under the formulas' stored blocks."""
+    blocks = formulas.block
+    return ExtensionWork(int(blocks.size), int(np.diff(cs.arrays.block_ptr)[blocks].sum()),
+                         int(np.diff(cs.arrays.full_ptr)[blocks].sum()))
+
+
 def check_all_kernels(cs, rng, n_units=5, n_formulas=9):
     P = cs.n_cells
     units = random_masks(rng, n_units, P)
@@ -115,7 +122,9 @@ def check_all_kernels(cs, rng, n_units=5, n_formulas=9):
     assert f_gpu.dtype == np.int64 and g_gpu.dtype == np.int64
     np.testing.assert_array_equal(f_gpu, f_cpu)
     np.testing.assert_array_equal(g_gpu, g_cpu)
-    assert work_gpu == work_cpu
+    assert work_gpu == work_cpu == expected_work(cs, formulas)
+    assert all(type(x) is int for x in (work_gpu.formula_blocks, work_gpu.partial_entries,
+                                         work_gpu.full_entries))
     n_out = 3 * len(ALL_OPS)
     op = np.repeat(np.array(ALL_OPS, np.int32), 3)
     src = rng.integers(0, n_formulas, n_out)
@@ -154,6 +163,51 @@ def test_gpu_many_concepts_use_global_accumulators():
     rng = np.random.default_rng(2)
     cs = ConceptSet.from_dense(rng.random((3, 40000, 4, 4)) < 0.1)
     check_all_kernels(cs, rng, n_units=2, n_formulas=3)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("n_concepts", [6144, 6145, 29056, 29057])
+def test_gpu_concept_counts_around_the_shared_memory_limits(n_concepts):
+    # The counts kernel keeps one 8-byte accumulator per concept in shared memory: up to 48 KiB
+    # (K <= 6144) without asking, beyond that only after raising the kernel's opt-in limit
+    # (cudaFuncSetAttribute), up to the device's opt-in maximum (227 KiB = 29,056 concepts on
+    # H100/H200 and under cudaemu); past it the kernel adds to global memory directly.
+    rng = np.random.default_rng(n_concepts)
+    dense = rng.random((2, n_concepts, 4, 4)) < 0.05
+    dense[:, -1] = True             # the last concept: full blocks at the top of the range
+    dense[0, -2] = True
+    cs = ConceptSet.from_dense(dense)
+    check_all_kernels(cs, rng, n_units=2, n_formulas=3)
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_materialize_many_outputs():
+    # More outputs than one 256-thread block of the output-pointer kernel, and many slots per
+    # output (several grid blocks in the flag and write passes), every operator interleaved.
+    rng = np.random.default_rng(9)
+    cs = ConceptSet.from_dense(random_concepts(rng, 12, 7, 8, 9))
+    formulas = random_masks(rng, 6, cs.n_cells)
+    n_out = 700
+    op = rng.choice(np.array(ALL_OPS, np.int32), n_out)
+    src = rng.integers(0, 6, n_out)
+    concept = rng.integers(0, cs.n_concepts, n_out).astype(np.int32)
+    assert_same_masks(on("cuda", cs, "materialize", formulas, src, op, concept),
+                      on("cpu", cs, "materialize", formulas, src, op, concept))
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_index_without_stored_blocks():
+    # Every concept empty: the index stores no block, so its concept-major view is empty. It
+    # was refused on upload ("the index needs its concept-major view": the empty arrays'
+    # pointers were taken for missing ones).
+    cs = ConceptSet.from_dense(np.zeros((3, 2, 4, 5), bool))
+    assert cs.n_stored_blocks == (0, 0)
+    rng = np.random.default_rng(8)
+    check_all_kernels(cs, rng, n_units=2, n_formulas=3)
+    assert get_backend("cuda").prepare(cs).n_concepts == 2
 
 
 @pytest.mark.gpu
@@ -222,20 +276,34 @@ def test_gpu_device_masks_handles():
     gpu = be.prepare(cs)
     assert be.prepare(cs) is gpu                  # uploaded once per concept set
     du, df = gpu.upload(units.arrays()), gpu.upload(formulas.arrays())
-    assert du.n_masks == 3 and df.n_masks == 4 and df.nnz == formulas.nnz
-    assert not hasattr(df, "__getitem__")         # nothing copies back implicitly
+    assert (du.n_masks, df.n_masks) == (3, 4)
+    assert (df.nnz, df.device) == (formulas.nnz, gpu.device)
+    assert df.nbytes == 8 * (5 + formulas.nnz) + formulas.words.nbytes
+    # A handle is not a tuple: nothing copies device data back implicitly, only to_host().
+    with pytest.raises(TypeError):
+        len(df)
+    with pytest.raises(TypeError):
+        df[1]
     assert_same_masks(be.to_host(gpu, df), formulas)
     unit_of = np.array([0, 0, 1, 2])
     np.testing.assert_array_equal(be.primitive_counts(gpu, du), on("cpu", cs, "primitive_counts", units))
-    for a, b in zip(be.extension_counts(gpu, df, unit_of, du),
-                    on("cpu", cs, "extension_counts", formulas, unit_of, units)):
-        np.testing.assert_array_equal(a, b)
+    f, g, work = be.extension_counts(gpu, df, unit_of, du)
+    f_cpu, g_cpu, work_cpu = on("cpu", cs, "extension_counts", formulas, unit_of, units)
+    np.testing.assert_array_equal(f, f_cpu)
+    np.testing.assert_array_equal(g, g_cpu)
+    assert work == work_cpu == expected_work(cs, formulas)
     src, op, con = [0, 1, 2, 3], [_core.OP_OR, _core.OP_COPY, _core.OP_AND_NOT, _core.OP_OR_NOT], [1, 0, 2, 3]
     kept = be.materialize(gpu, df, src, op, con)
     assert_same_masks(be.to_host(gpu, kept), on("cpu", cs, "materialize", formulas, src, op, con))
     other = be.prepare(ConceptSet.from_dense(random_concepts(rng, 2, 2, 2, 2)))
     with pytest.raises(ValueError, match="another concept index"):
         be.primitive_counts(other, du)
+    # Another index of the same shape (same block count) is another index too.
+    twin = be.prepare(ConceptSet.from_dense(random_concepts(rng, 20, 5, 7, 9)))
+    with pytest.raises(ValueError, match="another concept index"):
+        be.primitive_counts(twin, du)
+    with pytest.raises(ValueError, match="another concept index"):
+        be.to_host(twin, df)
 
 
 def _same_results(a, b):

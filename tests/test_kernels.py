@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from compexp_core import ConceptSet, ConceptSetBuilder, _core
-from compexp_core.engine.backends import get_backend
+from compexp_core.engine.backends import ExtensionWork, get_backend
 from compexp_core.engine.masks import MaskSet
 from conftest import DEVICES, available_simd
 
@@ -54,9 +54,17 @@ def test_counts_match_numpy(shape, seed, device):
         assert prim.dtype == np.int64
         np.testing.assert_array_equal(prim, (U[:, None] & D[None]).sum(2))
         f, g, work = be.extension_counts(index, fm, unit_of, um)
-        assert work.formula_blocks == fm.nnz
         np.testing.assert_array_equal(f, (F[:, None] & D[None]).sum(2))
         np.testing.assert_array_equal(g, (F[:, None] & D[None] & U[unit_of][:, None]).sum(2))
+        assert work == expected_work(cs, fm)
+
+
+def expected_work(cs, formulas):
+    """(formula blocks, partial entries, full entries) the extension kernel walks: per stored
+    block b of each formula, 1, the partial and the full concept blocks stored in b."""
+    blocks = formulas.block
+    return ExtensionWork(int(blocks.size), int(np.diff(cs.arrays.block_ptr)[blocks].sum()),
+                         int(np.diff(cs.arrays.full_ptr)[blocks].sum()))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -168,6 +176,42 @@ def test_kernels_reject_malformed_mask_sets():
         cpu.extension_counts(index, m, [3], m)
     with pytest.raises(ValueError, match="simd"):
         get_backend("cpu", simd="sse9")
+    # A pointer past the end followed by a smaller one: refused before any block is read
+    # (the block loop used to walk ptr[0]..ptr[1] past the end of block).
+    with pytest.raises(ValueError, match="ptr is not non-decreasing"):
+        cpu.primitive_counts(index, MaskSet(np.array([0, 2, 1]), m.block, m.words))
+
+
+def _index(n_cells, entry_concept, entry_words, full_concept, blocks_of_entries=None):
+    """A one- or two-block concept set from raw block-major arrays (all in block 0 unless
+    blocks_of_entries says otherwise)."""
+    n_blocks = -(-n_cells // _core.BLOCK_CELLS)
+    be = np.zeros(len(entry_concept), np.int64) if blocks_of_entries is None else np.array(blocks_of_entries)
+    block_ptr = np.concatenate([[0], np.cumsum(np.bincount(be, minlength=n_blocks))])
+    full_ptr = np.zeros(n_blocks + 1, np.int64)
+    full_ptr[1:] = len(full_concept)
+    return ConceptSet(1, (1, n_cells), ["a", "b"], block_ptr, np.array(entry_concept, np.int32),
+                      np.array(entry_words, np.uint64).reshape(-1, 8), full_ptr,
+                      np.array(full_concept, np.int32))
+
+
+def test_concept_index_rejects_malformed_arrays():
+    one = [1] + [0] * 7
+    assert _index(512, [0, 1], [one, one], []).sizes.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="partial concepts of a block must be strictly increasing"):
+        _index(512, [1, 0], [one, one], [])
+    with pytest.raises(ValueError, match="partial concepts of a block must be strictly increasing"):
+        _index(512, [0, 0], [one, one], [])
+    with pytest.raises(ValueError, match="full concepts of a block must be strictly increasing"):
+        _index(512, [], [], [1, 1])
+    with pytest.raises(ValueError, match="both partial and full"):
+        _index(512, [1], [one], [0, 1])
+    # Cells past P (the padding of the last block) are never set.
+    with pytest.raises(ValueError, match="full concept block lies past the last cell"):
+        _index(100, [], [], [0])
+    with pytest.raises(ValueError, match="bits past the last cell"):
+        _index(100, [0], [[0, 1 << 36] + [0] * 6], [])
+    assert _index(100, [0], [[0, 1 << 35] + [0] * 6], []).sizes.tolist() == [1, 0]
 
 
 def test_simd_paths_agree_at_scale(device):
@@ -178,14 +222,17 @@ def test_simd_paths_agree_at_scale(device):
     U = MaskSet.from_dense(rng.random((8, cs.n_cells)) < 0.3)
     scalar = get_backend("cpu", simd="scalar")
     ref = scalar.primitive_counts(scalar.prepare(cs), U)
-    f0, g0, _ = scalar.extension_counts(scalar.prepare(cs), U, np.arange(8)[::-1].copy(), U)
+    f0, g0, w0 = scalar.extension_counts(scalar.prepare(cs), U, np.arange(8)[::-1].copy(), U)
+    assert w0 == expected_work(cs, U)
     for simd in SIMDS:
         be = get_backend(device, simd=simd)
         index = be.prepare(cs)
         np.testing.assert_array_equal(be.primitive_counts(index, U), ref)
-        f, g, _ = be.extension_counts(index, U, np.arange(8)[::-1].copy(), U)
+        f, g, w = be.extension_counts(index, U, np.arange(8)[::-1].copy(), U)
+        assert w == w0
         np.testing.assert_array_equal(f, f0)
         np.testing.assert_array_equal(g, g0)
+        assert w == w0
 
 
 def test_wide_unsigned_labels_do_not_wrap():

@@ -8,13 +8,21 @@
 
 #include <cstdint>
 
-#include "../compexp.h"
+#include "../layout.h"
 
 #define COMPEXP_INLINE inline __attribute__((always_inline))
 // The Ops functions below are plain `inline`: always_inline would force them into the generic
 // template body, whose target lacks the instructions. The per-target wrappers `flatten` them in.
 #define COMPEXP_TARGET_POPCNT __attribute__((target("popcnt")))
 #define COMPEXP_TARGET_AVX512 __attribute__((target("avx512f,avx512vpopcntdq")))
+// For the per-target entry points: GCC may otherwise specialise one into a clone (IPA-CP,
+// ".constprop") in which the target's primitives are no longer inlined: HardwarePop::pop became
+// a call per word and the POPCNT extension kernel ran 3-4x slower.
+#if defined(__GNUC__) && !defined(__clang__)
+#define COMPEXP_NOCLONE __attribute__((noinline, noclone))
+#else
+#define COMPEXP_NOCLONE __attribute__((noinline))
+#endif
 
 namespace compexp {
 namespace cpu {

@@ -3,15 +3,14 @@
 #include <cstring>
 #include <numeric>
 
-#include "../compexp.h"
+#include "../block_math.h"
+#include "cpu_backend.h"
 #include "parallel.h"
 
 namespace compexp {
 namespace cpu {
 
 namespace {
-
-constexpr uint64_t kAllOnes = ~uint64_t{0};
 
 // Collects the words of one block for several concepts while cells are visited in order.
 class BlockAccumulator {

@@ -3,13 +3,14 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cstring>
 #include <vector>
 
-#include <climits>
-
-#include "../compexp.h"
+#include "../checks.h"
 #include "block_ops.h"
+#include "cpu_backend.h"
 #include "parallel.h"
 
 namespace compexp {
@@ -74,16 +75,18 @@ inline void flush_packed(uint64_t* acc, int64_t* fi, int64_t* gi, int64_t K) {
 // walked once in block order, and each block's concept entries, read from memory once, are
 // counted against every formula of the group that has that block (they stay in L1 meanwhile).
 // f and g of each (formula, concept) are accumulated packed in one word (f | g << 32).
+// Adds the work walked (per formula block, see ExtensionWork) to *work.
 template <class Ops>
 COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetView& formulas,
                                     const int64_t* unit_of, const MaskSetView& units,
                                     const int64_t* group_ptr, int64_t* f, int64_t* g,
-                                    int64_t begin, int64_t end) {
+                                    int64_t begin, int64_t end, ExtensionWork* work) {
   const int64_t K = ix.n_concepts;
   // Scratch reused across calls on this thread: no allocation (and no page faults on fresh
   // memory) per group, which serialised the threads.
   static thread_local std::vector<uint64_t> acc_buf, uf_buf;
   static thread_local std::vector<int64_t> cursor, since_flush, active;
+  int64_t walked_blocks = 0, walked_partial = 0, walked_full = 0;
   for (int64_t grp = begin; grp < end; ++grp) {
     const int64_t i0 = group_ptr[grp], n = group_ptr[grp + 1] - i0;
     acc_buf.assign(static_cast<size_t>(n) * K, 0);
@@ -113,6 +116,10 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
       const uint64_t* uw = (up < uend && units.block[up] == b) ? units.words + up * kBlockWords : nullptr;
       const int64_t e0 = ix.block_ptr[b], e1 = ix.block_ptr[b + 1];
       const int64_t f0 = ix.full_ptr[b], f1 = ix.full_ptr[b + 1];
+      const int64_t n_active = static_cast<int64_t>(active.size());
+      walked_blocks += n_active;
+      walked_partial += n_active * (e1 - e0);
+      walked_full += n_active * (f1 - f0);
       for (int64_t a : active) {
         const uint64_t* fw = formulas.words + cursor[a] * kBlockWords;
         uint64_t* uf = uf_buf.data() + a * kBlockWords;
@@ -143,21 +150,24 @@ COMPEXP_INLINE void extension_range(const ConceptIndexView& ix, const MaskSetVie
     for (int64_t a = 0; a < n; ++a)
       flush_packed(acc_buf.data() + a * K, f + (i0 + a) * K, g + (i0 + a) * K, K);
   }
+  work->formula_blocks += walked_blocks;
+  work->partial_entries += walked_partial;
+  work->full_entries += walked_full;
 }
 
 // One entry point per instruction set; `flatten` inlines the template body and the block
-// primitives into a function compiled for that target.
+// primitives into a function compiled for that target (never cloned: see COMPEXP_NOCLONE).
 #define COMPEXP_STAMP(SUFFIX, OPS, TARGET)                                                      \
-  TARGET __attribute__((flatten)) void primitive_##SUFFIX(                                      \
+  TARGET COMPEXP_NOCLONE __attribute__((flatten)) void primitive_##SUFFIX(                      \
       const ConceptIndexView& ix, const MaskSetView& units, int64_t* out, int64_t b,            \
       int64_t e) {                                                                              \
     primitive_range<OPS>(ix, units, out, b, e);                                                 \
   }                                                                                             \
-  TARGET __attribute__((flatten)) void extension_##SUFFIX(                                      \
+  TARGET COMPEXP_NOCLONE __attribute__((flatten)) void extension_##SUFFIX(                      \
       const ConceptIndexView& ix, const MaskSetView& formulas, const int64_t* unit_of,          \
       const MaskSetView& units, const int64_t* group_ptr, int64_t* f, int64_t* g, int64_t b,    \
-      int64_t e) {                                                                              \
-    extension_range<OPS>(ix, formulas, unit_of, units, group_ptr, f, g, b, e);                  \
+      int64_t e, ExtensionWork* work) {                                                         \
+    extension_range<OPS>(ix, formulas, unit_of, units, group_ptr, f, g, b, e, work);            \
   }
 
 COMPEXP_STAMP(scalar, ScalarOps, )
@@ -217,27 +227,32 @@ void primitive_counts(const ConceptIndexView& ix, const MaskSetView& units, int6
   });
 }
 
-void extension_counts(const ConceptIndexView& ix, const MaskSetView& formulas,
-                      const int64_t* unit_of, const MaskSetView& units, int64_t* f, int64_t* g,
-                      Simd simd, int n_threads) {
+ExtensionWork extension_counts(const ConceptIndexView& ix, const MaskSetView& formulas,
+                               const int64_t* unit_of, const MaskSetView& units, int64_t* f,
+                               int64_t* g, Simd simd, int n_threads) {
   const Simd s = resolve(simd);
+  check_unit_of(unit_of, formulas.n_masks, units.n_masks);
   // Groups: runs of consecutive formulas of the same unit, at most kMaxGroup long (bounds the
   // accumulators a thread holds to kMaxGroup * K words).
   constexpr int64_t kMaxGroup = 16;
   std::vector<int64_t> group_ptr{0};
-  for (int64_t i = 0; i < formulas.n_masks; ++i) {
-    COMPEXP_CHECK(unit_of[i] >= 0 && unit_of[i] < units.n_masks, "unit_of index out of range");
-    if (i > group_ptr.back() && (unit_of[i] != unit_of[i - 1] || i - group_ptr.back() == kMaxGroup))
-      group_ptr.push_back(i);
-  }
+  for (int64_t i = 1; i < formulas.n_masks; ++i)
+    if (unit_of[i] != unit_of[i - 1] || i - group_ptr.back() == kMaxGroup) group_ptr.push_back(i);
   if (formulas.n_masks > 0) group_ptr.push_back(formulas.n_masks);
   const int64_t n_groups = static_cast<int64_t>(group_ptr.size()) - 1;
   const int64_t* gp = group_ptr.data();
+  // Work is summed per chunk of groups in a local, then added here once per chunk.
+  std::atomic<int64_t> blocks{0}, partial{0}, full{0};
   parallel_for(n_groups, n_threads, 1, [&](int64_t b, int64_t e) {
-    if (s == Simd::kAvx512) extension_avx512(ix, formulas, unit_of, units, gp, f, g, b, e);
-    else if (s == Simd::kPopcnt) extension_popcnt(ix, formulas, unit_of, units, gp, f, g, b, e);
-    else extension_scalar(ix, formulas, unit_of, units, gp, f, g, b, e);
+    ExtensionWork w;
+    if (s == Simd::kAvx512) extension_avx512(ix, formulas, unit_of, units, gp, f, g, b, e, &w);
+    else if (s == Simd::kPopcnt) extension_popcnt(ix, formulas, unit_of, units, gp, f, g, b, e, &w);
+    else extension_scalar(ix, formulas, unit_of, units, gp, f, g, b, e, &w);
+    blocks += w.formula_blocks;
+    partial += w.partial_entries;
+    full += w.full_entries;
   });
+  return ExtensionWork{blocks.load(), partial.load(), full.load()};
 }
 
 void mask_popcounts(const MaskSetView& masks, int64_t* out, int n_threads) {
@@ -260,31 +275,6 @@ void concept_sizes(const ConceptIndexView& ix, int64_t* out) {
       out[ix.entry_concept[e]] += s;
     }
     for (int64_t q = ix.full_ptr[b]; q < ix.full_ptr[b + 1]; ++q) out[ix.full_concept[q]] += kBlockCells;
-  }
-}
-
-void build_concept_major(const ConceptIndexView& ix, int64_t* concept_ptr, int64_t* concept_block,
-                         int64_t* concept_entry) {
-  const int64_t K = ix.n_concepts;
-  std::vector<int64_t> fill(K + 1, 0);
-  // Counting sort by concept; blocks are visited in increasing order, so each concept's items
-  // come out sorted by block.
-  for (int64_t e = 0; e < ix.block_ptr[ix.n_blocks]; ++e) fill[ix.entry_concept[e] + 1]++;
-  for (int64_t q = 0; q < ix.full_ptr[ix.n_blocks]; ++q) fill[ix.full_concept[q] + 1]++;
-  for (int64_t j = 0; j < K; ++j) fill[j + 1] += fill[j];
-  std::memcpy(concept_ptr, fill.data(), sizeof(int64_t) * (K + 1));
-  for (int64_t b = 0; b < ix.n_blocks; ++b) {
-    // Merge partial and full items of block b; a concept is never both in one block.
-    for (int64_t e = ix.block_ptr[b]; e < ix.block_ptr[b + 1]; ++e) {
-      int64_t pos = fill[ix.entry_concept[e]]++;
-      concept_block[pos] = b;
-      concept_entry[pos] = e;
-    }
-    for (int64_t q = ix.full_ptr[b]; q < ix.full_ptr[b + 1]; ++q) {
-      int64_t pos = fill[ix.full_concept[q]]++;
-      concept_block[pos] = b;
-      concept_entry[pos] = -1;
-    }
   }
 }
 

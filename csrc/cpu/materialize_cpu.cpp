@@ -2,7 +2,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../compexp.h"
+#include "../block_math.h"
+#include "../checks.h"
+#include "cpu_backend.h"
 #include "parallel.h"
 
 namespace compexp {
@@ -10,24 +12,9 @@ namespace cpu {
 
 namespace {
 
-constexpr uint64_t kAllOnes = ~uint64_t{0};
-
-// Bits of word w of block b that fall on real cells (< n_cells): padding stays zero.
-inline uint64_t valid_bits(int64_t n_cells, int64_t b, int w) {
-  const int64_t first = b * kBlockCells + int64_t{w} * 64;
-  const int64_t n = n_cells - first;
-  if (n >= 64) return kAllOnes;
-  if (n <= 0) return 0;
-  return (uint64_t{1} << n) - 1;
-}
-
 // Words of concept item q (a partial entry or a full block) into out.
 inline void item_words(const ConceptIndexView& ix, int64_t q, uint64_t* out) {
-  const int64_t e = ix.concept_entry[q];
-  if (e < 0)
-    std::fill(out, out + kBlockWords, kAllOnes);
-  else
-    std::memcpy(out, ix.entry_words + e * kBlockWords, sizeof(uint64_t) * kBlockWords);
+  compexp::item_words(ix.concept_entry, ix.entry_words, q, out);
 }
 
 struct Builder {
@@ -35,9 +22,7 @@ struct Builder {
   std::vector<uint64_t> words;
   // Appends the block unless it is empty.
   void push(int64_t b, const uint64_t* w) {
-    uint64_t any = 0;
-    for (int i = 0; i < kBlockWords; ++i) any |= w[i];
-    if (!any) return;
+    if (!any_bits(w)) return;
     block.push_back(b);
     words.insert(words.end(), w, w + kBlockWords);
   }
@@ -118,13 +103,7 @@ MaskSet concat(std::vector<Builder>& parts) {
 
 MaskSet materialize(const ConceptIndexView& ix, const MaskSetView& F, int64_t n_out,
                     const int64_t* src, const int32_t* op, const int32_t* concept, int n_threads) {
-  for (int64_t i = 0; i < n_out; ++i) {
-    COMPEXP_CHECK(op[i] >= kLeaf && op[i] <= kCopy, "unknown operator code");
-    COMPEXP_CHECK(op[i] == kCopy || (concept[i] >= 0 && concept[i] < ix.n_concepts),
-                  "concept index out of range");
-    COMPEXP_CHECK(op[i] == kLeaf || (src[i] >= 0 && src[i] < F.n_masks),
-                  "source formula index out of range");
-  }
+  check_materialize_args(n_out, src, op, concept, ix.n_concepts, F.n_masks);
   std::vector<Builder> parts(n_out);
   parallel_for(n_out, n_threads, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) materialize_one(ix, F, src[i], op[i], concept[i], parts[i]);

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "../compexp.h"
+#include "cpu_backend.h"
 #include "parallel.h"
 
 namespace compexp {

@@ -11,11 +11,14 @@
 // atomicAdd at the end of the chunk. When K accumulators do not fit in shared memory, the
 // counts are added to global memory directly (two 64-bit atomics per non-zero entry).
 // All counts are exact integers: results equal the CPU's bit for bit, whatever the order of
-// the additions.
+// the additions. Extension counts also sum the work walked (ExtensionWork: formula blocks,
+// partial and full concept entries of those blocks): lane 0 of each warp counts its blocks and
+// adds them to three global counters at the end, so no block ids go back to the host.
 #include <algorithm>
 #include <stdexcept>
 #include <vector>
 
+#include "../checks.h"
 #include "cuda_backend.h"
 #include "kernels.cuh"
 
@@ -49,7 +52,8 @@ __device__ __forceinline__ void add_counts(u64* acc, u64* frow, u64* grow, int64
 
 template <bool kWithG, bool kShared>
 __global__ void __launch_bounds__(kThreads)
-counts_kernel(IndexPtrs ix, MaskPtrs fm, MaskPtrs um, const Chunk* __restrict__ chunks, u64* f, u64* g) {
+counts_kernel(IndexPtrs ix, MaskPtrs fm, MaskPtrs um, const Chunk* __restrict__ chunks, u64* f, u64* g,
+              u64* work) {
   extern __shared__ u64 acc[];  // [K] when kShared
   const Chunk c = chunks[blockIdx.x];
   const int64_t K = ix.n_concepts;
@@ -63,10 +67,14 @@ counts_kernel(IndexPtrs ix, MaskPtrs fm, MaskPtrs um, const Chunk* __restrict__ 
   const int warp = threadIdx.x >> 5;
   const int word = lane & 7;  // the word of a block this lane holds
   const int sub = lane >> 3;  // which of the 4 entries of a step this lane counts
+  u64 walked_blocks = 0, walked_partial = 0, walked_full = 0;  // this warp's work
   // All loop bounds below are warp-uniform, so full-mask shuffles are safe.
   for (int64_t p = c.p0 + warp; p < c.p1; p += kWarps) {
     const int64_t b = fm.block[p];
     const uint64_t fw = fm.words[p * kBlockWords + word];
+    walked_blocks += 1;
+    walked_partial += static_cast<u64>(ix.block_ptr[b + 1] - ix.block_ptr[b]);
+    walked_full += static_cast<u64>(ix.full_ptr[b + 1] - ix.full_ptr[b]);
     uint64_t uf = 0;
     if (kWithG) {
       const int64_t q = lower_bound(um.block, c.u0, c.u1, b);
@@ -102,6 +110,11 @@ counts_kernel(IndexPtrs ix, MaskPtrs fm, MaskPtrs um, const Chunk* __restrict__ 
           add_counts<kWithG, kShared>(acc, frow, grow, ix.full_concept[q], cf, cg);
     }
   }
+  if (work && lane == 0 && walked_blocks) {
+    atomicAdd(work + 0, walked_blocks);
+    atomicAdd(work + 1, walked_partial);
+    atomicAdd(work + 2, walked_full);
+  }
   if (kShared) {
     __syncthreads();
     for (int64_t j = threadIdx.x; j < K; j += kThreads) {
@@ -119,7 +132,7 @@ MaskPtrs ptrs(const DeviceMaskSet& m) {
 
 template <bool kWithG, bool kShared>
 void launch(const IndexPtrs& ix, const MaskPtrs& fm, const MaskPtrs& um, const Chunk* chunks,
-            int64_t n_chunks, u64* f, u64* g, size_t shared, cudaStream_t s) {
+            int64_t n_chunks, u64* f, u64* g, u64* work, size_t shared, cudaStream_t s) {
   auto kernel = counts_kernel<kWithG, kShared>;
   if (kShared && shared > 48 * 1024)
     COMPEXP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -128,7 +141,7 @@ void launch(const IndexPtrs& ix, const MaskPtrs& fm, const MaskPtrs& um, const C
   constexpr int64_t kMaxGrid = int64_t{1} << 30;
   for (int64_t c0 = 0; c0 < n_chunks; c0 += kMaxGrid) {
     const int64_t nc = std::min(kMaxGrid, n_chunks - c0);
-    kernel<<<static_cast<unsigned>(nc), kThreads, kShared ? shared : 0, s>>>(ix, fm, um, chunks + c0, f, g);
+    kernel<<<static_cast<unsigned>(nc), kThreads, kShared ? shared : 0, s>>>(ix, fm, um, chunks + c0, f, g, work);
     COMPEXP_CUDA_LAUNCHED();
   }
 }
@@ -153,31 +166,35 @@ class Event {
 }  // namespace
 
 // With timing_repeats > 0: runs the kernels that many more times after the first, timing each
-// run with events into *times, and copies nothing back (f_host, g_host unused).
-void DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of, const DeviceMaskSet* units,
-                                bool with_g, int64_t* f_host, int64_t* g_host, int timing_repeats,
-                                std::vector<float>* times) {
+// run with events into *times, and copies nothing back (f_host, g_host unused; no work).
+ExtensionWork DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of,
+                                         const DeviceMaskSet* units, bool with_g, int64_t* f_host,
+                                         int64_t* g_host, int timing_repeats, std::vector<float>* times) {
   activate();
   const int64_t n = fm.n_masks, K = n_concepts_;
-  if (n == 0) return;
+  if (n == 0) return ExtensionWork{};
+  if (with_g) check_unit_of(unit_of, n, units->n_masks);
   std::vector<Chunk> chunks;
   chunks.reserve(static_cast<size_t>(n + fm.nnz() / kChunkBlocks + 1));
   for (int64_t i = 0; i < n; ++i) {
     const int64_t p0 = fm.host_ptr[i], p1 = fm.host_ptr[i + 1];
     int64_t u0 = 0, u1 = 0;
     if (with_g) {
-      const int64_t u = unit_of[i];
-      COMPEXP_CHECK(u >= 0 && u < units->n_masks, "unit_of index out of range");
-      u0 = units->host_ptr[u];
-      u1 = units->host_ptr[u + 1];
+      u0 = units->host_ptr[unit_of[i]];
+      u1 = units->host_ptr[unit_of[i] + 1];
     }
     for (int64_t p = p0; p < p1; p += kChunkBlocks) chunks.push_back(Chunk{i, p, std::min(p + kChunkBlocks, p1), u0, u1});
   }
   const size_t n_out = static_cast<size_t>(n) * static_cast<size_t>(K);
   cudaStream_t s = stream_.get();
-  DeviceArray<u64> f(n_out), g(with_g ? n_out : 0);
-  COMPEXP_CUDA_CHECK(cudaMemsetAsync(f.data(), 0, f.bytes(), s));
-  if (with_g) COMPEXP_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, g.bytes(), s));
+  // work: the three ExtensionWork counters (extension counts only).
+  DeviceArray<u64> f(n_out), g(with_g ? n_out : 0), work(with_g ? 3 : 0);
+  auto zero = [&] {
+    COMPEXP_CUDA_CHECK(cudaMemsetAsync(f.data(), 0, f.bytes(), s));
+    if (with_g) COMPEXP_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, g.bytes(), s));
+    if (with_g) COMPEXP_CUDA_CHECK(cudaMemsetAsync(work.data(), 0, work.bytes(), s));
+  };
+  zero();
   DeviceArray<Chunk> dchunks(chunks.size());
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   if (n_chunks) {
@@ -190,11 +207,11 @@ void DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of,
     const bool use_shared = shared <= shared_optin_;
     auto run = [&] {
       if (with_g) {
-        if (use_shared) launch<true, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), shared, s);
-        else launch<true, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), shared, s);
+        if (use_shared) launch<true, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), work.data(), shared, s);
+        else launch<true, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), g.data(), work.data(), shared, s);
       } else {
-        if (use_shared) launch<false, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, shared, s);
-        else launch<false, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, shared, s);
+        if (use_shared) launch<false, true>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, nullptr, shared, s);
+        else launch<false, false>(ix, fp, up, dchunks.data(), n_chunks, f.data(), nullptr, nullptr, shared, s);
       }
     };
     run();  // also the warm-up of a timed run
@@ -202,8 +219,7 @@ void DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of,
       Event start, stop;
       for (int r = 0; r < timing_repeats; ++r) {
         // The counts accumulate: zero them as a real call does (outside the timed span).
-        COMPEXP_CUDA_CHECK(cudaMemsetAsync(f.data(), 0, f.bytes(), s));
-        if (with_g) COMPEXP_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, g.bytes(), s));
+        zero();
         COMPEXP_CUDA_CHECK(cudaEventRecord(start.get(), s));
         run();
         COMPEXP_CUDA_CHECK(cudaEventRecord(stop.get(), s));
@@ -216,22 +232,28 @@ void DeviceIndex::launch_counts(const DeviceMaskSet& fm, const int64_t* unit_of,
   }
   if (timing_repeats > 0) {
     stream_.synchronize();
-    return;
+    return ExtensionWork{};
   }
   // Counts are < 2^63: the unsigned words are the int64 values.
+  u64 walked[3] = {0, 0, 0};
   COMPEXP_CUDA_CHECK(cudaMemcpyAsync(f_host, f.data(), f.bytes(), cudaMemcpyDeviceToHost, s));
-  if (with_g) COMPEXP_CUDA_CHECK(cudaMemcpyAsync(g_host, g.data(), g.bytes(), cudaMemcpyDeviceToHost, s));
+  if (with_g) {
+    COMPEXP_CUDA_CHECK(cudaMemcpyAsync(g_host, g.data(), g.bytes(), cudaMemcpyDeviceToHost, s));
+    COMPEXP_CUDA_CHECK(cudaMemcpyAsync(walked, work.data(), work.bytes(), cudaMemcpyDeviceToHost, s));
+  }
   // Also keeps the chunk list and the host pointers alive until the copies are done.
   stream_.synchronize();
+  return ExtensionWork{static_cast<int64_t>(walked[0]), static_cast<int64_t>(walked[1]),
+                       static_cast<int64_t>(walked[2])};
 }
 
 void DeviceIndex::primitive_counts(const DeviceMaskSet& units, int64_t* out) {
   launch_counts(units, nullptr, nullptr, false, out, nullptr);
 }
 
-void DeviceIndex::extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
-                                   const DeviceMaskSet& units, int64_t* f, int64_t* g) {
-  launch_counts(formulas, unit_of, &units, true, f, g);
+ExtensionWork DeviceIndex::extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
+                                            const DeviceMaskSet& units, int64_t* f, int64_t* g) {
+  return launch_counts(formulas, unit_of, &units, true, f, g);
 }
 
 std::vector<float> DeviceIndex::time_extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,

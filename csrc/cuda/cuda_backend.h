@@ -1,4 +1,6 @@
-// compexp-core CUDA backend: the interface of csrc/compexp.h on one GPU.
+// compexp-core CUDA backend: the operations on a concept index, on one GPU. Its twin
+// csrc/cpu/cpu_backend.h declares the same counting and materialisation operations on the CPU
+// (DeviceIndex's methods here, cpu:: functions there); the layout and types are in ../layout.h.
 //
 // The concept index is uploaded once into a DeviceIndex and stays on the GPU; mask sets
 // (units, formulas) are uploaded as DeviceMaskSet objects, which kernels read in place and
@@ -13,14 +15,18 @@
 // This header is plain C++17 (no device code): the bindings are compiled by the host compiler.
 #pragma once
 
-#include <cuda_runtime_api.h>
-
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "../compexp.h"
+#include "../index.h"
+#include "../layout.h"
+
+// After the standard headers: the CUDA headers (and cudaemu's stand-ins for them) define
+// qualifiers such as __noinline__ as macros, which libstdc++'s <memory> must not see.
+#include <cuda_runtime_api.h>
 
 namespace compexp {
 namespace cuda {
@@ -105,30 +111,36 @@ struct DeviceMaskSet {
   int64_t nnz() const { return host_ptr.back(); }
 };
 
-// The concept index on one GPU, with the operations of csrc/compexp.h. Not thread-safe: one
+// The concept index on one GPU, with the operations of cpu_backend.h. Not thread-safe: one
 // caller at a time (the Python bindings hold the object; the GIL orders calls on it).
 class DeviceIndex {
  public:
-  // Uploads a fully built index (block-major and concept-major views) to `device`.
-  DeviceIndex(const ConceptIndexView& index, int device);
+  // Uploads a checked index (block-major and concept-major views; an index whose concepts
+  // are all empty too) to `device`. The host index may be destroyed afterwards. Throws
+  // std::runtime_error when no device is visible, std::invalid_argument for a bad device.
+  DeviceIndex(const ConceptIndex& index, int device);
   ~DeviceIndex();
   DeviceIndex(const DeviceIndex&) = delete;
   DeviceIndex& operator=(const DeviceIndex&) = delete;
 
-  // Copies a (checked) host mask set to the GPU, and back.
+  // Copies a host mask set to the GPU. Precondition: check_mask_set passed against this
+  // index's n_blocks (the kernels trust block ids and pointers).
   DeviceMaskSet upload(const MaskSetView& masks);
+  // Copies a device mask set back to the host: the only device-to-host copy of masks.
   MaskSet download(const DeviceMaskSet& masks);
 
   // out[u * K + j] = |U_u AND C_j| (host array of units.n_masks * K entries, overwritten).
   void primitive_counts(const DeviceMaskSet& units, int64_t* out);
 
   // f[i * K + j] = |F_i AND C_j|, g[i * K + j] = |U_{unit_of[i]} AND F_i AND C_j| (host
-  // arrays, overwritten). unit_of is a host array of formulas.n_masks checked unit indices.
-  void extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
-                        const DeviceMaskSet& units, int64_t* f, int64_t* g);
+  // arrays, overwritten), as cpu::extension_counts, and the same ExtensionWork (counted on the
+  // device in the same kernel; no block ids come back). unit_of is a host array of
+  // formulas.n_masks unit indices, checked here.
+  ExtensionWork extension_counts(const DeviceMaskSet& formulas, const int64_t* unit_of,
+                                 const DeviceMaskSet& units, int64_t* f, int64_t* g);
 
   // out mask i = op[i](F_{src[i]}, C_{concept[i]}), as cpu::materialize (host arguments,
-  // checked here; the result stays on the GPU).
+  // checked here by check_materialize_args; the result stays on the GPU).
   DeviceMaskSet materialize(const DeviceMaskSet& formulas, int64_t n_out, const int64_t* src,
                             const int32_t* op, const int32_t* concept);
 
@@ -148,11 +160,12 @@ class DeviceIndex {
   size_t nbytes() const;
 
  private:
-  // Counts of `masks` (as formulas) against all concepts into device f (and g when
-  // with_g); the shared launch of primitive and extension counts.
-  void launch_counts(const DeviceMaskSet& masks, const int64_t* unit_of_host,
-                     const DeviceMaskSet* units, bool with_g, int64_t* f_host, int64_t* g_host,
-                     int timing_repeats = 0, std::vector<float>* times = nullptr);
+  // Counts of `masks` (as formulas) against all concepts into device f (and g and the work
+  // when with_g); the shared launch of primitive and extension counts.
+  ExtensionWork launch_counts(const DeviceMaskSet& masks, const int64_t* unit_of_host,
+                              const DeviceMaskSet* units, bool with_g, int64_t* f_host,
+                              int64_t* g_host, int timing_repeats = 0,
+                              std::vector<float>* times = nullptr);
   void activate() const;  // cudaSetDevice(device_)
   IndexPtrs device_ptrs() const;
 

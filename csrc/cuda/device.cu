@@ -1,4 +1,5 @@
-// Device management for the CUDA backend: errors, RAII memory and streams, the index upload.
+// Device management for the CUDA backend: errors, RAII memory and streams, the index upload,
+// mask-set upload and download.
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
@@ -90,10 +91,10 @@ DeviceArray<T> upload_array(const T* host, size_t n, cudaStream_t s) {
 
 }  // namespace
 
-DeviceIndex::DeviceIndex(const ConceptIndexView& ix, int device)
-    : device_(device), n_cells_(ix.n_cells), n_blocks_(ix.n_blocks), n_concepts_(ix.n_concepts) {
-  COMPEXP_CHECK(ix.concept_ptr && ix.concept_block && ix.concept_entry,
-                "the index needs its concept-major view");
+DeviceIndex::DeviceIndex(const ConceptIndex& index, int device)
+    : device_(device), n_cells_(index.n_cells()), n_blocks_(index.n_blocks()),
+      n_concepts_(index.n_concepts()) {
+  const ConceptIndexView& ix = index.view();
   const int n = device_count();
   if (n == 0) throw std::runtime_error("no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)");
   if (device < 0 || device >= n)
@@ -104,8 +105,8 @@ DeviceIndex::DeviceIndex(const ConceptIndexView& ix, int device)
   int optin = 0;
   COMPEXP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   shared_optin_ = static_cast<size_t>(optin);
-  const int64_t nb = n_blocks_, ne = ix.block_ptr[nb], nf = ix.full_ptr[nb];
-  const int64_t K = n_concepts_, n_items = ix.concept_ptr[K];
+  const int64_t nb = n_blocks_, ne = index.n_entries(), nf = index.n_full();
+  const int64_t K = n_concepts_, n_items = ne + nf;
   host_concept_ptr_.assign(ix.concept_ptr, ix.concept_ptr + K + 1);
   cudaStream_t s = stream_.get();
   block_ptr_ = upload_array(ix.block_ptr, nb + 1, s);

@@ -5,7 +5,8 @@
 
 #include <cstdint>
 
-#include "../compexp.h"
+#include "../block_math.h"
+#include "../layout.h"
 
 namespace compexp {
 namespace cuda {

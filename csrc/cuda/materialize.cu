@@ -16,14 +16,15 @@
 //   smaller block: only OR has two sections, each sorted by block, so this is the scan
 //   difference up to the insertion point of its block in the other section),
 // which is its position in block order. Recomputing beats storing every candidate's words.
-#include <cub/device/device_scan.cuh>
-
 #include <algorithm>
 #include <stdexcept>
 #include <vector>
 
+#include "../checks.h"
 #include "cuda_backend.h"
 #include "kernels.cuh"
+
+#include <cub/device/device_scan.cuh>
 
 namespace compexp {
 namespace cuda {
@@ -31,7 +32,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr uint64_t kAllOnes = ~uint64_t{0};
 
 struct OutPlan {
   int64_t slot0;      // first slot of this output
@@ -41,32 +41,9 @@ struct OutPlan {
   int32_t op;
 };
 
-// Bits of word w of block b that fall on real cells (< n_cells): as the CPU's valid_bits.
-__device__ __forceinline__ uint64_t valid_bits(int64_t n_cells, int64_t b, int w) {
-  const int64_t first = b * kBlockCells + int64_t{w} * 64;
-  const int64_t n = n_cells - first;
-  if (n >= 64) return kAllOnes;
-  if (n <= 0) return 0;
-  return (uint64_t{1} << n) - 1;
-}
-
 // Words of concept item q (a partial entry, or all ones for a full block).
 __device__ __forceinline__ void item_words(const IndexPtrs& ix, int64_t q, uint64_t* out) {
-  const int64_t e = ix.concept_entry[q];
-  if (e < 0) {
-#pragma unroll
-    for (int i = 0; i < kBlockWords; ++i) out[i] = kAllOnes;
-  } else {
-#pragma unroll
-    for (int i = 0; i < kBlockWords; ++i) out[i] = ix.entry_words[e * kBlockWords + i];
-  }
-}
-
-__device__ __forceinline__ bool any_bits(const uint64_t* w) {
-  uint64_t a = 0;
-#pragma unroll
-  for (int i = 0; i < kBlockWords; ++i) a |= w[i];
-  return a != 0;
+  compexp::item_words(ix.concept_entry, ix.entry_words, q, out);
 }
 
 // Evaluates slot `local` of output o. Returns whether it is kept; sets its block b, its words
@@ -192,14 +169,7 @@ unsigned grid_for(int64_t n) {
 
 DeviceMaskSet DeviceIndex::materialize(const DeviceMaskSet& F, int64_t n_out, const int64_t* src,
                                        const int32_t* op, const int32_t* concept) {
-  // The CPU's checks, in the same order and with the same messages.
-  for (int64_t i = 0; i < n_out; ++i) {
-    COMPEXP_CHECK(op[i] >= kLeaf && op[i] <= kCopy, "unknown operator code");
-    COMPEXP_CHECK(op[i] == kCopy || (concept[i] >= 0 && concept[i] < n_concepts_),
-                  "concept index out of range");
-    COMPEXP_CHECK(op[i] == kLeaf || (src[i] >= 0 && src[i] < F.n_masks),
-                  "source formula index out of range");
-  }
+  check_materialize_args(n_out, src, op, concept, n_concepts_, F.n_masks);  // as the CPU
   activate();
   std::vector<OutPlan> plans(static_cast<size_t>(n_out));
   std::vector<int64_t> slot_ptr(static_cast<size_t>(n_out) + 1, 0);

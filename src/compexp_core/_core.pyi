@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 MaskSet = Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64]]
+#: What extension_counts walked: (formula_blocks, partial_entries, full_entries).
+Work = Tuple[int, int, int]
 
 BLOCK_WORDS: int
 BLOCK_CELLS: int
@@ -24,14 +26,17 @@ def simd_supported(simd: str) -> bool: ...
 def default_threads() -> int: ...
 
 class ConceptIndex:
-    """All K concept masks, block-major; checked on construction."""
+    """All K concept masks, block-major; checked on construction (ValueError naming the
+    failed condition), with its concept-major view built once. Holds the arrays, no copy."""
     def __init__(self, n_cells: int, n_concepts: int, block_ptr: npt.ArrayLike, entry_concept: npt.ArrayLike,
                  entry_words: npt.ArrayLike, full_ptr: npt.ArrayLike, full_concept: npt.ArrayLike) -> None: ...
     def primitive_counts(self, units: MaskSet, simd: str = "auto", n_threads: int = 0) -> npt.NDArray[np.int64]:
         """|U_u & C_j|: int64 [n_units, K]."""
     def extension_counts(self, formulas: MaskSet, unit_of: npt.ArrayLike, units: MaskSet, simd: str = "auto",
-                         n_threads: int = 0) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """(f, g): |F_i & C_j| and |U_unit_of[i] & F_i & C_j|, int64 [n_formulas, K] each."""
+                         n_threads: int = 0) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], Work]:
+        """(f, g, work): |F_i & C_j| and |U_unit_of[i] & F_i & C_j|, int64 [n_formulas, K] each;
+        work = (formula blocks walked, partial concept entries read, full concept entries
+        counted), summed over every stored block of every formula."""
     def materialize(self, formulas: MaskSet, src: npt.ArrayLike, op: npt.ArrayLike, concept: npt.ArrayLike,
                     n_threads: int = 0) -> MaskSet:
         """Masks op[i](F_src[i], C_concept[i]) (OP_LEAF: C alone; OP_COPY: F_src alone)."""

@@ -178,11 +178,8 @@ class CpuBackend:
         return index.primitive_counts(units.arrays(), self.simd)
 
     def extension_counts(self, index, formulas: MaskSet, unit_of, units: MaskSet):
-        out = index.extension_counts(formulas.arrays(), np.ascontiguousarray(unit_of, np.int64),
-                                     units.arrays(), self.simd)
-        if len(out) == 2:  # MERGE-TODO: the C++ work counters arrive with the cpp branch
-            return out[0], out[1], ExtensionWork(formulas.nnz)
-        f, g, work = out
+        f, g, work = index.extension_counts(formulas.arrays(), np.ascontiguousarray(unit_of, np.int64),
+                                            units.arrays(), self.simd)
         return f, g, _work(work)
 
     def materialize(self, index, formulas: MaskSet, src, op, concept) -> MaskSet:

@@ -1,0 +1,75 @@
+"""Type stub of the compiled CUDA backend (python/cuda_bindings.cpp). Private: use compexp_core
+with ``device="cuda"``.
+
+Same conventions as ``_core.ConceptIndex``: a mask set is the tuple ``(ptr int64 [n+1],
+block int64 [nnz], words uint64 [nnz, 8])``; counts are bit-identical to the CPU's. Mask
+sets may also stay on the GPU as :class:`DeviceMasks` handles, which every kernel takes in
+place of a tuple. Device data never comes back implicitly: only ``download`` copies masks to
+the host. CUDA failures raise RuntimeError with CUDA's text; bad arguments ValueError.
+"""
+from typing import List, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ._core import MaskSet, Work
+
+def device_count() -> int:
+    """Usable CUDA devices (0 without a driver or a device; never raises)."""
+def device_description(device: int = 0) -> str:
+    """Name, compute capability and memory of a device."""
+
+class DeviceMasks:
+    """A mask set held on one GPU, made by one DeviceConceptIndex (upload, or materialize with
+    on_device=True). Not a tuple: DeviceConceptIndex.download copies it back."""
+    @property
+    def n_masks(self) -> int: ...
+    @property
+    def nnz(self) -> int:
+        """Stored blocks over all masks."""
+    @property
+    def nbytes(self) -> int:
+        """Device memory held, in bytes."""
+    @property
+    def device(self) -> int: ...
+
+Masks = Union[MaskSet, DeviceMasks]
+
+class DeviceConceptIndex:
+    """All K concept masks uploaded once to ``device``; checked as ``_core.ConceptIndex``.
+
+    Raises:
+        RuntimeError: no CUDA device is visible.
+        ValueError: a malformed index or a device index out of range.
+    """
+    def __init__(self, n_cells: int, n_concepts: int, block_ptr: npt.ArrayLike, entry_concept: npt.ArrayLike,
+                 entry_words: npt.ArrayLike, full_ptr: npt.ArrayLike, full_concept: npt.ArrayLike,
+                 device: int = 0) -> None: ...
+    def upload(self, masks: MaskSet) -> DeviceMasks:
+        """Copy a mask set to the GPU once (checked like every mask-set argument)."""
+    def download(self, masks: DeviceMasks) -> MaskSet:
+        """Copy a handle made by this index back to the host."""
+    def primitive_counts(self, units: Masks) -> npt.NDArray[np.int64]:
+        """|U_u & C_j|: int64 [n_units, K]."""
+    def extension_counts(self, formulas: Masks, unit_of: npt.ArrayLike,
+                         units: Masks) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], Work]:
+        """(f, g, work) as ``_core.ConceptIndex.extension_counts`` (work counted on the GPU)."""
+    def materialize(self, formulas: Masks, src: npt.ArrayLike, op: npt.ArrayLike, concept: npt.ArrayLike,
+                    on_device: bool = False) -> Union[MaskSet, DeviceMasks]:
+        """Masks op[i](F_src[i], C_concept[i]); a DeviceMasks handle with on_device=True."""
+    def time_extension_counts(self, formulas: Masks, unit_of: npt.ArrayLike, units: Masks,
+                              repeats: int = 20) -> List[float]:
+        """Benchmark: milliseconds of each run of the extension kernel alone (CUDA events)."""
+    def copy_bandwidth(self, bytes: int = 1 << 30, repeats: int = 20) -> float:
+        """Benchmark: device-to-device copy bandwidth, bytes read + written per second."""
+    @property
+    def device(self) -> int: ...
+    @property
+    def n_cells(self) -> int: ...
+    @property
+    def n_blocks(self) -> int: ...
+    @property
+    def n_concepts(self) -> int: ...
+    @property
+    def nbytes(self) -> int:
+        """Device memory held by the index arrays."""
