@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <stdexcept>
 
 #include "../block_math.h"
 #include "cpu_backend.h"
@@ -67,6 +68,18 @@ void ConceptIndexBuilder::check_samples(int64_t n, int64_t sample_offset) const 
                 "sample range outside the dataset");
 }
 
+void ConceptIndexBuilder::check_open() const {
+  if (finished_)
+    throw std::runtime_error("this concept index builder has already finished: it takes no more "
+                             "data and cannot finish again");
+}
+
+void ConceptIndexBuilder::append(std::vector<std::vector<Staged>>& parts) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_open();
+  for (auto& p : parts) staged_.insert(staged_.end(), p.begin(), p.end());
+}
+
 void ConceptIndexBuilder::stage(std::vector<Staged>& out, int64_t block, int32_t concept,
                                 const uint64_t* words) {
   Staged s;
@@ -81,6 +94,10 @@ void ConceptIndexBuilder::add_label_maps(const int32_t* labels, int64_t n, int64
                                          int64_t sample_offset, const int32_t* concept_of_label,
                                          int64_t n_labels) {
   check_samples(n, sample_offset);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();  // fail early; append() checks again
+  }
   const int64_t hw = height_ * width_;
   const int64_t total = n * n_layers * hw;
   for (int64_t i = 0; i < total; ++i) {
@@ -114,7 +131,7 @@ void ConceptIndexBuilder::add_label_maps(const int32_t* labels, int64_t n, int64
       }
     }
   });
-  for (auto& ch : chunks) staged_.insert(staged_.end(), ch.begin(), ch.end());
+  append(chunks);
 }
 
 void ConceptIndexBuilder::add_dense(const uint8_t* masks, int64_t n, int64_t k,
@@ -122,6 +139,10 @@ void ConceptIndexBuilder::add_dense(const uint8_t* masks, int64_t n, int64_t k,
   check_samples(n, sample_offset);
   for (int64_t q = 0; q < k; ++q)
     COMPEXP_CHECK(concepts[q] >= 0 && concepts[q] < n_concepts_, "concept index out of range");
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+  }
   const int64_t hw = height_ * width_;
   std::vector<std::vector<Staged>> per_plane(n * k);
   parallel_for(n * k, 0, 16, [&](int64_t p0, int64_t p1) {
@@ -148,7 +169,7 @@ void ConceptIndexBuilder::add_dense(const uint8_t* masks, int64_t n, int64_t k,
       }
     }
   });
-  for (auto& pl : per_plane) staged_.insert(staged_.end(), pl.begin(), pl.end());
+  append(per_plane);
 }
 
 void ConceptIndexBuilder::add_sample_labels(const uint8_t* present, int64_t n, int64_t k,
@@ -156,7 +177,13 @@ void ConceptIndexBuilder::add_sample_labels(const uint8_t* present, int64_t n, i
   check_samples(n, sample_offset);
   for (int64_t q = 0; q < k; ++q)
     COMPEXP_CHECK(concepts[q] >= 0 && concepts[q] < n_concepts_, "concept index out of range");
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+  }
   const int64_t hw = height_ * width_;
+  std::vector<std::vector<Staged>> local(1);
+  std::vector<Staged>& out = local[0];
   for (int64_t q = 0; q < k; ++q) {
     // Runs of consecutive samples carrying the label become one cell range.
     int64_t s = 0;
@@ -177,11 +204,12 @@ void ConceptIndexBuilder::add_sample_labels(const uint8_t* present, int64_t n, i
         } else {
           for (int64_t c = lo; c < hi; ++c) st.words[c / 64] |= uint64_t{1} << (c % 64);
         }
-        staged_.push_back(st);
+        out.push_back(st);
       }
       s = e;
     }
   }
+  append(local);
 }
 
 void ConceptIndexBuilder::finish(std::vector<int64_t>& block_ptr,
@@ -189,9 +217,17 @@ void ConceptIndexBuilder::finish(std::vector<int64_t>& block_ptr,
                                  std::vector<uint64_t>& entry_words,
                                  std::vector<int64_t>& full_ptr,
                                  std::vector<int32_t>& full_concept) {
+  // Take the staged data under the lock; the sort and merge below run without it.
+  std::vector<Staged> staged;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check_open();
+    finished_ = true;
+    staged.swap(staged_);
+  }
   // Sort (key, position) pairs rather than the 80-byte records.
-  std::vector<std::pair<uint64_t, int64_t>> order(staged_.size());
-  for (size_t i = 0; i < staged_.size(); ++i) order[i] = {staged_[i].key, static_cast<int64_t>(i)};
+  std::vector<std::pair<uint64_t, int64_t>> order(staged.size());
+  for (size_t i = 0; i < staged.size(); ++i) order[i] = {staged[i].key, static_cast<int64_t>(i)};
   std::sort(order.begin(), order.end());
   block_ptr.assign(n_blocks_ + 1, 0);
   full_ptr.assign(n_blocks_ + 1, 0);
@@ -203,11 +239,11 @@ void ConceptIndexBuilder::finish(std::vector<int64_t>& block_ptr,
   while (i < order.size()) {
     const uint64_t key = order[i].first;
     uint64_t w[kBlockWords];
-    std::memcpy(w, staged_[order[i].second].words, sizeof(w));
-    bool full = staged_[order[i].second].full;
+    std::memcpy(w, staged[order[i].second].words, sizeof(w));
+    bool full = staged[order[i].second].full;
     size_t j = i + 1;
     for (; j < order.size() && order[j].first == key; ++j) {
-      const Staged& s = staged_[order[j].second];
+      const Staged& s = staged[order[j].second];
       full = full || s.full;
       for (int q = 0; q < kBlockWords; ++q) w[q] |= s.words[q];
     }
@@ -230,7 +266,6 @@ void ConceptIndexBuilder::finish(std::vector<int64_t>& block_ptr,
     block_ptr[b + 1] += block_ptr[b];
     full_ptr[b + 1] += full_ptr[b];
   }
-  std::vector<Staged>().swap(staged_);
 }
 
 }  // namespace cpu

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "../layout.h"
@@ -84,6 +85,12 @@ MaskSet merge_mask_parts(const std::vector<const MaskSet*>& parts);
 // Incremental builder of the block-sparse concept index. Feed samples in any order through
 // the add_* methods (several calls may cover the same cells: contributions are OR-ed), then
 // call finish() once. The arrays it returns pass ConceptIndex's checks.
+//
+// Thread-safe: add_* and finish() may be called from several threads at once. Each add_*
+// packs its bits into a buffer of its own (in parallel, without the lock) and appends it to
+// the staged data under a mutex; finish() takes the staged data under the same mutex. The
+// result does not depend on the order of the calls (contributions are OR-ed). An add_* or
+// finish() after finish() throws std::runtime_error (Python RuntimeError).
 class ConceptIndexBuilder {
  public:
   // Throws unless the grid is non-empty and n_concepts > 0.
@@ -121,7 +128,11 @@ class ConceptIndexBuilder {
   };
   void check_samples(int64_t n, int64_t sample_offset) const;
   void stage(std::vector<Staged>& out, int64_t block, int32_t concept, const uint64_t* words);
+  void check_open() const;                      // throws once finished (call under mutex_)
+  void append(std::vector<std::vector<Staged>>& parts);  // takes mutex_
+  mutable std::mutex mutex_;                    // guards staged_ and finished_
   std::vector<Staged> staged_;
+  bool finished_ = false;
   int64_t n_samples_, height_, width_, n_cells_, n_blocks_;
   int32_t n_concepts_;
 };

@@ -14,6 +14,7 @@ boolean masks (small data). :class:`ConceptSetBuilder` accepts any mix of them i
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
@@ -295,6 +296,11 @@ class ConceptSetBuilder:
         names: K unique concept names (all concepts, whatever source they come from).
         categories: K category names (optional).
 
+    Thread-safe: the ``add_*`` methods may be called from several threads at once (chunks
+    loaded on a thread pool; the bit packing runs in parallel, the C++ builder appends each
+    call's blocks under a lock), in any order; the result is exactly that of one thread.
+    :meth:`build` runs once; an ``add_*`` after it raises RuntimeError.
+
     Examples:
         >>> import numpy as np
         >>> b = ConceptSetBuilder(4, (2, 2), ["sky", "grass", "beach"], ["object", "object", "scene"])
@@ -320,6 +326,10 @@ class ConceptSetBuilder:
         self.grid = (int(grid[0]), int(grid[1]))
         self._builder = _core.ConceptIndexBuilder(self.n_samples, self.grid[0], self.grid[1],
                                                   len(names))
+        # The add_* methods may run from several threads at once (the C++ builder packs each
+        # call's bits without a lock and appends them under its own); this lock only makes
+        # build() happen once, and an add_* after it raise RuntimeError.
+        self._lock = threading.Lock()
         self._built = False
 
     def _concepts_arg(self, concepts: Iterable, count: int, what: str) -> np.ndarray:
@@ -334,8 +344,18 @@ class ConceptSetBuilder:
         return arr
 
     def _check_open(self):
-        if self._built:
-            raise RuntimeError("this builder has already built its concept set")
+        with self._lock:
+            if self._built:
+                raise RuntimeError("this builder has already built its concept set")
+
+    def _add(self, method, *args) -> None:
+        # The C++ builder refuses data once finished (RuntimeError); say it the same way.
+        try:
+            method(*args)
+        except RuntimeError as e:
+            if "already finished" in str(e):
+                raise RuntimeError("this builder has already built its concept set") from None
+            raise
 
     def add_label_maps(self, label_maps, concept_of_label, sample_offset: int = 0) -> None:
         """Add integer label maps ``[n, L, H, W]`` for samples ``sample_offset ..``.
@@ -359,7 +379,7 @@ class ConceptSetBuilder:
             # Unsigned 32-bit and 64-bit labels could wrap when cast: check the range first.
             chunk = np.ascontiguousarray(label_maps[s:s + step], np.int32) \
                 if np.can_cast(label_maps.dtype, np.int32) else _checked_int32(label_maps[s:s + step])
-            self._builder.add_label_maps(chunk, sample_offset + s, mapping)
+            self._add(self._builder.add_label_maps, chunk, sample_offset + s, mapping)
 
     def add_dense(self, masks, concepts, sample_offset: int = 0) -> None:
         """Add dense boolean masks ``[n, k, H, W]`` whose plane q is concept ``concepts[q]``."""
@@ -374,7 +394,7 @@ class ConceptSetBuilder:
         step = _chunk_samples(masks.shape[0], masks[0].size)
         for s in range(0, masks.shape[0], step):
             chunk = np.ascontiguousarray(masks[s:s + step]).view(np.uint8)
-            self._builder.add_dense(chunk, sample_offset + s, idx)
+            self._add(self._builder.add_dense, chunk, sample_offset + s, idx)
 
     def add_sample_labels(self, labels, concepts, sample_offset: int = 0) -> None:
         """Add sample-level labels, bool ``[n, k]``: concept ``concepts[q]`` covers every cell of
@@ -384,12 +404,17 @@ class ConceptSetBuilder:
         if labels.ndim != 2:
             raise ValueError(f"labels must be bool [n, k], got shape {labels.shape}")
         idx = self._concepts_arg(concepts, labels.shape[1], "add_sample_labels")
-        self._builder.add_sample_labels(np.ascontiguousarray(labels).view(np.uint8), sample_offset, idx)
+        self._add(self._builder.add_sample_labels, np.ascontiguousarray(labels).view(np.uint8),
+                  sample_offset, idx)
 
     def build(self) -> ConceptSet:
         """Finish and return the :class:`ConceptSet` (the builder cannot be used afterwards)."""
-        self._check_open()
-        self._built = True
+        with self._lock:
+            if self._built:
+                raise RuntimeError("this builder has already built its concept set")
+            self._built = True
+        # finish() takes the staged data under the C++ builder's lock: an add_* still running
+        # in another thread either lands before it or raises.
         bp, ec, ew, fp, fc = self._builder.finish()
         return ConceptSet(self.n_samples, self.grid, self.names, bp, ec, ew, fp, fc,
                           categories=self.categories)
