@@ -162,7 +162,25 @@ PYBIND11_MODULE(_core, m) {
         "Fastest popcount implementation this CPU supports.");
   m.def("simd_supported", [](const std::string& s) { return cpu::simd_supported(parse_simd(s)); });
   m.def("default_threads", [] { return cpu::default_threads(); },
-        "Threads the kernels use by default (COMPEXP_NUM_THREADS, else all cores).");
+        "Threads the kernels use by default: COMPEXP_NUM_THREADS when it is a whole number >= 1 "
+        "(capped at max_threads()), else all hardware threads.");
+  m.def("max_threads", [] { return cpu::max_threads(); },
+        "The most threads a kernel uses: 4 x the hardware threads, at most 1024.");
+  m.def(
+      "thread_setting",
+      [] {
+        const cpu::ThreadSetting s = cpu::thread_setting();
+        py::dict d;
+        d["threads"] = s.threads;
+        d["hardware"] = s.hardware;
+        d["cap"] = s.cap;
+        d["env"] = s.env_set ? py::object(py::str(s.env)) : py::object(py::none());
+        d["source"] = s.source;
+        d["note"] = s.note;
+        return d;
+      },
+      "How default_threads() was resolved: {'threads', 'hardware', 'cap', 'env' (the raw "
+      "COMPEXP_NUM_THREADS or None), 'source', 'note' (why the variable was ignored or capped)}.");
 
   py::class_<PyConceptIndex>(m, "ConceptIndex")
       .def(py::init<int64_t, int32_t, Arr<int64_t>, Arr<int32_t>, Arr<uint64_t>, Arr<int64_t>, Arr<int32_t>>(),

@@ -147,3 +147,113 @@ def test_builder_build_while_threads_add():
             b.add_label_maps(lab[:8], np.arange(-1, 5))
         with pytest.raises(RuntimeError, match="already built"):
             b.build()
+
+
+# ============================================================================ thread count
+
+def _child(code, env_extra=None, timeout=120):
+    env = dict(os.environ)
+    env.pop("COMPEXP_NUM_THREADS", None)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+_SETTING = """
+    import json
+    from compexp_core import _core
+    print(json.dumps([_core.default_threads(), _core.max_threads(), _core.thread_setting()]))
+"""
+
+
+@pytest.mark.parametrize("value, meaning", [
+    (None, "hardware"), ("99999999999", "cap"), ("99999999999999999999999", "cap"),
+    ("abc", "hardware"), ("0", "hardware"), ("-3", "hardware"), ("", "hardware"),
+    ("1e3", "hardware"), ("2x", "hardware"), ("-99999999999999999999999", "hardware"),
+    ("3", 3), (" 2 ", 2), ("+1", 1), ("100000", "cap"),
+])
+def test_num_threads_env_is_parsed_with_range_checks(value, meaning):
+    r = _child(_SETTING, {} if value is None else {"COMPEXP_NUM_THREADS": value})
+    assert r.returncode == 0, r.stderr
+    threads, cap, setting = json.loads(r.stdout)
+    assert cap == (min(1024, 4 * setting["hardware"]) if setting["hardware"] else 1024)
+    assert 1 <= threads <= cap <= 1024
+    assert setting["threads"] == threads and setting["cap"] == cap
+    assert setting["env"] == value
+    if meaning == "hardware":
+        assert threads == min(max(setting["hardware"], 1), cap)
+        assert setting["source"] == "hardware"
+        assert (setting["note"] == "") == (value is None)
+    elif meaning == "cap":
+        assert threads == cap and "capped" in setting["note"]
+    else:
+        assert threads == min(meaning, cap) and setting["note"] == ""
+
+
+# ============================================================================ threads refused
+
+# The child makes every thread stack larger than the address space left (RLIMIT_STACK, which
+# glibc takes as the default thread stack size, then RLIMIT_AS), so std::thread cannot start
+# (std::system_error). It checks the search and the builder against results computed before
+# the limit, with COMPEXP_NUM_THREADS=1000 (capped) asking for as many threads as allowed.
+_REFUSED = """
+    import os, resource, sys
+    import numpy as np
+    import compexp_core as cx
+    from compexp_core import _core
+
+    threads_fit = int(sys.argv[1])
+    rng = np.random.default_rng(3)
+    acts = rng.random((40, 6, 4, 4)).astype(np.float32)
+    masks = rng.random((40, 5, 8, 8)) < 0.3
+    # Thresholds up front: compute_thresholds spreads units over a Python thread pool, which
+    # cannot start under the limit either (RuntimeError; engine/units.py, not the kernels).
+    kw = dict(max_length=3, beam_size=4, device="cpu", threshold=cx.compute_thresholds(acts))
+    expected = [str(e.formula) + repr(e.iou) for e in cx.search_formulas(acts, masks, **kw)]
+    cs = cx.ConceptSet.from_dense(masks)
+
+    def vm_bytes():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    assert stack >= 1 << 30, stack
+    # Room for ordinary allocations (1 GiB) plus threads_fit thread stacks.
+    resource.setrlimit(resource.RLIMIT_AS, (vm_bytes() + (1 << 30) + threads_fit * stack + (stack // 2),) * 2)
+    try:
+        import threading
+        t = threading.Thread(target=lambda: None)
+        t.start()
+        t.join()
+        started_python_thread = True
+    except RuntimeError:
+        started_python_thread = False
+    print("python thread started:", started_python_thread, flush=True)
+    got = [str(e.formula) + repr(e.iou) for e in cx.search_formulas(acts, masks, **kw)]
+    assert got == expected, (got, expected)
+    again = cx.ConceptSet.from_dense(masks)
+    for f in ("block_ptr", "entry_concept", "entry_words", "full_ptr", "full_concept"):
+        assert np.array_equal(getattr(again.arrays, f), getattr(cs.arrays, f)), f
+    print("OK", _core.default_threads(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("threads_fit", [0, 1])
+def test_kernels_finish_when_threads_cannot_start(threads_fit):
+    def limits():
+        import resource
+        resource.setrlimit(resource.RLIMIT_STACK, (2 << 30, 2 << 30))
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+    env["COMPEXP_NUM_THREADS"] = "1000"
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(_REFUSED), str(threads_fit)],
+                       env=env, capture_output=True, text=True, timeout=300, preexec_fn=limits)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
+    assert "OK" in r.stdout
+    if threads_fit == 0:   # the limit is real: not even a Python thread could start
+        assert "python thread started: False" in r.stdout

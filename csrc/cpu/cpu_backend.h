@@ -4,7 +4,8 @@
 //
 // Every operation takes a ConceptIndexView from a ConceptIndex (../index.h, checked) and mask
 // sets checked by check_mask_set (../checks.h); `n_threads` = 0 means default_threads()
-// (COMPEXP_NUM_THREADS, else all cores). Bad arguments throw std::invalid_argument.
+// (COMPEXP_NUM_THREADS, else all cores; see parallel.h for the parsing, the cap and what
+// happens when threads cannot start). Bad arguments throw std::invalid_argument.
 #pragma once
 
 #include <cstdint>
