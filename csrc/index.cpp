@@ -1,6 +1,7 @@
 // The owned, checked concept index (see index.h).
 #include "index.h"
 
+#include <string>
 #include <utility>
 
 #include "block_math.h"
@@ -19,14 +20,36 @@ void check_block_major(int64_t n_cells, int32_t K, const BlockMajorArrays& a) {
   COMPEXP_CHECK(a.n_entries >= 0 && a.n_full >= 0, "negative entry counts");
   const int64_t* bp = a.block_ptr;
   const int64_t* fp = a.full_ptr;
-  COMPEXP_CHECK(bp[0] == 0 && bp[nb] == a.n_entries, "block_ptr does not span the entries");
-  COMPEXP_CHECK(fp[0] == 0 && fp[nb] == a.n_full, "full_ptr does not span full_concept");
-  for (int64_t b = 0; b < nb; ++b)
-    COMPEXP_CHECK(bp[b] <= bp[b + 1] && fp[b] <= fp[b + 1], "block pointers must be non-decreasing");
+  COMPEXP_CHECK(bp[0] == 0 && bp[nb] == a.n_entries,
+                "block_ptr does not span the entries (block_ptr[0] = " + std::to_string(bp[0]) +
+                    " must be 0 and block_ptr[-1] = " + std::to_string(bp[nb]) + " must be " +
+                    std::to_string(a.n_entries) + ", the number of entries)");
+  COMPEXP_CHECK(fp[0] == 0 && fp[nb] == a.n_full,
+                "full_ptr does not span full_concept (full_ptr[0] = " + std::to_string(fp[0]) +
+                    " must be 0 and full_ptr[-1] = " + std::to_string(fp[nb]) + " must be " +
+                    std::to_string(a.n_full) + ", the number of full blocks)");
+  // Non-decreasing, so every pointer lies in [0, count] (a block never holds a negative
+  // number of items): the loops below stay inside the arrays.
+  for (int64_t b = 0; b < nb; ++b) {
+    COMPEXP_CHECK(bp[b] <= bp[b + 1],
+                  "block pointers must be non-decreasing: block_ptr[" + std::to_string(b) + "] = " +
+                      std::to_string(bp[b]) + " > block_ptr[" + std::to_string(b + 1) + "] = " +
+                      std::to_string(bp[b + 1]) + " (a negative entry count for block " +
+                      std::to_string(b) + ")");
+    COMPEXP_CHECK(fp[b] <= fp[b + 1],
+                  "block pointers must be non-decreasing: full_ptr[" + std::to_string(b) + "] = " +
+                      std::to_string(fp[b]) + " > full_ptr[" + std::to_string(b + 1) + "] = " +
+                      std::to_string(fp[b + 1]) + " (a negative full-block count for block " +
+                      std::to_string(b) + ")");
+  }
   for (int64_t e = 0; e < a.n_entries; ++e)
-    COMPEXP_CHECK(a.entry_concept[e] >= 0 && a.entry_concept[e] < K, "entry concept out of range");
+    COMPEXP_CHECK(a.entry_concept[e] >= 0 && a.entry_concept[e] < K,
+                  "entry concept out of range: entry_concept[" + std::to_string(e) + "] = " +
+                      std::to_string(a.entry_concept[e]) + ", expected 0.." + std::to_string(K - 1));
   for (int64_t q = 0; q < a.n_full; ++q)
-    COMPEXP_CHECK(a.full_concept[q] >= 0 && a.full_concept[q] < K, "full concept out of range");
+    COMPEXP_CHECK(a.full_concept[q] >= 0 && a.full_concept[q] < K,
+                  "full concept out of range: full_concept[" + std::to_string(q) + "] = " +
+                      std::to_string(a.full_concept[q]) + ", expected 0.." + std::to_string(K - 1));
   // Sorted, duplicate-free blocks: the concept-major view (and so materialisation) needs each
   // concept at most once per block.
   for (int64_t b = 0; b < nb; ++b) {

@@ -31,11 +31,16 @@ Simd parse_simd(const std::string& s) {
 // The concept index (csrc/index.h) and the CPU operations on it.
 class PyConceptIndex {
  public:
-  PyConceptIndex(int64_t n_cells, int32_t n_concepts, Arr<int64_t> block_ptr,
-                 Arr<int32_t> entry_concept, Arr<uint64_t> entry_words, Arr<int64_t> full_ptr,
-                 Arr<int32_t> full_concept)
-      : index_(concept_index_from_python(n_cells, n_concepts, block_ptr, entry_concept,
-                                         entry_words, full_ptr, full_concept)),
+  // The arrays must have exactly the layout's dtypes (no silent cast: see exact_array).
+  PyConceptIndex(int64_t n_cells, int32_t n_concepts, const py::object& block_ptr,
+                 const py::object& entry_concept, const py::object& entry_words,
+                 const py::object& full_ptr, const py::object& full_concept)
+      : index_(concept_index_from_python(
+            n_cells, n_concepts, exact_array<int64_t>(block_ptr, "block_ptr", "int64"),
+            exact_array<int32_t>(entry_concept, "entry_concept", "int32"),
+            exact_array<uint64_t>(entry_words, "entry_words", "uint64"),
+            exact_array<int64_t>(full_ptr, "full_ptr", "int64"),
+            exact_array<int32_t>(full_concept, "full_concept", "int32"))),
         view_(index_.view()) {}
 
   py::array_t<int64_t> primitive_counts(const py::tuple& units, const std::string& simd, int n_threads) {
@@ -183,7 +188,8 @@ PYBIND11_MODULE(_core, m) {
       "COMPEXP_NUM_THREADS or None), 'source', 'note' (why the variable was ignored or capped)}.");
 
   py::class_<PyConceptIndex>(m, "ConceptIndex")
-      .def(py::init<int64_t, int32_t, Arr<int64_t>, Arr<int32_t>, Arr<uint64_t>, Arr<int64_t>, Arr<int32_t>>(),
+      .def(py::init<int64_t, int32_t, const py::object&, const py::object&, const py::object&,
+                    const py::object&, const py::object&>(),
            py::arg("n_cells"), py::arg("n_concepts"), py::arg("block_ptr"), py::arg("entry_concept"),
            py::arg("entry_words"), py::arg("full_ptr"), py::arg("full_concept"))
       .def("primitive_counts", &PyConceptIndex::primitive_counts, py::arg("units"), py::arg("simd") = "auto",

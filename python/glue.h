@@ -22,6 +22,20 @@ namespace py = pybind11;
 template <class T>
 using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
+// The array `obj` as Arr<T>, refusing (TypeError naming `what`) anything that is not a NumPy
+// array of exactly T's dtype: for index arrays, where forcecast would silently truncate floats
+// or wrap wide integers into valid-looking values. A non-contiguous array is copied.
+template <class T>
+Arr<T> exact_array(const py::handle& obj, const char* what, const char* dtype_name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(what) + " must be a NumPy " + dtype_name + " array, got " +
+                         std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+  if (!py::isinstance<py::array_t<T>>(obj))
+    throw py::type_error(std::string(what) + " must be a NumPy " + dtype_name + " array, got dtype " +
+                         std::string(py::str(py::reinterpret_borrow<py::array>(obj).dtype())));
+  return py::reinterpret_borrow<py::array>(obj).cast<Arr<T>>();
+}
+
 // Moves a vector into a NumPy array without copying.
 template <class T>
 py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {

@@ -843,6 +843,35 @@ def test_corrupt_index_contents(index_file):
     assert str(index_file) in str(e.value)
 
 
+def test_index_ids_that_would_wrap_are_refused(index_file):
+    # Another tool wrote the ids as int64 (no checksum): in-range values load as before; a
+    # value that would wrap when cast to the stored int32 (4294967296 + j -> j, a valid id:
+    # wrong counts) is refused, naming the file and the dataset.
+    good = load_concepts(index_file)
+
+    def widen(name, dtype, delta=0):
+        def fn(f):
+            x = f[name][()].astype(dtype)
+            x[x.size - 1] += delta
+            del f[name]
+            f[name] = x
+        return fn
+
+    edit(index_file, widen("index/entry_concept", np.int64))
+    edit(index_file, widen("index/block_ptr", np.uint64))
+    np.testing.assert_array_equal(load_concepts(index_file).sizes, good.sizes)
+    edit(index_file, widen("index/entry_concept", np.int64, 2**32))
+    with pytest.raises(ValueError, match=r"dataset 'index/entry_concept' \(int64\): entry_concept"
+                                         r"\[\d+\] = \d+ does not fit in int32") as e:
+        load_concepts(index_file)
+    assert str(index_file) in str(e.value)
+    edit(index_file, widen("index/entry_concept", np.int64, -2**32))
+    edit(index_file, widen("index/block_ptr", np.uint64, 2**64 - 1 - int(good.arrays.block_ptr[-1])))
+    with pytest.raises(ValueError, match=r"dataset 'index/block_ptr' \(uint64\): block_ptr"
+                                         r"\[\d+\] = 18446744073709551615 does not fit in int64"):
+        load_concepts(index_file)
+
+
 def test_label_value_outside_mapping(concepts_file):
     def fn(f):
         maps = f["label_maps/object/maps"][()]

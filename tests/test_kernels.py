@@ -214,6 +214,69 @@ def test_concept_index_rejects_malformed_arrays():
     assert _index(100, [0], [[0, 1 << 35] + [0] * 6], []).sizes.tolist() == [1, 0]
 
 
+def test_concept_set_refuses_index_arrays_that_a_cast_would_change():
+    one = [1] + [0] * 7
+    ptr = np.array([0, 1], np.int64)
+
+    def make(block_ptr=ptr, entry_concept=np.array([1], np.int32), full_ptr=np.zeros(2, np.int64),
+             full_concept=np.zeros(0, np.int32), entry_words=np.array([one], np.uint64)):
+        return ConceptSet(1, (1, 512), ["a", "b"], block_ptr, entry_concept, entry_words,
+                          full_ptr, full_concept)
+
+    assert make().sizes.tolist() == [0, 1]
+    # Concept ids held as int64 that wrap into a valid id when cast to int32.
+    with pytest.raises(ValueError, match=r"entry_concept\[0\] = 4294967297 does not fit in int32"):
+        make(entry_concept=np.array([2**32 + 1], np.int64))
+    with pytest.raises(ValueError, match=r"full_concept\[0\] = -4294967296 does not fit in int32"):
+        make(entry_concept=np.zeros(0, np.int32), block_ptr=np.zeros(2, np.int64),
+             full_ptr=np.array([0, 1]), full_concept=np.array([-2**32], np.int64))
+    # In range, any integer dtype is fine (the values are unchanged).
+    assert make(entry_concept=np.array([1], np.int64), block_ptr=ptr.astype(np.uint64),
+                full_ptr=np.zeros(2, np.uint8)).sizes.tolist() == [0, 1]
+    # Pointers as uint64 beyond int64, or as floats (truncated by a cast), are refused.
+    with pytest.raises(ValueError, match=r"block_ptr\[1\] = 18446744073709551615 does not fit in int64"):
+        make(block_ptr=np.array([0, 2**64 - 1], np.uint64))
+    with pytest.raises(TypeError, match="block_ptr must be an integer array .* got dtype float64"):
+        make(block_ptr=np.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match="full_ptr must be an integer array .* got dtype float32"):
+        make(full_ptr=np.array([0, 0.5], np.float32))
+    with pytest.raises(TypeError, match="entry_concept must be an integer array"):
+        make(entry_concept=np.array([True]))
+    # Words are bit patterns: int64 is taken bit for bit, a negative narrower word is refused.
+    top = make(entry_words=np.array([[-(2**63)] + [0] * 7], np.int64))
+    assert top.sizes.tolist() == [0, 1] and top.arrays.entry_words[0, 0] == 2**63
+    with pytest.raises(ValueError, match=r"entry_words\[\(0, 0\)\] = -1 does not fit in uint64"):
+        make(entry_words=np.array([[-1] + [0] * 7], np.int32))
+    # Negative counts (a pointer that decreases), named with the block.
+    with pytest.raises(ValueError, match=r"block_ptr\[0\] = 0 > block_ptr\[1\] = -1 \(a negative "
+                                         r"entry count for block 0\)"):
+        ConceptSet(1, (1, 1024), ["a", "b"], np.array([0, -1, 1]), np.array([1], np.int32),
+                   np.array([one], np.uint64), np.zeros(3, np.int64), np.zeros(0, np.int32))
+    with pytest.raises(ValueError, match=r"full_ptr\[1\] = 2 > full_ptr\[2\] = 1 \(a negative "
+                                         r"full-block count for block 1\)"):
+        ConceptSet(1, (1, 1024), ["a", "b"], np.zeros(3, np.int64), np.zeros(0, np.int32),
+                   np.zeros((0, 8), np.uint64), np.array([0, 2, 1]), np.array([0], np.int32))
+
+
+def test_core_concept_index_takes_only_the_layout_dtypes():
+    # The compiled index refuses arrays that pybind11 would otherwise cast silently.
+    one = np.array([[1] + [0] * 7], np.uint64)
+    args = dict(n_cells=512, n_concepts=2, block_ptr=np.array([0, 1], np.int64),
+                entry_concept=np.array([1], np.int32), entry_words=one,
+                full_ptr=np.zeros(2, np.int64), full_concept=np.zeros(0, np.int32))
+    assert _core.ConceptIndex(**args).concept_sizes().tolist() == [0, 1]
+    for name, bad, msg in [
+        ("block_ptr", np.array([0, 1], np.uint64), "block_ptr must be a NumPy int64 array, got dtype uint64"),
+        ("block_ptr", np.array([0.0, 1.0]), "block_ptr must be a NumPy int64 array, got dtype float64"),
+        ("full_ptr", [0, 0], "full_ptr must be a NumPy int64 array, got list"),
+        ("entry_concept", np.array([2**32 + 1], np.int64), "entry_concept must be a NumPy int32 array, got dtype int64"),
+        ("full_concept", np.zeros(0, np.uint32), "full_concept must be a NumPy int32 array, got dtype uint32"),
+        ("entry_words", one.astype(np.int64), "entry_words must be a NumPy uint64 array, got dtype int64"),
+    ]:
+        with pytest.raises(TypeError, match=msg):
+            _core.ConceptIndex(**{**args, name: bad})
+
+
 def test_simd_paths_agree_at_scale(device):
     # Many entries per block, so the SIMD loops run long; the scalar path is the oracle.
     rng = np.random.default_rng(6)

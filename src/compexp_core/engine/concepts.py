@@ -23,7 +23,7 @@ import numpy as np
 from .. import _core
 from .masks import BLOCK_WORDS, MaskSet
 
-__all__ = ["ConceptSet", "ConceptSetBuilder", "default_names"]
+__all__ = ["ConceptSet", "ConceptSetBuilder", "default_names", "index_array"]
 
 # Samples per chunk when feeding large arrays to the builder: bounds temporary copies.
 _CHUNK_CELLS = 1 << 24
@@ -71,6 +71,36 @@ def check_names(names: Optional[Sequence[str]], k: int, what: str = "names") -> 
             seen.add(n)
         raise ValueError(f"{what} must be unique; duplicated: {sorted(set(dup))[:10]}")
     return names
+
+
+def index_array(x, dtype, what: str) -> np.ndarray:
+    """``x`` as a C-contiguous ``dtype`` array for the concept index, refusing (TypeError) an
+    array that is not of integers and (ValueError naming ``what``, the value and its position)
+    any value the cast would change: a wrapped concept id or pointer would give wrong counts."""
+    x = np.asarray(x)
+    dtype = np.dtype(dtype)
+    if x.dtype.kind not in "iu":
+        if x.size == 0 and x.dtype.kind in "fb":   # e.g. np.array([]) for "no entries"
+            return np.zeros(x.shape, dtype)
+        raise TypeError(f"{what} must be an integer array ({dtype.name}), got dtype {x.dtype}")
+    if x.size and not np.can_cast(x.dtype, dtype):
+        info = np.iinfo(dtype)
+        lo, hi = x.min(), x.max()
+        for value in (lo, hi):
+            if int(value) < info.min or int(value) > info.max:
+                pos = np.unravel_index(int(np.flatnonzero(x.reshape(-1) == value)[0]), x.shape)
+                pos = pos[0] if len(pos) == 1 else tuple(int(p) for p in pos)
+                raise ValueError(f"{what}[{pos}] = {int(value)} does not fit in {dtype.name} "
+                                 f"({info.min}..{info.max}); the index stores {what} as "
+                                 f"{dtype.name} and will not wrap it")
+    return np.ascontiguousarray(x, dtype)
+
+
+def _words_bits(words) -> np.ndarray:
+    """Block words are bit patterns: a signed 64-bit array is taken bit for bit (as the cast
+    always did); narrower signed words must not be negative (index_array checks)."""
+    words = np.asarray(words)
+    return words.view(np.uint64) if words.dtype == np.int64 else words
 
 
 def _chunk_samples(n_samples: int, cells_per_sample: int) -> int:
@@ -130,10 +160,15 @@ class ConceptSet:
         self.grid = (h, w)
         self.names = tuple(names)
         self.categories = tuple(categories)
+        # Integer arrays only, each value checked against the stored dtype before the cast:
+        # a float pointer would be truncated and an int64 concept id >= 2**31 would wrap into
+        # a valid-looking id (wrong counts, no error).
         self._arrays = _IndexArrays(
-            np.ascontiguousarray(block_ptr, np.int64), np.ascontiguousarray(entry_concept, np.int32),
-            np.ascontiguousarray(entry_words, np.uint64).reshape(-1, BLOCK_WORDS),
-            np.ascontiguousarray(full_ptr, np.int64), np.ascontiguousarray(full_concept, np.int32))
+            index_array(block_ptr, np.int64, "block_ptr"),
+            index_array(entry_concept, np.int32, "entry_concept"),
+            index_array(_words_bits(entry_words), np.uint64, "entry_words").reshape(-1, BLOCK_WORDS),
+            index_array(full_ptr, np.int64, "full_ptr"),
+            index_array(full_concept, np.int32, "full_concept"))
         a = self._arrays
         # The C++ index checks the structure (pointer ranges, concept ids) and builds the
         # concept-major view once.

@@ -31,7 +31,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import h5py
 import numpy as np
 
-from ..engine.concepts import BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names, check_strings
+from ..engine.concepts import (BLOCK_WORDS, ConceptSet, ConceptSetBuilder, check_names, check_strings,
+                               index_array)
 from . import _h5
 from ._h5 import CONCEPTS_FORMAT, PathLike
 
@@ -543,7 +544,15 @@ def _read_index(f: h5py.File, path: str, n: int, grid: tuple, names: list[str],
         if ds.dtype.kind not in kinds or ds.ndim != ndim:
             raise ValueError(f"'{path}': dataset 'index/{name}' must be a {ndim}-D integer array "
                              f"({np.dtype(dtype).name}), found shape {ds.shape} dtype {ds.dtype}")
-        arrays[name] = np.ascontiguousarray(_h5.read_array(ds, path, f"index/{name}"), dtype)
+        raw = _h5.read_array(ds, path, f"index/{name}")
+        if name == "entry_words" and raw.dtype == np.int64:
+            raw = raw.view(np.uint64)     # words are bit patterns: signed 64-bit, bit for bit
+        try:
+            # Range-checked before the cast: an int64 concept id >= 2**31 would otherwise wrap
+            # into a valid-looking id and give wrong counts.
+            arrays[name] = index_array(raw, dtype, name)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"'{path}': dataset 'index/{name}' ({ds.dtype}): {e}") from None
     for name in ("block_ptr", "full_ptr"):
         if arrays[name].shape != (n_blocks + 1,):
             raise ValueError(f"'{path}': dataset 'index/{name}' has shape {arrays[name].shape}, "
