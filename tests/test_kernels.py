@@ -213,7 +213,7 @@ def test_simd_paths_agree_at_scale(device):
     ref = cs.primitive_counts(U, "scalar")
     f0, g0, w0 = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, "scalar")
     assert w0 == expected_work(cs, U) and all(type(x) is int for x in w0)
-    for simd in SIMDS:
+    for simd in SIMDS if device == "cpu" else SIMDS[:1]:      # the GPU has no simd choice
         np.testing.assert_array_equal(cs.primitive_counts(U, simd, device=device), ref)
         f, g, w = cs.extension_counts(U, np.arange(8)[::-1].copy(), U, simd, device=device)
         np.testing.assert_array_equal(f, f0)
