@@ -287,7 +287,7 @@ def test_simd_paths_agree_at_scale(device):
     ref = scalar.primitive_counts(scalar.prepare(cs), U)
     f0, g0, w0 = scalar.extension_counts(scalar.prepare(cs), U, np.arange(8)[::-1].copy(), U)
     assert w0 == expected_work(cs, U)
-    for simd in SIMDS:
+    for simd in SIMDS if device == "cpu" else SIMDS[:1]:      # the GPU has no simd choice
         be = get_backend(device, simd=simd)
         index = be.prepare(cs)
         np.testing.assert_array_equal(be.primitive_counts(index, U), ref)
