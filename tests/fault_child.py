@@ -213,4 +213,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: restore it, as a terminal has it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,8 @@ import pytest
 import compexp_core as cx
 from compexp_core import _core
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+# Where the package under test was imported from (an installed copy in CI, src/ here).
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(cx.__file__)))
 
 
 def _same_arrays(a, b):
