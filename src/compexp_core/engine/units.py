@@ -4,7 +4,9 @@ A unit fires on the cells where its activation, upsampled to the concepts' grid,
 unit's threshold: the (1 - quantile) quantile of all its raw activation values (NumPy's default
 linear interpolation, computed in float64). Maps are resized exactly as Pillow's
 ``Image.resize(BILINEAR)`` does on a float32 image (half-pixel centres, no antialiasing when
-upsampling), as the reference code does. Boolean activations are unit masks already.
+upsampling), as the reference code does; float64 maps with the same operations in double
+precision (no float32 rounding) and compared with the threshold in double. Boolean
+activations are unit masks already.
 
 Activations are read in batches of units and chunks of samples, so neither the activation
 tensor nor any dense mask of the whole dataset has to fit in memory: ``acts`` may be an
@@ -215,7 +217,7 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
     H, W = grid
     n = acts.shape[0]
     is_bool = np.dtype(acts.dtype) == bool
-    per_sample = len(ids) * max(_values_per_unit(acts), H * W) * 4
+    per_sample = len(ids) * max(_values_per_unit(acts), H * W) * (8 if acts.dtype == np.float64 else 4)
     step = max(1, _READ_BYTES // max(1, per_sample))
     parts = []      # (ptr, block, words) tuples of consecutive sample ranges
     for s0 in range(0, n, step):
@@ -233,6 +235,9 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
         elif is_bool:
             parts.append(_core.unit_masks_from_bool(np.ascontiguousarray(chunk).view(np.uint8), s0))
         else:
-            parts.append(_core.unit_masks_from_maps(np.ascontiguousarray(chunk, np.float32), s0, H, W,
+            # float64 maps are resized in double precision (a float32 image would round them,
+            # e.g. 1 + 1e-9 to 1, 1e300 to inf); other floats as Pillow's float32 image.
+            dt = np.float64 if chunk.dtype == np.float64 else np.float32
+            parts.append(_core.unit_masks_from_maps(np.ascontiguousarray(chunk, dt), s0, H, W,
                                                     np.ascontiguousarray(thresholds, np.float64)))
     return MaskSet.from_arrays(parts[0] if len(parts) == 1 else _core.merge_mask_parts(parts))
