@@ -21,17 +21,18 @@ def _is_path(x) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def activations_input(acts):
+def activations_input(acts, on_device: bool = False):
     """Activations as the engine reads them: a path is opened as an activations HDF5 file
     (read lazily, in chunks); arrays, h5py datasets and torch tensors pass through
-    :func:`compexp_core.engine.units.as_activations`."""
+    :func:`compexp_core.engine.units.as_activations` (``on_device``: a CUDA search, where
+    float GPU arrays stay on the GPU)."""
     if _is_path(acts):
         from .io import open_activations
 
         return open_activations(acts)
     from .io._h5 import check_open
 
-    return as_activations(check_open(acts, "acts"))
+    return as_activations(check_open(acts, "acts"), on_device=on_device)
 
 
 def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
