@@ -107,7 +107,7 @@ def section_kernel(args, d: Path) -> None:
     cuda = get_backend("cuda")
     gpu = cuda.prepare(cs)
     t_upload = time.perf_counter() - t
-    bw = gpu.copy_bandwidth(1 << 30, args.repeats)
+    bw = gpu.copy_bandwidth(args.copy_bytes, args.repeats)
     ms = np.array(gpu.time_extension_counts(formulas.arrays(), unit_of, umasks.arrays(), args.repeats))
     # Equality and the CPU side on the same inputs.
     f_gpu, g_gpu, _ = cuda.extension_counts(gpu, formulas, unit_of, umasks)
@@ -117,6 +117,7 @@ def section_kernel(args, d: Path) -> None:
         f_cpu, g_cpu, _ = cpu.extension_counts(cpu_index, formulas, unit_of, umasks)
         cpu_times.append(time.perf_counter() - t)
     same = bool((f_gpu == f_cpu).all() and (g_gpu == g_cpu).all())
+    args.all_identical &= same
     t_gpu = float(np.median(ms)) * 1e-3
     t_cpu = float(np.median(cpu_times))
     kbw = touched / t_gpu
@@ -142,6 +143,7 @@ def section_engine(args, d: Path) -> None:
     for length, beam in args.configs:
         runs = {dev: run_engine(d, length, beam, dev) for dev in ("cuda", "cpu")}
         same = runs["cuda"]["formulas"] == runs["cpu"]["formulas"] and runs["cuda"]["iou"] == runs["cpu"]["iou"]
+        args.all_identical &= same
         for dev, r in runs.items():
             s = r["stats"]["seconds"]
             search = s["primitive_counts"] + s["extension_counts"] + s["materialize"] + s["driver"]
@@ -162,7 +164,11 @@ def main() -> None:
     ap.add_argument("--cpu-repeats", type=int, default=3, help="timed CPU kernel runs (median)")
     ap.add_argument("--sections", default="kernel,engine")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/compexp-bench"))
+    ap.add_argument("--copy-bytes", type=int, default=1 << 30, help="bytes per timed device copy")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit with status 1 unless every GPU result equals the CPU's")
     args = ap.parse_args()
+    args.all_identical = True
     try:
         args.configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     except ValueError:
@@ -181,6 +187,9 @@ def main() -> None:
         section_kernel(args, d)
     if "engine" in sections:
         section_engine(args, d)
+    print(f"\nall GPU results identical to the CPU's: {args.all_identical}")
+    if args.strict and not args.all_identical:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
