@@ -154,3 +154,13 @@ def test_float32_maps_unchanged_by_float64_path():
     np.testing.assert_array_equal(engine_masks(acts, grid, 0.1), ref)
     np.testing.assert_array_equal(engine_masks(acts.astype(np.float16), grid, 0.1),
                                   reference_unit_masks(acts.astype(np.float16), grid, 0.1))
+
+
+@pytest.mark.parametrize("hw, grid", [((7, 7), (5, 9)), ((3, 3), (7, 7)), ((5, 4), (2, 9))])
+def test_float64_constant_maps_resized_in_full(hw, grid):
+    # A float64 resize of a constant map may exceed the constant by an ulp (its weights sum to
+    # 1 +- an ulp); no shortcut may assume a resize never exceeds the map's maximum.
+    for c in (0.75, 0.1, 1 / 3, 7.3):
+        acts = np.full((2, 1, *hw), c)
+        np.testing.assert_array_equal(engine_masks(acts, grid, threshold=c),
+                                      reference_unit_masks(acts, grid, threshold=c))

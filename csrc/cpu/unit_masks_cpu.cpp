@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu_backend.h"
 #include "pillow_coeffs.h"
@@ -128,7 +129,11 @@ void threshold_resized(const T* map, int h, int w, const AxisCoeffs& cx, const A
                        MaskAppender& out) {
   const bool horizontal = w != W, vertical = h != H;
   const bool vertical_first = horizontal && vertical && H < h && (h - H) > 2 * (w - W);
-  if (!vertical || vertical_first) {
+  // The pruning below relies on a pass never exceeding the largest value it combines; that
+  // holds after rounding to float32 (the double sum's error is far below half a float32 ulp),
+  // not for double results (weights summing to 1 +- an ulp can lift a constant map above
+  // itself): float64 maps are resized in full.
+  if (!vertical || vertical_first || std::is_same<T, double>::value) {
     pil_resize(map, h, w, cx, cy, H, W, tmp, up);
     for (int64_t i = 0; i < static_cast<int64_t>(H) * W; ++i)
       if (static_cast<double>(up[i]) > t) out.set(base + i);
@@ -202,10 +207,11 @@ MaskSet maps_to_masks(const T* acts, int64_t n_samples, int64_t n_units, int64_t
       const double t = threshold[u];
       for (int64_t s = 0; s < n_samples; ++s) {
         const T* map = acts + (s * n_units + u) * hw;
-        // A bilinear resize is a convex combination of its inputs, so it never exceeds the
-        // map's maximum: maps that cannot cross the threshold are skipped unread.
+        // A bilinear resize is a convex combination of its inputs, so after rounding to float32
+        // it never exceeds the map's maximum: float32 maps that cannot cross the threshold are
+        // skipped. (A double result can exceed it by an ulp: float64 maps are all resized.)
         const T mx = *std::max_element(map, map + hw);
-        if (!(static_cast<double>(mx) > t)) continue;
+        if (std::is_same<T, float>::value && !(static_cast<double>(mx) > t)) continue;
         const int64_t base = (sample_offset + s) * HW;
         threshold_resized(map, static_cast<int>(h), static_cast<int>(w), cx, cy, static_cast<int>(H),
                           static_cast<int>(W), t, tmp.data(), up.data(), base, parts[u]);
