@@ -150,8 +150,9 @@ class PyDeviceIndex {
   // or DLPack): pointer, dtype "float32" / "float64", shape [n, U, h, w] or [n, U], strides in
   // bytes (None: C order). Only converted and checked here.
   static cuda::DeviceMapsView maps_view(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
-                                        const py::object& strides) {
+                                        const py::object& strides, uintptr_t stream) {
     cuda::DeviceMapsView v;
+    v.stream = stream;
     require(dtype == "float32" || dtype == "float64",
             "acts on the GPU must be float32 or float64, got " + dtype + " (convert it on the GPU first)");
     v.dtype_bytes = dtype == "float32" ? 4 : 8;
@@ -186,8 +187,8 @@ class PyDeviceIndex {
   }
 
   py::array_t<double> unit_thresholds(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
-                                      const py::object& strides, Arr<int64_t> ids, double q) {
-    const cuda::DeviceMapsView v = maps_view(ptr, dtype, shape, strides);
+                                      const py::object& strides, Arr<int64_t> ids, double q, uintptr_t stream) {
+    const cuda::DeviceMapsView v = maps_view(ptr, dtype, shape, strides, stream);
     require(ids.ndim() == 1 && ids.shape(0) > 0, "ids must be a non-empty 1-D array");
     require(q >= 0.0 && q <= 1.0, "q must lie in [0, 1]");
     py::array_t<double> out(ids.shape(0));
@@ -203,8 +204,9 @@ class PyDeviceIndex {
   }
 
   py::tuple unit_masks(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
-                       const py::object& strides, Arr<int64_t> ids, int64_t H, int64_t W, Arr<double> threshold) {
-    const cuda::DeviceMapsView v = maps_view(ptr, dtype, shape, strides);
+                       const py::object& strides, Arr<int64_t> ids, int64_t H, int64_t W, Arr<double> threshold,
+                       uintptr_t stream) {
+    const cuda::DeviceMapsView v = maps_view(ptr, dtype, shape, strides, stream);
     require(ids.ndim() == 1 && ids.shape(0) > 0, "ids must be a non-empty 1-D array");
     require(threshold.ndim() == 1 && threshold.shape(0) == ids.shape(0), "threshold must have one value per id");
     py::array_t<int64_t> pop(ids.shape(0));
@@ -296,11 +298,11 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("units"), py::arg("repeats") = 20,
            "Benchmark: milliseconds of each run of the extension kernel alone (CUDA events).")
       .def("unit_thresholds", &PyDeviceIndex::unit_thresholds, py::arg("ptr"), py::arg("dtype"), py::arg("shape"),
-           py::arg("strides"), py::arg("ids"), py::arg("q"),
+           py::arg("strides"), py::arg("ids"), py::arg("q"), py::arg("stream") = 0,
            "np.quantile(values of each unit in ids, q) of device maps, computed on the GPU")
       .def("unit_masks", &PyDeviceIndex::unit_masks, py::arg("ptr"), py::arg("dtype"), py::arg("shape"),
            py::arg("strides"), py::arg("ids"), py::arg("height"), py::arg("width"), py::arg("threshold"),
-           "(DeviceMasks, popcounts): unit masks of device maps, computed on the GPU")
+           py::arg("stream") = 0, "(DeviceMasks, popcounts): unit masks of device maps, computed on the GPU")
       .def("copy_bandwidth", &PyDeviceIndex::copy_bandwidth, py::arg("bytes") = int64_t{1} << 30,
            py::arg("repeats") = 20,
            "Benchmark: device-to-device copy bandwidth in bytes (read + written) per second.")

@@ -183,3 +183,19 @@ def test_device_acts_are_not_copied_to_the_host(monkeypatch):
     masks = rng.random((6, 3, 4, 4)) < 0.5
     res = cx.search_formulas(FakeCudaArray(acts), masks, max_length=2, beam_size=2, device="cuda")
     assert len(res) == 2
+
+
+def test_device_acts_wait_for_the_producer_stream():
+    # __cuda_array_interface__ v3 "stream": 1 (the legacy default stream) is waited for.
+    rng = np.random.default_rng(10)
+    acts = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    masks = rng.random((6, 3, 4, 4)) < 0.4
+    arr = FakeCudaArray(acts)
+    arr._cai = dict(arr._cai, stream=1)
+    assert DeviceActivations(arr).stream == 1
+    want = cx.search_formulas(acts, masks, max_length=2, beam_size=2)
+    got = cx.search_formulas(arr, masks, max_length=2, beam_size=2, device="cuda")
+    assert [(str(e.formula), e.iou) for e in got] == [(str(e.formula), e.iou) for e in want]
+    arr._cai = dict(arr._cai, stream=0)
+    with pytest.raises(ValueError, match="stream"):
+        DeviceActivations(arr)

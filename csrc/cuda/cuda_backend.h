@@ -113,12 +113,15 @@ struct DeviceMaskSet {
 
 // Activation maps already in device memory (not owned): [n, units, h, w] float32 (dtype_bytes
 // 4) or float64 (8) values, element strides (any non-negative; [n, units] values are
-// h = w = 1 with zero strides for the last two axes).
+// h = w = 1 with zero strides for the last two axes). stream: the producer's stream, which
+// is synchronised before the values are read (0: none; 1, 2: the legacy and per-thread default
+// streams, as in __cuda_array_interface__ version 3).
 struct DeviceMapsView {
   const void* data = nullptr;
   int dtype_bytes = 4;
   int64_t n = 0, units = 0, h = 1, w = 1;
   int64_t stride[4] = {0, 0, 0, 0};
+  uintptr_t stream = 0;
 };
 
 // The concept index on one GPU, with the operations of cpu_backend.h. Not thread-safe: one

@@ -294,6 +294,11 @@ void check_maps(const DeviceMapsView& v, const int64_t* ids, int64_t n_ids) {
     COMPEXP_CHECK(ids[i] >= 0 && ids[i] < v.units, "unit ids must lie in [0, units)");
 }
 
+// Waits for the producer's stream (its writes of the maps) before our stream reads them.
+void wait_for_producer(const DeviceMapsView& v) {
+  if (v.stream) COMPEXP_CUDA_CHECK(cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(v.stream)));
+}
+
 template <class T>
 Maps<T> maps_of(const DeviceMapsView& v) {
   return Maps<T>{static_cast<const T*>(v.data), v.stride[0], v.stride[1], v.stride[2], v.stride[3]};
@@ -305,6 +310,7 @@ int64_t DeviceIndex::unit_thresholds(const DeviceMapsView& maps, const int64_t* 
                                      double* out) {
   check_maps(maps, ids, n_ids);
   activate();
+  wait_for_producer(maps);
   cudaStream_t s = stream_.get();
   std::vector<int64_t> host_ids(ids, ids + n_ids);
   DeviceArray<int64_t> d_ids = upload_vec(host_ids, s);
@@ -333,6 +339,7 @@ DeviceMaskSet DeviceIndex::unit_masks(const DeviceMapsView& maps, const int64_t*
   COMPEXP_CHECK(H > 0 && W > 0, "the grid must have positive sizes");
   COMPEXP_CHECK(maps.n * H * W == n_cells_, "maps.n * H * W must equal the index's number of cells");
   activate();
+  wait_for_producer(maps);
   cudaStream_t s = stream_.get();
   const int64_t n = maps.n, h = maps.h, w = maps.w;
   const bool horizontal = w != W, vertical = h != H;

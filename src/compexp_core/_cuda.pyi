@@ -63,13 +63,14 @@ class DeviceConceptIndex:
     def copy_bandwidth(self, bytes: int = 1 << 30, repeats: int = 20) -> float:
         """Benchmark: device-to-device copy bandwidth, bytes read + written per second."""
     def unit_thresholds(self, ptr: int, dtype: str, shape: Sequence[int], strides: Optional[Sequence[int]],
-                        ids: npt.ArrayLike, q: float) -> npt.NDArray[np.float64]:
+                        ids: npt.ArrayLike, q: float, stream: int = 0) -> npt.NDArray[np.float64]:
         """np.quantile(values of unit ids[i] as float64, q) (linear; -0.0 given as +0.0), computed on
         the GPU from maps at device address ptr: dtype "float32"/"float64", shape [N, U, h, w] or
-        [N, U], strides in bytes (None: C order). ValueError naming a unit with NaN or infinity."""
+        [N, U], strides in bytes (None: C order); stream: the producer's stream, synchronised
+        first (0: none). ValueError naming a unit with NaN or infinity."""
     def unit_masks(self, ptr: int, dtype: str, shape: Sequence[int], strides: Optional[Sequence[int]],
                    ids: npt.ArrayLike, height: int, width: int,
-                   threshold: npt.ArrayLike) -> Tuple[DeviceMasks, npt.NDArray[np.int64]]:
+                   threshold: npt.ArrayLike, stream: int = 0) -> Tuple[DeviceMasks, npt.NDArray[np.int64]]:
         """(masks, popcounts): ``_core.unit_masks_from_maps`` of all N samples, bit for bit, computed on
         the GPU from device maps (as unit_thresholds); the masks stay on the GPU."""
     @property

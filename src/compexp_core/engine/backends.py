@@ -248,7 +248,8 @@ class CudaBackend:
             return compute_thresholds(acts, quantile, ids, progress=progress)
         self._check_device(acts)
         t = index.unit_thresholds(acts.ptr, acts.dtype.name, acts.shape, acts.strides,
-                                  np.ascontiguousarray(ids, np.int64), 1.0 - quantile)
+                                  np.ascontiguousarray(ids, np.int64), 1.0 - quantile,
+                                  stream=acts.stream)
         if progress is not None:
             progress(len(ids))
         return t
@@ -259,7 +260,7 @@ class CudaBackend:
             self._check_device(acts)
             return index.unit_masks(acts.ptr, acts.dtype.name, acts.shape, acts.strides,
                                     np.ascontiguousarray(ids, np.int64), int(grid[0]), int(grid[1]),
-                                    np.ascontiguousarray(thresholds, np.float64))
+                                    np.ascontiguousarray(thresholds, np.float64), stream=acts.stream)
         # Host activations: masks computed on the host, uploaded once.
         masks = unit_masks(acts, ids, grid, thresholds)
         return index.upload(masks.arrays()), masks.popcounts()

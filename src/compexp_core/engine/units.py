@@ -95,8 +95,8 @@ class DeviceActivations:
     on the device, so the values never travel through host memory.
 
     Attributes: ``shape``, ``dtype`` (float32 or float64), ``ptr`` (device address),
-    ``strides`` (bytes, or None for C order), ``device`` (CUDA ordinal, or None if the object
-    does not say), ``owner``.
+    ``strides`` (bytes, or None for C order), ``stream`` (the producer's CUDA stream to wait
+    for, 0 for none), ``device`` (CUDA ordinal, or None if the object does not say), ``owner``.
     """
 
     def __init__(self, owner, what: str = "acts") -> None:
@@ -137,11 +137,19 @@ class DeviceActivations:
                                  f"non-negative multiples of the item size {dtype.itemsize}")
         if cai.get("mask") is not None:
             raise ValueError(f"{what} on the GPU is a masked array; pass plain values")
+        # Version 3: the producer's stream (None: nothing to wait for; 1 / 2: the legacy /
+        # per-thread default stream). The kernels wait for it before reading the values.
+        stream = cai.get("stream")
+        if stream is not None and (isinstance(stream, bool) or not isinstance(stream, (int, np.integer))
+                                   or int(stream) <= 0):
+            raise ValueError(f"{what}: __cuda_array_interface__ stream must be None or a positive "
+                             f"integer, got {stream!r}")
         self.owner = owner
         self.shape = shape
         self.dtype = dtype
         self.ptr = ptr
         self.strides = strides
+        self.stream = 0 if stream is None else int(stream)
         self.device = _cuda_device_of(owner)
 
     def __repr__(self) -> str:
