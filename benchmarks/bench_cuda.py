@@ -17,7 +17,9 @@ concepts, 512 units, quantile 0.005):
   engine  whole layer end to end from the HDF5 files (concept index, GPU upload, thresholds,
           upsampling, search) on the GPU and on the CPU, each in its own process, for
           (length, beam) in --configs (default: 3x5, 10x5, 3x10): wall times, phases, ratio,
-          and whether both found identical formulas and IoUs.
+          and whether both found identical formulas and IoUs; with a GPU torch can see, also
+          from the activations as a torch CUDA tensor ("cuda-acts": thresholds and unit masks
+          on the GPU, no host copy), --device-acts.
 """
 from __future__ import annotations
 
@@ -57,8 +59,16 @@ def _engine_child(d: str, length: int, beam: int, device: str, out) -> None:
     t0 = time.perf_counter()
     cs = cx.load_concepts(f"{d}/concepts.h5")
     t_index = time.perf_counter() - t0
-    res = cx.search_formulas(cx.open_activations(f"{d}/acts.h5"), cs, max_length=length,
-                             beam_size=beam, device=device)
+    acts = cx.open_activations(f"{d}/acts.h5")
+    if device == "cuda-acts":
+        # Activations already on the GPU (a torch CUDA tensor): thresholds and unit masks are
+        # computed there; the read and the upload are timed in total_s.
+        import torch
+
+        acts = torch.from_numpy(np.asarray(acts[:])).to("cuda:0")
+        torch.cuda.synchronize()
+        device = "cuda"
+    res = cx.search_formulas(acts, cs, max_length=length, beam_size=beam, device=device)
     out.put({"index_s": t_index, "total_s": time.perf_counter() - t0, "stats": res.stats,
              "iou": [e.iou for e in res], "formulas": [str(e.formula) for e in res],
              "P": cs.n_cells, "K": cs.n_concepts})
@@ -107,7 +117,7 @@ def section_kernel(args, d: Path) -> None:
     cuda = get_backend("cuda")
     gpu = cuda.prepare(cs)
     t_upload = time.perf_counter() - t
-    bw = gpu.copy_bandwidth(1 << 30, args.repeats)
+    bw = gpu.copy_bandwidth(args.copy_bytes, args.repeats)
     ms = np.array(gpu.time_extension_counts(formulas.arrays(), unit_of, umasks.arrays(), args.repeats))
     # Equality and the CPU side on the same inputs.
     f_gpu, g_gpu, _ = cuda.extension_counts(gpu, formulas, unit_of, umasks)
@@ -117,6 +127,7 @@ def section_kernel(args, d: Path) -> None:
         f_cpu, g_cpu, _ = cpu.extension_counts(cpu_index, formulas, unit_of, umasks)
         cpu_times.append(time.perf_counter() - t)
     same = bool((f_gpu == f_cpu).all() and (g_gpu == g_cpu).all())
+    args.all_identical &= same
     t_gpu = float(np.median(ms)) * 1e-3
     t_cpu = float(np.median(cpu_times))
     kbw = touched / t_gpu
@@ -140,14 +151,17 @@ def section_engine(args, d: Path) -> None:
           "search s | extension kernel s | identical to CPU |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for length, beam in args.configs:
-        runs = {dev: run_engine(d, length, beam, dev) for dev in ("cuda", "cpu")}
-        same = runs["cuda"]["formulas"] == runs["cpu"]["formulas"] and runs["cuda"]["iou"] == runs["cpu"]["iou"]
+        devs = ("cuda", "cuda-acts", "cpu") if args.device_acts else ("cuda", "cpu")
+        runs = {dev: run_engine(d, length, beam, dev) for dev in devs}
+        same = all(runs[g]["formulas"] == runs["cpu"]["formulas"] and runs[g]["iou"] == runs["cpu"]["iou"]
+                   for g in devs if g != "cpu")
+        args.all_identical &= same
         for dev, r in runs.items():
             s = r["stats"]["seconds"]
             search = s["primitive_counts"] + s["extension_counts"] + s["materialize"] + s["driver"]
             print(f"| {length} | {beam} | {dev} | {r['total_s']:.1f} | {r['index_s']:.1f} | "
                   f"{s.get('index_upload', 0.0):.2f} | {s['thresholds']:.1f} | {s['unit_masks']:.1f} | "
-                  f"{search:.1f} | {s['extension_counts']:.2f} | {same if dev == 'cuda' else ''} |", flush=True)
+                  f"{search:.1f} | {s['extension_counts']:.2f} | {same if dev != 'cpu' else ''} |", flush=True)
         print(f"  GPU vs CPU (end to end): {runs['cpu']['total_s'] / runs['cuda']['total_s']:.1f}x; "
               f"GPU phases {({k: round(v, 2) for k, v in runs['cuda']['stats']['seconds'].items()})}")
 
@@ -162,12 +176,27 @@ def main() -> None:
     ap.add_argument("--cpu-repeats", type=int, default=3, help="timed CPU kernel runs (median)")
     ap.add_argument("--sections", default="kernel,engine")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/compexp-bench"))
+    ap.add_argument("--copy-bytes", type=int, default=1 << 30, help="bytes per timed device copy")
+    ap.add_argument("--device-acts", choices=("auto", "yes", "no"), default="auto",
+                    help="also run the engine from activations already on the GPU (a torch CUDA "
+                         "tensor); auto: when torch sees a GPU")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit with status 1 unless every GPU result equals the CPU's")
     args = ap.parse_args()
+    args.all_identical = True
     try:
         args.configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
     except ValueError:
         ap.error(f"--configs must look like 3x5,10x5; got {args.configs!r}")
     gpu_name = require_gpu()
+    if args.device_acts == "auto":
+        try:
+            import torch
+
+            args.device_acts = "yes" if torch.cuda.is_available() else "no"
+        except ImportError:
+            args.device_acts = "no"
+    args.device_acts = args.device_acts == "yes"
     from bench_search import workload
 
     import compexp_core as cx
@@ -181,6 +210,9 @@ def main() -> None:
         section_kernel(args, d)
     if "engine" in sections:
         section_engine(args, d)
+    print(f"\nall GPU results identical to the CPU's: {args.all_identical}")
+    if args.strict and not args.all_identical:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -215,14 +215,31 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "unit_masks_from_maps",
-      [](Arr<float> acts, int64_t sample_offset, int64_t H, int64_t W, Arr<double> threshold, int n_threads) {
+      [](py::array acts_in, int64_t sample_offset, int64_t H, int64_t W, Arr<double> threshold, int n_threads) {
+        // float64 maps keep double precision (resized in double); every other dtype is resized
+        // as float32, Pillow's mode "F".
+        const bool f64 = acts_in.dtype().is(py::dtype::of<double>());
+        Arr<float> a32;
+        Arr<double> a64;
+        py::array acts;
+        if (f64) {
+          a64 = acts_in.cast<Arr<double>>();
+          acts = a64;
+        } else {
+          a32 = acts_in.cast<Arr<float>>();
+          acts = a32;
+        }
         require(acts.ndim() == 4, "acts must be [n, units, h, w]");
         require(threshold.ndim() == 1 && threshold.shape(0) == acts.shape(1), "threshold must have one value per unit");
         MaskSet out;
         {
           py::gil_scoped_release nogil;
-          out = cpu::unit_masks_from_maps(acts.data(), acts.shape(0), acts.shape(1), acts.shape(2), acts.shape(3),
-                                          sample_offset, H, W, threshold.data(), n_threads);
+          if (f64)
+            out = cpu::unit_masks_from_maps(a64.data(), acts.shape(0), acts.shape(1), acts.shape(2), acts.shape(3),
+                                            sample_offset, H, W, threshold.data(), n_threads);
+          else
+            out = cpu::unit_masks_from_maps(a32.data(), acts.shape(0), acts.shape(1), acts.shape(2), acts.shape(3),
+                                            sample_offset, H, W, threshold.data(), n_threads);
         }
         return mask_set_to_python(std::move(out));
       },

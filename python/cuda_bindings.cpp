@@ -146,6 +146,80 @@ class PyDeviceIndex {
     return index_->copy_bandwidth(static_cast<size_t>(bytes), repeats);
   }
 
+  // Activation maps in device memory, described by the caller (from __cuda_array_interface__
+  // or DLPack): pointer, dtype "float32" / "float64", shape [n, U, h, w] or [n, U], strides in
+  // bytes (None: C order). Only converted and checked here.
+  static cuda::DeviceMapsView maps_view(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
+                                        const py::object& strides, uintptr_t stream) {
+    cuda::DeviceMapsView v;
+    v.stream = stream;
+    require(dtype == "float32" || dtype == "float64",
+            "acts on the GPU must be float32 or float64, got " + dtype + " (convert it on the GPU first)");
+    v.dtype_bytes = dtype == "float32" ? 4 : 8;
+    require(shape.size() == 4 || shape.size() == 2, "acts on the GPU must be [N, U, h, w] or [N, U]");
+    for (int64_t d : shape) require(d > 0, "acts on the GPU must have no empty axis");
+    require(ptr != 0, "acts on the GPU have a null data pointer");
+    std::vector<int64_t> st(shape.size());
+    if (strides.is_none()) {
+      int64_t acc = v.dtype_bytes;
+      for (size_t k = shape.size(); k-- > 0;) {
+        st[k] = acc;
+        acc *= shape[k];
+      }
+    } else {
+      st = strides.cast<std::vector<int64_t>>();
+      require(st.size() == shape.size(), "acts strides must have one entry per axis");
+    }
+    for (int64_t b : st)
+      require(b >= 0 && b % v.dtype_bytes == 0, "acts strides must be non-negative multiples of the item size");
+    v.data = reinterpret_cast<const void*>(ptr);
+    v.n = shape[0];
+    v.units = shape[1];
+    v.stride[0] = st[0] / v.dtype_bytes;
+    v.stride[1] = st[1] / v.dtype_bytes;
+    if (shape.size() == 4) {
+      v.h = shape[2];
+      v.w = shape[3];
+      v.stride[2] = st[2] / v.dtype_bytes;
+      v.stride[3] = st[3] / v.dtype_bytes;
+    }
+    return v;
+  }
+
+  py::array_t<double> unit_thresholds(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
+                                      const py::object& strides, Arr<int64_t> ids, double q, uintptr_t stream) {
+    const cuda::DeviceMapsView v = maps_view(ptr, dtype, shape, strides, stream);
+    require(ids.ndim() == 1 && ids.shape(0) > 0, "ids must be a non-empty 1-D array");
+    require(q >= 0.0 && q <= 1.0, "q must lie in [0, 1]");
+    py::array_t<double> out(ids.shape(0));
+    double* o = out.mutable_data();
+    int64_t bad;
+    {
+      py::gil_scoped_release nogil;
+      bad = index_->unit_thresholds(v, ids.data(), ids.shape(0), q, o);
+    }
+    require(bad < 0, "acts of unit " + std::to_string(bad < 0 ? 0 : ids.data()[bad]) +
+                         " contain NaN or infinite values");
+    return out;
+  }
+
+  py::tuple unit_masks(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
+                       const py::object& strides, Arr<int64_t> ids, int64_t H, int64_t W, Arr<double> threshold,
+                       uintptr_t stream) {
+    const cuda::DeviceMapsView v = maps_view(ptr, dtype, shape, strides, stream);
+    require(ids.ndim() == 1 && ids.shape(0) > 0, "ids must be a non-empty 1-D array");
+    require(threshold.ndim() == 1 && threshold.shape(0) == ids.shape(0), "threshold must have one value per id");
+    py::array_t<int64_t> pop(ids.shape(0));
+    int64_t* po = pop.mutable_data();
+    std::shared_ptr<cuda::DeviceMaskSet> dm;
+    {
+      py::gil_scoped_release nogil;
+      dm = std::make_shared<cuda::DeviceMaskSet>(
+          index_->unit_masks(v, ids.data(), ids.shape(0), H, W, threshold.data(), po));
+    }
+    return py::make_tuple(handle(dm), pop);
+  }
+
   int device() const { return index_->device(); }
   int64_t n_cells() const { return index_->n_cells(); }
   int64_t n_blocks() const { return index_->n_blocks(); }
@@ -155,6 +229,31 @@ class PyDeviceIndex {
  private:
   std::unique_ptr<cuda::DeviceIndex> index_;
   const uint64_t id_ = next_index_id++;
+};
+
+// Test helper: a copy of a host array in device memory (cudaMalloc through this module), so that
+// tests can hand the search a __cuda_array_interface__ without torch or CuPy.
+class PyTestDeviceBuffer {
+ public:
+  PyTestDeviceBuffer(py::array host, int device) : device_(device) {
+    require(py::detail::check_flags(host.ptr(), py::array::c_style), "array must be C-contiguous");
+    COMPEXP_CUDA_CHECK(cudaSetDevice(device));
+    buf_ = cuda::DeviceBuffer(static_cast<size_t>(host.nbytes()));
+    if (host.nbytes())
+      COMPEXP_CUDA_CHECK(cudaMemcpy(buf_.data(), host.data(), static_cast<size_t>(host.nbytes()), cudaMemcpyHostToDevice));
+  }
+  uintptr_t ptr() const { return reinterpret_cast<uintptr_t>(buf_.data()); }
+  size_t nbytes() const { return buf_.bytes(); }
+  int device() const { return device_; }
+  py::bytes read() const {
+    std::string out(buf_.bytes(), '\0');
+    if (!out.empty()) COMPEXP_CUDA_CHECK(cudaMemcpy(&out[0], buf_.data(), out.size(), cudaMemcpyDeviceToHost));
+    return py::bytes(out);
+  }
+
+ private:
+  cuda::DeviceBuffer buf_;
+  int device_;
 };
 
 }  // namespace
@@ -198,6 +297,12 @@ PYBIND11_MODULE(_cuda, m) {
       .def("time_extension_counts", &PyDeviceIndex::time_extension_counts, py::arg("formulas"), py::arg("unit_of"),
            py::arg("units"), py::arg("repeats") = 20,
            "Benchmark: milliseconds of each run of the extension kernel alone (CUDA events).")
+      .def("unit_thresholds", &PyDeviceIndex::unit_thresholds, py::arg("ptr"), py::arg("dtype"), py::arg("shape"),
+           py::arg("strides"), py::arg("ids"), py::arg("q"), py::arg("stream") = 0,
+           "np.quantile(values of each unit in ids, q) of device maps, computed on the GPU")
+      .def("unit_masks", &PyDeviceIndex::unit_masks, py::arg("ptr"), py::arg("dtype"), py::arg("shape"),
+           py::arg("strides"), py::arg("ids"), py::arg("height"), py::arg("width"), py::arg("threshold"),
+           py::arg("stream") = 0, "(DeviceMasks, popcounts): unit masks of device maps, computed on the GPU")
       .def("copy_bandwidth", &PyDeviceIndex::copy_bandwidth, py::arg("bytes") = int64_t{1} << 30,
            py::arg("repeats") = 20,
            "Benchmark: device-to-device copy bandwidth in bytes (read + written) per second.")
@@ -206,4 +311,12 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("n_blocks", &PyDeviceIndex::n_blocks)
       .def_property_readonly("n_concepts", &PyDeviceIndex::n_concepts)
       .def_property_readonly("nbytes", &PyDeviceIndex::nbytes);
+
+  py::class_<PyTestDeviceBuffer>(m, "_TestDeviceBuffer",
+                                 "Tests only: a device copy of a C-contiguous host array.")
+      .def(py::init<py::array, int>(), py::arg("array"), py::arg("device") = 0)
+      .def_property_readonly("ptr", &PyTestDeviceBuffer::ptr)
+      .def_property_readonly("nbytes", &PyTestDeviceBuffer::nbytes)
+      .def_property_readonly("device", &PyTestDeviceBuffer::device)
+      .def("read", &PyTestDeviceBuffer::read, "The buffer's bytes, copied back to the host.");
 }

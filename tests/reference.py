@@ -128,8 +128,9 @@ def _bilinear_coeffs(in_size: int, out_size: int):
     return xmins, xmaxs, kk
 
 
-def _resample_axis(data: np.ndarray, out_size: int, axis: int) -> np.ndarray:
-    """One Pillow pass along ``axis`` (0 = vertical, 1 = horizontal) of a float32 image.
+def _resample_axis(data: np.ndarray, out_size: int, axis: int, dtype=np.float32) -> np.ndarray:
+    """One Pillow pass along ``axis`` (0 = vertical, 1 = horizontal) of a float32 image
+    (``dtype=np.float64``: the same pass with the result kept in float64).
 
     Accumulates in float64 in tap order x = 0..xmax-1 (as Pillow's loop does), vectorised
     over output pixels; taps beyond xmax are not added at all (not even as 0 * value).
@@ -145,7 +146,7 @@ def _resample_axis(data: np.ndarray, out_size: int, axis: int) -> np.ndarray:
         idx = np.where(active, xmins + x, 0)
         term = src[idx].astype(np.float64) * kk[:, x].reshape((-1,) + (1,) * (src.ndim - 1))
         acc = np.where(active.reshape((-1,) + (1,) * (src.ndim - 1)), acc + term, acc)
-    out = acc.astype(np.float32)
+    out = acc.astype(dtype)
     return np.moveaxis(out, 0, axis)
 
 
@@ -177,24 +178,28 @@ def pil_resize_bilinear(img: np.ndarray, out_h: int, out_w: int, *, pass_order: 
     return _pil_resize_batch(img[None], int(out_h), int(out_w), pass_order=pass_order)[0]
 
 
-def _pil_resize_batch(maps: np.ndarray, out_h: int, out_w: int, pass_order: str = "pillow13") -> np.ndarray:
-    """pil_resize_bilinear applied to every map of ``maps[..., h, w]`` (same arithmetic)."""
+def _pil_resize_batch(maps: np.ndarray, out_h: int, out_w: int, pass_order: str = "pillow13",
+                      dtype=np.float32) -> np.ndarray:
+    """pil_resize_bilinear applied to every map of ``maps[..., h, w]`` (same arithmetic).
+
+    ``dtype=np.float64``: the float64 variant (maps and each pass's result kept in float64,
+    the same operations in the same order; Pillow itself has no float64 mode)."""
     if pass_order not in ("pillow13", "horizontal_first"):
         raise ValueError(f"unknown pass_order {pass_order!r}")
     if out_h <= 0 or out_w <= 0:
         raise ValueError("output size must be positive")
-    maps = np.asarray(maps, dtype=np.float32)
+    maps = np.asarray(maps, dtype=dtype)
     lead = maps.shape[:-2]
     h, w = maps.shape[-2:]
     out = maps.reshape((-1, h, w))
 
     def horizontal(a):
         t = np.moveaxis(a, 2, 0)  # [w, B, rows]
-        return np.moveaxis(_resample_axis(t, out_w, axis=0), 0, 2)
+        return np.moveaxis(_resample_axis(t, out_w, axis=0, dtype=dtype), 0, 2)
 
     def vertical(a):
         t = np.moveaxis(a, 1, 0)  # [h, B, cols]
-        return np.moveaxis(_resample_axis(t, out_h, axis=0), 0, 1)
+        return np.moveaxis(_resample_axis(t, out_h, axis=0, dtype=dtype), 0, 1)
 
     need_h = out_w != w
     need_v = out_h != h
@@ -205,7 +210,7 @@ def _pil_resize_batch(maps: np.ndarray, out_h: int, out_w: int, pass_order: str 
             out = horizontal(out)
         if need_v:
             out = vertical(out)
-    return np.ascontiguousarray(out, dtype=np.float32).reshape(lead + (out_h, out_w))
+    return np.ascontiguousarray(out, dtype=dtype).reshape(lead + (out_h, out_w))
 
 
 # --------------------------------------------------------------------------------------
@@ -231,7 +236,8 @@ def reference_unit_masks(acts, grid_hw, quantile: float = 0.005, threshold=None,
     * bool acts ``[N, U, H, W]`` are used as given; bool ``[N, U]`` / ``[N, U, 1, 1]``
       cover whole samples of the H x W grid.
     * float ``[N, U]`` acts: ``acts (float64) > t_u``, covering whole samples.
-    * float ``[N, U, h, w]`` acts are converted to float32,
+    * float ``[N, U, h, w]`` acts are converted to float32 (float64 acts stay float64 and
+      are resized with the same operations in double precision),
       each map is resized with :func:`pil_resize_bilinear` to ``grid_hw`` and the mask is
       ``upsampled.astype(float64) > t_u``; t_u from :func:`reference_thresholds` on the raw
       acts unless ``threshold`` (scalar or per-unit) is given.
@@ -266,9 +272,10 @@ def reference_unit_masks(acts, grid_hw, quantile: float = 0.005, threshold=None,
     out = np.empty((U, N, H, W), dtype=bool)
     step = max(1, (1 << 22) // max(U * H * W, 1))  # bound the temporaries; same arithmetic
     for lo in range(0, N, step):
-        maps = acts4[lo:lo + step].astype(np.float32)
+        dt = np.float64 if acts.dtype == np.float64 else np.float32
+        maps = acts4[lo:lo + step].astype(dt)
         if (h, w) != (H, W):
-            maps = _pil_resize_batch(maps, H, W, pass_order=pass_order)
+            maps = _pil_resize_batch(maps, H, W, pass_order=pass_order, dtype=dt)
         masks = maps.astype(np.float64) > t[None, :, None, None]
         out[:, lo:lo + step] = masks.transpose(1, 0, 2, 3)
     return out.reshape(U, N * H * W)

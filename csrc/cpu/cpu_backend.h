@@ -71,6 +71,11 @@ void concept_sizes(const ConceptIndexView& index, int64_t* out);
 MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_units, int64_t h,
                              int64_t w, int64_t sample_offset, int64_t H, int64_t W,
                              const double* threshold, int n_threads = 0);
+// The same for float64 maps: the same operations in the same order, with double intermediates
+// instead of float32 ones (Pillow has no float64 mode), compared with threshold[u] in double.
+MaskSet unit_masks_from_maps(const double* acts, int64_t n_samples, int64_t n_units, int64_t h,
+                             int64_t w, int64_t sample_offset, int64_t H, int64_t W,
+                             const double* threshold, int n_threads = 0);
 
 // Unit masks from boolean maps already on the grid: masks is [n_samples, n_units, H, W] uint8
 // (nonzero = set). Same output convention as unit_masks_from_maps.

@@ -2,77 +2,75 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu_backend.h"
+#include "pillow_coeffs.h"
 #include "parallel.h"
 
 namespace compexp {
+
+AxisCoeffs::AxisCoeffs(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 1.0 * filterscale;
+  ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  first.resize(out_size);
+  count.resize(out_size);
+  kk.assign(static_cast<size_t>(out_size) * ksize, 0.0);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double* k = &kk[static_cast<size_t>(xx) * ksize];
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      double t = (x + xmin - center + 0.5) * ss;
+      if (t < 0.0) t = -t;
+      const double w = t < 1.0 ? 1.0 - t : 0.0;
+      k[x] = w;
+      ww += w;
+    }
+    for (int x = 0; x < xmax; ++x)
+      if (ww != 0.0) k[x] /= ww;
+    first[xx] = xmin;
+    count[xx] = xmax;
+  }
+}
+
 namespace cpu {
 
 namespace {
 
-// Pillow's resampling coefficients for one axis (libImaging/Resample.c, precompute_coeffs,
-// bilinear filter, support 1): output i reads inputs first[i] .. first[i]+count[i]-1 with
-// weights kk[i*ksize ..]. Reproduced operation by operation so results match bit for bit.
-struct AxisCoeffs {
-  int ksize = 0;
-  std::vector<int> first, count;
-  std::vector<double> kk;
-  AxisCoeffs(int in_size, int out_size) {
-    const double scale = static_cast<double>(in_size) / out_size;
-    const double filterscale = std::max(scale, 1.0);
-    const double support = 1.0 * filterscale;
-    ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
-    first.resize(out_size);
-    count.resize(out_size);
-    kk.assign(static_cast<size_t>(out_size) * ksize, 0.0);
-    for (int xx = 0; xx < out_size; ++xx) {
-      const double center = (xx + 0.5) * scale;
-      const double ss = 1.0 / filterscale;
-      int xmin = static_cast<int>(center - support + 0.5);
-      if (xmin < 0) xmin = 0;
-      int xmax = static_cast<int>(center + support + 0.5);
-      if (xmax > in_size) xmax = in_size;
-      xmax -= xmin;
-      double* k = &kk[static_cast<size_t>(xx) * ksize];
-      double ww = 0.0;
-      for (int x = 0; x < xmax; ++x) {
-        double t = (x + xmin - center + 0.5) * ss;
-        if (t < 0.0) t = -t;
-        const double w = t < 1.0 ? 1.0 - t : 0.0;
-        k[x] = w;
-        ww += w;
-      }
-      for (int x = 0; x < xmax; ++x)
-        if (ww != 0.0) k[x] /= ww;
-      first[xx] = xmin;
-      count[xx] = xmax;
-    }
-  }
-};
-
-// One separable pass along x (rows of `in` are `w` wide, `rows` of them) into float32.
-void pass_x(const float* in, int rows, int w, const AxisCoeffs& cx, int W, float* out) {
+// One separable pass along x (rows of `in` are `w` wide, `rows` of them), accumulated in
+// double and stored as T (float32: Pillow's mode "F"; double: the same operations, unrounded).
+template <class T>
+void pass_x(const T* in, int rows, int w, const AxisCoeffs& cx, int W, T* out) {
   for (int y = 0; y < rows; ++y) {
     for (int xx = 0; xx < W; ++xx) {
       const double* k = &cx.kk[static_cast<size_t>(xx) * cx.ksize];
-      const float* row = in + static_cast<size_t>(y) * w + cx.first[xx];
+      const T* row = in + static_cast<size_t>(y) * w + cx.first[xx];
       double ss = 0.0;
-      for (int x = 0; x < cx.count[xx]; ++x) ss += row[x] * k[x];
-      out[static_cast<size_t>(y) * W + xx] = static_cast<float>(ss);
+      for (int x = 0; x < cx.count[xx]; ++x) ss += static_cast<double>(row[x]) * k[x];
+      out[static_cast<size_t>(y) * W + xx] = static_cast<T>(ss);
     }
   }
 }
 
-// One separable pass along y (`cols` columns) into float32.
-void pass_y(const float* in, int cols, const AxisCoeffs& cy, int H, float* out) {
+// One separable pass along y (`cols` columns), accumulated in double, stored as T.
+template <class T>
+void pass_y(const T* in, int cols, const AxisCoeffs& cy, int H, T* out) {
   for (int yy = 0; yy < H; ++yy) {
     const double* k = &cy.kk[static_cast<size_t>(yy) * cy.ksize];
     for (int xx = 0; xx < cols; ++xx) {
       double ss = 0.0;
       for (int y = 0; y < cy.count[yy]; ++y)
-        ss += in[static_cast<size_t>(cy.first[yy] + y) * cols + xx] * k[y];
-      out[static_cast<size_t>(yy) * cols + xx] = static_cast<float>(ss);
+        ss += static_cast<double>(in[static_cast<size_t>(cy.first[yy] + y) * cols + xx]) * k[y];
+      out[static_cast<size_t>(yy) * cols + xx] = static_cast<T>(ss);
     }
   }
 }
@@ -81,9 +79,11 @@ void pass_y(const float* in, int cols, const AxisCoeffs& cy, int H, float* out) 
 // two passes accumulating in double, each stored as float32; a pass whose size does not change
 // is skipped. Pillow >= 13 runs the vertical pass first when the height shrinks much more than
 // the width (h - H > 2 (w - W)); otherwise, and always when upsampling, horizontal first.
-// tmp must hold max(h * W, H * w) floats.
-void pil_resize(const float* in, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy, int H,
-                int W, float* tmp, float* out) {
+// tmp must hold max(h * W, H * w) values. T = double: float64 maps, the same operations with
+// double intermediates (Pillow has no float64 mode; this is its arithmetic without rounding).
+template <class T>
+void pil_resize(const T* in, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy, int H,
+                int W, T* tmp, T* out) {
   const bool horizontal = w != W, vertical = h != H;
   if (horizontal && vertical) {
     if (H < h && (h - H) > 2 * (w - W)) {
@@ -98,7 +98,7 @@ void pil_resize(const float* in, int h, int w, const AxisCoeffs& cx, const AxisC
   } else if (vertical) {
     pass_y(in, w, cy, H, out);
   } else {
-    std::memcpy(out, in, sizeof(float) * static_cast<size_t>(H) * W);
+    std::memcpy(out, in, sizeof(T) * static_cast<size_t>(H) * W);
   }
 }
 
@@ -123,18 +123,23 @@ class MaskAppender {
 // only where it can exceed t: an output is a convex combination of its inputs, so it exceeds t
 // only if one of the horizontal pass's values it combines does. Computed cells use exactly
 // pass_y's arithmetic.
-void threshold_resized(const float* map, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy,
-                       int H, int W, double t, float* tmp, float* up, int64_t base,
+template <class T>
+void threshold_resized(const T* map, int h, int w, const AxisCoeffs& cx, const AxisCoeffs& cy,
+                       int H, int W, double t, T* tmp, T* up, int64_t base,
                        MaskAppender& out) {
   const bool horizontal = w != W, vertical = h != H;
   const bool vertical_first = horizontal && vertical && H < h && (h - H) > 2 * (w - W);
-  if (!vertical || vertical_first) {
+  // The pruning below relies on a pass never exceeding the largest value it combines; that
+  // holds after rounding to float32 (the double sum's error is far below half a float32 ulp),
+  // not for double results (weights summing to 1 +- an ulp can lift a constant map above
+  // itself): float64 maps are resized in full.
+  if (!vertical || vertical_first || std::is_same<T, double>::value) {
     pil_resize(map, h, w, cx, cy, H, W, tmp, up);
     for (int64_t i = 0; i < static_cast<int64_t>(H) * W; ++i)
       if (static_cast<double>(up[i]) > t) out.set(base + i);
     return;
   }
-  const float* rows = map;  // the horizontal pass's output, h rows of W
+  const T* rows = map;  // the horizontal pass's output, h rows of W
   if (horizontal) {
     pass_x(map, h, w, cx, W, tmp);
     rows = tmp;
@@ -153,7 +158,7 @@ void threshold_resized(const float* map, int h, int w, const AxisCoeffs& cx, con
   for (int r = 0; r < h; ++r) {
     plo[r] = W;
     phi[r] = 0;
-    const float* row = rows + static_cast<size_t>(r) * W;
+    const T* row = rows + static_cast<size_t>(r) * W;
     for (int x = 0; x < W; ++x) {
       if (static_cast<double>(row[x]) > t) {
         plo[r] = std::min(plo[r], x);
@@ -171,8 +176,8 @@ void threshold_resized(const float* map, int h, int w, const AxisCoeffs& cx, con
     const double* k = &cy.kk[static_cast<size_t>(yy) * cy.ksize];
     for (int xx = a; xx < b; ++xx) {
       double ss = 0.0;
-      for (int y = 0; y < nr; ++y) ss += rows[static_cast<size_t>(r0 + y) * W + xx] * k[y];
-      if (static_cast<double>(static_cast<float>(ss)) > t) out.set(base + static_cast<int64_t>(yy) * W + xx);
+      for (int y = 0; y < nr; ++y) ss += static_cast<double>(rows[static_cast<size_t>(r0 + y) * W + xx]) * k[y];
+      if (static_cast<double>(static_cast<T>(ss)) > t) out.set(base + static_cast<int64_t>(yy) * W + xx);
     }
   }
 }
@@ -187,26 +192,26 @@ MaskSet concat(std::vector<MaskAppender>& parts) {
   return out;
 }
 
-}  // namespace
-
-MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_units, int64_t h,
-                             int64_t w, int64_t sample_offset, int64_t H, int64_t W,
-                             const double* threshold, int n_threads) {
+template <class T>
+MaskSet maps_to_masks(const T* acts, int64_t n_samples, int64_t n_units, int64_t h,
+                      int64_t w, int64_t sample_offset, int64_t H, int64_t W,
+                      const double* threshold, int n_threads) {
   COMPEXP_CHECK(h > 0 && w > 0 && H > 0 && W > 0, "map sizes must be positive");
   const AxisCoeffs cx(static_cast<int>(w), static_cast<int>(W));
   const AxisCoeffs cy(static_cast<int>(h), static_cast<int>(H));
   const int64_t hw = h * w, HW = H * W;
   std::vector<MaskAppender> parts(n_units);
   parallel_for(n_units, n_threads, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<float> tmp(static_cast<size_t>(std::max(h * W, H * w))), up(static_cast<size_t>(HW));
+    std::vector<T> tmp(static_cast<size_t>(std::max(h * W, H * w))), up(static_cast<size_t>(HW));
     for (int64_t u = u0; u < u1; ++u) {
       const double t = threshold[u];
       for (int64_t s = 0; s < n_samples; ++s) {
-        const float* map = acts + (s * n_units + u) * hw;
-        // A bilinear resize is a convex combination of its inputs, so it never exceeds the
-        // map's maximum: maps that cannot cross the threshold are skipped unread.
-        const float mx = *std::max_element(map, map + hw);
-        if (!(static_cast<double>(mx) > t)) continue;
+        const T* map = acts + (s * n_units + u) * hw;
+        // A bilinear resize is a convex combination of its inputs, so after rounding to float32
+        // it never exceeds the map's maximum: float32 maps that cannot cross the threshold are
+        // skipped. (A double result can exceed it by an ulp: float64 maps are all resized.)
+        const T mx = *std::max_element(map, map + hw);
+        if (std::is_same<T, float>::value && !(static_cast<double>(mx) > t)) continue;
         const int64_t base = (sample_offset + s) * HW;
         threshold_resized(map, static_cast<int>(h), static_cast<int>(w), cx, cy, static_cast<int>(H),
                           static_cast<int>(W), t, tmp.data(), up.data(), base, parts[u]);
@@ -214,6 +219,20 @@ MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_uni
     }
   });
   return concat(parts);
+}
+
+}  // namespace
+
+MaskSet unit_masks_from_maps(const float* acts, int64_t n_samples, int64_t n_units, int64_t h,
+                             int64_t w, int64_t sample_offset, int64_t H, int64_t W,
+                             const double* threshold, int n_threads) {
+  return maps_to_masks(acts, n_samples, n_units, h, w, sample_offset, H, W, threshold, n_threads);
+}
+
+MaskSet unit_masks_from_maps(const double* acts, int64_t n_samples, int64_t n_units, int64_t h,
+                             int64_t w, int64_t sample_offset, int64_t H, int64_t W,
+                             const double* threshold, int n_threads) {
+  return maps_to_masks(acts, n_samples, n_units, h, w, sample_offset, H, W, threshold, n_threads);
 }
 
 MaskSet unit_masks_from_bool(const uint8_t* masks, int64_t n_samples, int64_t n_units, int64_t H,

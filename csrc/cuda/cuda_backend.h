@@ -111,6 +111,19 @@ struct DeviceMaskSet {
   int64_t nnz() const { return host_ptr.back(); }
 };
 
+// Activation maps already in device memory (not owned): [n, units, h, w] float32 (dtype_bytes
+// 4) or float64 (8) values, element strides (any non-negative; [n, units] values are
+// h = w = 1 with zero strides for the last two axes). stream: the producer's stream, which
+// is synchronised before the values are read (0: none; 1, 2: the legacy and per-thread default
+// streams, as in __cuda_array_interface__ version 3).
+struct DeviceMapsView {
+  const void* data = nullptr;
+  int dtype_bytes = 4;
+  int64_t n = 0, units = 0, h = 1, w = 1;
+  int64_t stride[4] = {0, 0, 0, 0};
+  uintptr_t stream = 0;
+};
+
 // The concept index on one GPU, with the operations of cpu_backend.h. Not thread-safe: one
 // caller at a time (the Python bindings hold the object; the GIL orders calls on it).
 class DeviceIndex {
@@ -143,6 +156,18 @@ class DeviceIndex {
   // checked here by check_materialize_args; the result stays on the GPU).
   DeviceMaskSet materialize(const DeviceMaskSet& formulas, int64_t n_out, const int64_t* src,
                             const int32_t* op, const int32_t* concept);
+
+  // Thresholds on the GPU (csrc/cuda/unit_masks.cu): out[i] = np.quantile(values of unit
+  // ids[i] as float64, q) with NumPy's default linear method, bit for bit. ids: host array of
+  // n_ids units. Returns -1, or the position in ids of the first unit holding a NaN or an
+  // infinity (out is then unspecified). maps must be on this index's device.
+  int64_t unit_thresholds(const DeviceMapsView& maps, const int64_t* ids, int64_t n_ids, double q, double* out);
+  // Unit masks on the GPU for all maps.n samples on an H x W grid (maps.n * H * W must equal
+  // n_cells()): cpu::unit_masks_from_maps bit for bit (float32 maps: Pillow's float32 passes;
+  // float64 maps: the same passes in double), mask i for unit ids[i] with threshold[i] (host
+  // arrays). popcounts[i] = |mask i| (host, n_ids entries). The masks stay on the GPU.
+  DeviceMaskSet unit_masks(const DeviceMapsView& maps, const int64_t* ids, int64_t n_ids, int64_t H, int64_t W,
+                           const double* threshold, int64_t* popcounts);
 
   // Benchmark hooks. Milliseconds of each of `repeats` runs of the extension kernel alone
   // (CUDA events around the launches; inputs already on the GPU, outputs not copied back).

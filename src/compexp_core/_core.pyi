@@ -58,7 +58,10 @@ class ConceptIndexBuilder:
 
 def unit_masks_from_maps(acts: npt.ArrayLike, sample_offset: int, height: int, width: int,
                          threshold: npt.ArrayLike, n_threads: int = 0) -> MaskSet:
-    """Pillow-exact bilinear resize of float32 [n, U, h, w] maps to height x width, then > threshold[u]."""
+    """Pillow-exact bilinear resize of [n, U, h, w] maps to height x width, then > threshold[u].
+
+    float64 maps are resized with the same operations in double precision; any other dtype is
+    converted to float32 and resized exactly as Pillow's mode "F"."""
 def unit_masks_from_bool(masks: npt.ArrayLike, sample_offset: int, n_threads: int = 0) -> MaskSet: ...
 def merge_mask_parts(parts: Sequence[MaskSet]) -> MaskSet: ...
 def mask_popcounts(masks: MaskSet, n_threads: int = 0) -> npt.NDArray[np.int64]: ...

@@ -7,7 +7,7 @@ sets may also stay on the GPU as :class:`DeviceMasks` handles, which every kerne
 place of a tuple. Device data never comes back implicitly: only ``download`` copies masks to
 the host. CUDA failures raise RuntimeError with CUDA's text; bad arguments ValueError.
 """
-from typing import List, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,17 @@ class DeviceConceptIndex:
         """Benchmark: milliseconds of each run of the extension kernel alone (CUDA events)."""
     def copy_bandwidth(self, bytes: int = 1 << 30, repeats: int = 20) -> float:
         """Benchmark: device-to-device copy bandwidth, bytes read + written per second."""
+    def unit_thresholds(self, ptr: int, dtype: str, shape: Sequence[int], strides: Optional[Sequence[int]],
+                        ids: npt.ArrayLike, q: float, stream: int = 0) -> npt.NDArray[np.float64]:
+        """np.quantile(values of unit ids[i] as float64, q) (linear; -0.0 given as +0.0), computed on
+        the GPU from maps at device address ptr: dtype "float32"/"float64", shape [N, U, h, w] or
+        [N, U], strides in bytes (None: C order); stream: the producer's stream, synchronised
+        first (0: none). ValueError naming a unit with NaN or infinity."""
+    def unit_masks(self, ptr: int, dtype: str, shape: Sequence[int], strides: Optional[Sequence[int]],
+                   ids: npt.ArrayLike, height: int, width: int,
+                   threshold: npt.ArrayLike, stream: int = 0) -> Tuple[DeviceMasks, npt.NDArray[np.int64]]:
+        """(masks, popcounts): ``_core.unit_masks_from_maps`` of all N samples, bit for bit, computed on
+        the GPU from device maps (as unit_thresholds); the masks stay on the GPU."""
     @property
     def device(self) -> int: ...
     @property
@@ -73,3 +84,15 @@ class DeviceConceptIndex:
     @property
     def nbytes(self) -> int:
         """Device memory held by the index arrays."""
+
+
+class _TestDeviceBuffer:
+    """Tests only: a device copy (cudaMalloc) of a C-contiguous host array."""
+    def __init__(self, array: npt.ArrayLike, device: int = 0) -> None: ...
+    @property
+    def ptr(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    def read(self) -> bytes: ...

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .engine.concepts import ConceptSet, check_names
-from .engine.units import as_activations, is_tensor, tensor_to_numpy
+from .engine.units import as_activations, is_cuda_array, is_tensor, tensor_to_numpy
 
 __all__ = ["activations_input", "concepts_input"]
 
@@ -21,17 +21,18 @@ def _is_path(x) -> bool:
     return isinstance(x, (str, os.PathLike))
 
 
-def activations_input(acts):
+def activations_input(acts, on_device: bool = False):
     """Activations as the engine reads them: a path is opened as an activations HDF5 file
     (read lazily, in chunks); arrays, h5py datasets and torch tensors pass through
-    :func:`compexp_core.engine.units.as_activations`."""
+    :func:`compexp_core.engine.units.as_activations` (``on_device``: a CUDA search, where
+    float GPU arrays stay on the GPU)."""
     if _is_path(acts):
         from .io import open_activations
 
         return open_activations(acts)
     from .io._h5 import check_open
 
-    return as_activations(check_open(acts, "acts"))
+    return as_activations(check_open(acts, "acts"), on_device=on_device)
 
 
 def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
@@ -58,6 +59,14 @@ def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
             raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "
                             f"[N, K, H, W] / [N, K]; got a torch tensor of dtype {masks.dtype}")
         masks = tensor_to_numpy(masks, "masks")
+    elif is_cuda_array(masks):
+        # GPU concept masks are copied to the host: the concept index is built there (a device
+        # builder is not written yet), then uploaded once per concept set.
+        if not callable(getattr(masks, "get", None)):
+            raise TypeError(f"masks is a GPU array ({type(masks).__name__}) without a way to copy "
+                            f"it to the host (.get()); pass a torch tensor, a CuPy array or a "
+                            f"NumPy array")
+        masks = masks.get()
     masks = np.asarray(masks)
     if masks.dtype != bool:
         raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "

@@ -95,7 +95,8 @@ def search_formulas(
     check_quantile(quantile)
     backend = get_backend(device)
     concepts = concepts_input(masks, names)
-    acts = activations_input(acts)
+    # On a CUDA backend, float activations already on the GPU stay there (no host copy).
+    acts = activations_input(acts, on_device=backend.name.startswith("cuda"))
     check_activations(acts, concepts.n_samples, concepts.grid)
     n_units = acts.shape[1]
     ids = np.arange(n_units) if units is None else _unit_ids(units, n_units)

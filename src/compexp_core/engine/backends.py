@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import _core
 from .masks import MaskSet
-from .units import unit_masks
+from .units import DeviceActivations, compute_thresholds, unit_masks
 
 __all__ = ["Backend", "CpuBackend", "CudaBackend", "ExtensionWork", "get_backend", "parse_device",
            "cuda_available", "cuda_compiled", "num_gpus", "backend_info", "AUTO_USES_GPU"]
@@ -119,6 +119,10 @@ class Backend(Protocol):
     def prepare(self, concepts) -> object:
         """The concept index as this backend uses it (uploaded once per concept set)."""
 
+    def thresholds(self, index, acts, quantile: float, ids: np.ndarray, progress=None) -> np.ndarray:
+        """float64 thresholds of units ``ids`` (see
+        :func:`compexp_core.engine.units.compute_thresholds`)."""
+
     def unit_masks(self, index, acts, ids: np.ndarray, grid: tuple[int, int],
                    thresholds: Optional[np.ndarray]) -> tuple[object, np.ndarray]:
         """Unit masks of units ``ids`` (sorted, unique) on this backend, and their sizes
@@ -170,6 +174,9 @@ class CpuBackend:
     def prepare(self, concepts):
         return concepts.host_index
 
+    def thresholds(self, index, acts, quantile, ids, progress=None):
+        return compute_thresholds(acts, quantile, ids, progress=progress)
+
     def unit_masks(self, index, acts, ids, grid, thresholds):
         masks = unit_masks(acts, ids, grid, thresholds)
         return masks, masks.popcounts()
@@ -193,8 +200,10 @@ class CpuBackend:
 
 class CudaBackend:
     """The CUDA kernels (``compexp_core._cuda``) on one GPU. The concept index of each concept
-    set is uploaded on first use and kept while the set lives; unit masks are computed on the
-    host and uploaded once per batch, and formula masks stay on the GPU between steps."""
+    set is uploaded on first use and kept while the set lives; unit masks of activations
+    already on the GPU (:class:`~.units.DeviceActivations`) are computed there, thresholds
+    included, those of host activations on the host and uploaded once per batch; formula
+    masks stay on the GPU between steps."""
 
     def __init__(self, device: int = 0, requested: Optional[str] = None) -> None:
         asked = requested or f"cuda:{device}"       # the device string as the caller wrote it
@@ -229,8 +238,30 @@ class CudaBackend:
     def _resident(self, index, masks):
         return index.upload(masks.arrays()) if isinstance(masks, MaskSet) else masks
 
+    def _check_device(self, acts: DeviceActivations) -> None:
+        if acts.device is not None and acts.device != self.device:
+            raise ValueError(f"acts are on cuda:{acts.device} but the search runs on {self.name}; "
+                             f"pass device='cuda:{acts.device}' or move acts to {self.name}")
+
+    def thresholds(self, index, acts, quantile, ids, progress=None):
+        if not isinstance(acts, DeviceActivations):
+            return compute_thresholds(acts, quantile, ids, progress=progress)
+        self._check_device(acts)
+        t = index.unit_thresholds(acts.ptr, acts.dtype.name, acts.shape, acts.strides,
+                                  np.ascontiguousarray(ids, np.int64), 1.0 - quantile,
+                                  stream=acts.stream)
+        if progress is not None:
+            progress(len(ids))
+        return t
+
     def unit_masks(self, index, acts, ids, grid, thresholds):
-        # Thresholds and the resize run on the host for now; the masks are uploaded once.
+        if isinstance(acts, DeviceActivations):
+            # Thresholds, resize and packing on the GPU: the values never leave it.
+            self._check_device(acts)
+            return index.unit_masks(acts.ptr, acts.dtype.name, acts.shape, acts.strides,
+                                    np.ascontiguousarray(ids, np.int64), int(grid[0]), int(grid[1]),
+                                    np.ascontiguousarray(thresholds, np.float64), stream=acts.stream)
+        # Host activations: masks computed on the host, uploaded once.
         masks = unit_masks(acts, ids, grid, thresholds)
         return index.upload(masks.arrays()), masks.popcounts()
 

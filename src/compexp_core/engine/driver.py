@@ -24,7 +24,7 @@ from .concepts import ConceptSet
 from .formula import Formula, formula_key
 from .masks import BLOCK_WORDS, MaskSet
 from .results import Explanation
-from .units import check_activations, check_quantile, compute_thresholds, unit_batches
+from .units import check_activations, check_quantile, unit_batches
 
 __all__ = ["run_search", "materialize_formulas", "SearchStats"]
 
@@ -102,15 +102,16 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
     timer = _Timer(stats)
     t_start = time.perf_counter()
     uniq = np.unique(units)
-    unit_thresholds = None
-    if np.dtype(acts.dtype) != bool:
-        with timer("thresholds"):
-            unit_thresholds = compute_thresholds(acts, quantile, uniq, progress=progress) \
-                if thresholds is None else np.asarray(thresholds, np.float64)[uniq]
     log.info("compexp: searching %d units on %r, %d concepts, %d cells", units.size, backend,
              concepts.n_concepts, concepts.n_cells)
     with timer("index_upload"):
         index = backend.prepare(concepts)
+    unit_thresholds = None
+    if np.dtype(acts.dtype) != bool:
+        with timer("thresholds"):
+            # On the backend: activations already on a GPU are thresholded there.
+            unit_thresholds = backend.thresholds(index, acts, quantile, uniq, progress=progress) \
+                if thresholds is None else np.asarray(thresholds, np.float64)[uniq]
     found: dict[int, Explanation] = {}
     for batch in unit_batches(uniq, acts, unit_batch_size):
         pos = np.searchsorted(uniq, batch)

@@ -4,7 +4,9 @@ A unit fires on the cells where its activation, upsampled to the concepts' grid,
 unit's threshold: the (1 - quantile) quantile of all its raw activation values (NumPy's default
 linear interpolation, computed in float64). Maps are resized exactly as Pillow's
 ``Image.resize(BILINEAR)`` does on a float32 image (half-pixel centres, no antialiasing when
-upsampling), as the reference code does. Boolean activations are unit masks already.
+upsampling), as the reference code does; float64 maps with the same operations in double
+precision (no float32 rounding) and compared with the threshold in double. Boolean
+activations are unit masks already.
 
 Activations are read in batches of units and chunks of samples, so neither the activation
 tensor nor any dense mask of the whole dataset has to fit in memory: ``acts`` may be an
@@ -19,7 +21,7 @@ import numpy as np
 from .. import _core
 from .masks import MaskSet
 
-__all__ = ["compute_thresholds", "unit_masks", "as_activations"]
+__all__ = ["compute_thresholds", "unit_masks", "as_activations", "DeviceActivations"]
 
 # Bytes of activations read at once (a batch of units x a chunk of samples).
 _READ_BYTES = 1 << 28
@@ -78,9 +80,114 @@ def tensor_to_numpy(t, what: str = "acts") -> np.ndarray:
                         f"({e}); pass float or bool values") from None
 
 
-def as_activations(acts):
+def is_cuda_array(x) -> bool:
+    """Whether ``x`` exposes ``__cuda_array_interface__`` (a torch CUDA tensor, a CuPy array,
+    Numba device arrays...), without importing any of them. CPU torch tensors do not."""
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:                                  # noqa: BLE001 (a property that raises)
+        return False
+
+
+class DeviceActivations:
+    """Activations that stay in GPU memory: a view of a ``__cuda_array_interface__`` object
+    (kept alive by this view) for the CUDA backend, which computes thresholds and unit masks
+    on the device, so the values never travel through host memory.
+
+    Attributes: ``shape``, ``dtype`` (float32 or float64), ``ptr`` (device address),
+    ``strides`` (bytes, or None for C order), ``stream`` (the producer's CUDA stream to wait
+    for, 0 for none), ``device`` (CUDA ordinal, or None if the object does not say), ``owner``.
+    """
+
+    def __init__(self, owner, what: str = "acts") -> None:
+        try:
+            cai = owner.__cuda_array_interface__
+        except Exception as e:                          # noqa: BLE001
+            raise TypeError(f"{what} has no usable __cuda_array_interface__ ({e})") from None
+        if not isinstance(cai, dict) or "shape" not in cai or "typestr" not in cai or "data" not in cai:
+            raise TypeError(f"{what}: __cuda_array_interface__ must be a dict with shape, typestr "
+                            f"and data")
+        shape = tuple(int(d) for d in cai["shape"])
+        try:
+            dtype = np.dtype(cai["typestr"])
+        except TypeError:
+            raise TypeError(f"{what} on the GPU has typestr {cai['typestr']!r}, which is not a "
+                            f"NumPy dtype") from None
+        if dtype.byteorder == ">":
+            raise TypeError(f"{what} on the GPU is big-endian ({cai['typestr']}); pass "
+                            f"little-endian float32 or float64 values")
+        dtype = dtype.newbyteorder("=")
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"{what} on the GPU must be float32 or float64 to stay on the GPU, "
+                            f"got {dtype}; convert it on the GPU first (e.g. acts.float()) or "
+                            f"pass a host array")
+        if len(shape) not in (2, 4):
+            raise ValueError(f"{what} must be [N, U, h, w] or [N, U], got shape {shape}")
+        ptr = int(cai["data"][0]) if cai["data"] is not None else 0
+        if ptr == 0 and int(np.prod(shape, dtype=np.int64)) > 0:
+            raise ValueError(f"{what} on the GPU has a null data pointer")
+        strides = cai.get("strides")
+        if strides is not None:
+            strides = tuple(int(b) for b in strides)
+            if len(strides) != len(shape):
+                raise ValueError(f"{what}: __cuda_array_interface__ strides {strides} do not match "
+                                 f"shape {shape}")
+            if any(b < 0 or b % dtype.itemsize for b in strides):
+                raise ValueError(f"{what} on the GPU has strides {strides} (bytes): they must be "
+                                 f"non-negative multiples of the item size {dtype.itemsize}")
+        if cai.get("mask") is not None:
+            raise ValueError(f"{what} on the GPU is a masked array; pass plain values")
+        # Version 3: the producer's stream (None: nothing to wait for; 1 / 2: the legacy /
+        # per-thread default stream). The kernels wait for it before reading the values.
+        stream = cai.get("stream")
+        if stream is not None and (isinstance(stream, bool) or not isinstance(stream, (int, np.integer))
+                                   or int(stream) <= 0):
+            raise ValueError(f"{what}: __cuda_array_interface__ stream must be None or a positive "
+                             f"integer, got {stream!r}")
+        self.owner = owner
+        self.shape = shape
+        self.dtype = dtype
+        self.ptr = ptr
+        self.strides = strides
+        self.stream = 0 if stream is None else int(stream)
+        self.device = _cuda_device_of(owner)
+
+    def __repr__(self) -> str:
+        return (f"DeviceActivations(shape={self.shape}, dtype={self.dtype}, device={self.device}, "
+                f"ptr=0x{self.ptr:x})")
+
+    def __getitem__(self, key):
+        raise TypeError("acts on the GPU are read by the CUDA backend only (device='cuda'); "
+                        "this is an internal error if you see it")
+
+
+def _cuda_float(x) -> bool:
+    """Whether a GPU array holds float32 or float64 values (others take the host path)."""
+    try:
+        t = np.dtype(x.__cuda_array_interface__["typestr"])
+    except Exception:                                  # noqa: BLE001
+        return False
+    return t.kind == "f" and t.itemsize in (4, 8)
+
+
+def _cuda_device_of(x) -> Optional[int]:
+    """The CUDA ordinal of a GPU array: torch (``.device.index``), CuPy (``.device.id``), or an
+    integer ``.device`` attribute; None when it does not say."""
+    dev = getattr(x, "device", None)
+    for attr in ("index", "id"):
+        v = getattr(dev, attr, None)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return int(v)
+    if isinstance(dev, (int, np.integer)) and not isinstance(dev, bool):
+        return int(dev)
+    return None
+
+
+def as_activations(acts, on_device: bool = False):
     """Accept a NumPy array, an h5py dataset or a torch tensor (paths are opened by the
-    caller: :func:`compexp_core.io.open_activations`). Tensors are converted by
+    caller: :func:`compexp_core.io.open_activations`). With ``on_device`` (a CUDA search),
+    float32/float64 GPU arrays (``__cuda_array_interface__``: torch CUDA tensors, CuPy) become
+    :class:`DeviceActivations` and stay on the GPU; otherwise they are copied to the host. Tensors are converted by
     :func:`tensor_to_numpy` (a GPU tensor is copied to the CPU, bfloat16 widened to float32,
     a small sparse tensor made dense; a meta tensor is refused).
 
@@ -91,8 +198,24 @@ def as_activations(acts):
     if isinstance(acts, (str, bytes, os.PathLike)):
         raise TypeError(f"acts is a path ({acts!r}); open it with compexp_core.io.open_activations "
                         f"or pass it to compexp_core.search_formulas, which opens it")
+    if isinstance(acts, DeviceActivations):
+        if on_device:
+            return acts
+        acts = acts.owner
+    if on_device:
+        # A torch tensor that requires grad exposes no interface until detached (no copy).
+        probe = acts.detach() if is_tensor(acts) else acts
+        if is_cuda_array(probe) and _cuda_float(probe):
+            return DeviceActivations(probe, "acts")
     if is_tensor(acts):                      # torch.Tensor without importing torch
         acts = tensor_to_numpy(acts, "acts")
+    elif is_cuda_array(acts):                # CuPy and other GPU arrays: copied only if asked
+        if callable(getattr(acts, "get", None)):
+            acts = acts.get()                # CuPy: an explicit device-to-host copy
+        else:
+            raise TypeError(f"acts is a GPU array ({type(acts).__name__}, "
+                            f"__cuda_array_interface__): search it with device='cuda' (it stays "
+                            f"on the GPU) or copy it to the host first")
     if hasattr(acts, "shape") and hasattr(acts, "dtype") and hasattr(acts, "__getitem__") \
             and not isinstance(acts, np.ndarray) and type(acts).__module__.startswith("h5py"):
         return acts
@@ -178,7 +301,9 @@ def compute_thresholds(acts, quantile: float = 0.005, units: Optional[Sequence[i
         v = np.ascontiguousarray(vals[:, i]).astype(np.float64).ravel()
         if not np.isfinite(v).all():
             raise ValueError(f"acts of unit {int(batch[i])} contain NaN or infinite values")
-        return float(np.quantile(v, 1.0 - quantile, overwrite_input=True))
+        # + 0.0: a zero threshold is +0.0 whichever zero NumPy's partition left at the index
+        # (the same masks; the GPU's radix select gives the same bits).
+        return float(np.quantile(v, 1.0 - quantile, overwrite_input=True)) + 0.0
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -215,7 +340,7 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
     H, W = grid
     n = acts.shape[0]
     is_bool = np.dtype(acts.dtype) == bool
-    per_sample = len(ids) * max(_values_per_unit(acts), H * W) * 4
+    per_sample = len(ids) * max(_values_per_unit(acts), H * W) * (8 if acts.dtype == np.float64 else 4)
     step = max(1, _READ_BYTES // max(1, per_sample))
     parts = []      # (ptr, block, words) tuples of consecutive sample ranges
     for s0 in range(0, n, step):
@@ -233,6 +358,9 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
         elif is_bool:
             parts.append(_core.unit_masks_from_bool(np.ascontiguousarray(chunk).view(np.uint8), s0))
         else:
-            parts.append(_core.unit_masks_from_maps(np.ascontiguousarray(chunk, np.float32), s0, H, W,
+            # float64 maps are resized in double precision (a float32 image would round them,
+            # e.g. 1 + 1e-9 to 1, 1e300 to inf); other floats as Pillow's float32 image.
+            dt = np.float64 if chunk.dtype == np.float64 else np.float32
+            parts.append(_core.unit_masks_from_maps(np.ascontiguousarray(chunk, dt), s0, H, W,
                                                     np.ascontiguousarray(thresholds, np.float64)))
     return MaskSet.from_arrays(parts[0] if len(parts) == 1 else _core.merge_mask_parts(parts))
