@@ -411,6 +411,15 @@ def test_closed_datasets_are_refused(tmp_path):
     img.file.close()
     with pytest.raises(ValueError, match="images is an h5py dataset whose file has been closed"):
         save_images(tmp_path / "j.h5", img)
+    from compexp_core.report.inputs import Images
+
+    with pytest.raises(ValueError, match="images is an h5py dataset whose file has been closed"):
+        Images(img)
+    cx.search_formulas(np.ones((4, 2), bool), np.ones((4, 2), bool))
+    with pytest.raises(ValueError, match="acts is an h5py dataset whose file has been closed"):
+        from compexp_core.analysis import top_activating_samples
+
+        top_activating_samples(ds, [0])
 
 
 # ----------------------------------------------------------------------------- output paths

@@ -41,6 +41,10 @@ class Images:
     """Uniform access to the images: ``len``, ``get(i) -> uint8 [H, W, 3]``, optional names."""
 
     def __init__(self, images: Any) -> None:
+        if type(images).__module__.startswith("h5py"):
+            from ..io._h5 import check_open
+
+            check_open(images, "images")
         self.label = input_label(images, "images")
         self.names: Optional[list[str]] = None
         self._close = None
