@@ -126,21 +126,7 @@ class Formula(ABC):
 
     def __len__(self) -> int:
         """The number of leaves (repeats included)."""
-        n = 0
-        pending: list[Formula] = []
-        node: Any = self
-        while True:
-            kind = node._KIND
-            if kind == _BINARY:
-                pending.append(node.right)
-                node = node.left
-            elif kind == _NOT:
-                node = node.operand
-            else:
-                n += 1
-                if not pending:
-                    return n
-                node = pending.pop()
+        return len(self.leaves())
 
     def leaves(self) -> tuple[str, ...]:
         """The leaf names, left to right (repeats included)."""

@@ -720,6 +720,19 @@ def close_reader(f: h5py.File) -> None:
         f.close()
 
 
+def open_dataset(path: PathLike, validate) -> h5py.Dataset:
+    """Open ``path`` for reading and return ``validate(file, path)`` (a dataset left open for
+    lazy reads); the file is closed when opening or validation fails."""
+    p = os.fspath(path)
+    f = open_file(p)
+    try:
+        with reading(p):
+            return validate(f, p)
+    except BaseException:
+        close_reader(f)
+        raise
+
+
 def attr_str(value: Any) -> str:
     """An attribute value as text (bytes decoded as UTF-8, a 1-element array unwrapped)."""
     if isinstance(value, (bytes, np.bytes_)):

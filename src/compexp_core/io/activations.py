@@ -425,14 +425,7 @@ def open_activations(path: PathLike) -> h5py.Dataset:
         ValueError: not a readable HDF5 file; ``format`` is not ``compexp-activations``; no
             ``acts`` dataset, or one of the wrong rank or dtype.
     """
-    p = os.fspath(path)
-    f = _h5.open_file(p)
-    try:
-        with _h5.reading(p):
-            return validated_acts(f, p)
-    except BaseException:
-        _h5.close_reader(f)
-        raise
+    return _h5.open_dataset(path, validated_acts)
 
 
 def load_activations(path: PathLike) -> np.ndarray:

@@ -126,14 +126,7 @@ def open_images(path: PathLike) -> h5py.Dataset:
         FileNotFoundError: the file does not exist.
         ValueError: not a readable HDF5 file, not a ``compexp-images`` file, or a malformed one.
     """
-    p = os.fspath(path)
-    f = _h5.open_file(p)
-    try:
-        with _h5.reading(p):
-            return _validated_images(f, p)
-    except BaseException:
-        _h5.close_reader(f)
-        raise
+    return _h5.open_dataset(path, _validated_images)
 
 
 def read_images_metadata(path: PathLike) -> dict:
