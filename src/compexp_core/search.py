@@ -39,6 +39,8 @@ def search_formulas(
     allow_repeats: bool = False,
     candidate_limit: Optional[int] = None,
     complexity_penalty: float = 1.0,
+    semantics: str = "default",
+    min_firing: int = 0,
     quantile: float = 0.005,
     threshold=None,
     units: Optional[Sequence[int]] = None,
@@ -67,6 +69,14 @@ def search_formulas(
         complexity_penalty: scores are multiplied by ``penalty ** (length - 1)``: a finite
             number > 0 (below 1 favours shorter formulas) whose power ``max_length - 1``
             neither overflows nor underflows to 0 in float64 (else ValueError).
+        semantics: ``"default"`` (DESIGN.md), or ``"reference-vision"`` / ``"reference-nli"``
+            to reproduce the reference code's vision / NLI search bit for bit (its duplicate
+            beam copies, IoU epsilon, NOT counted in the penalised length, candidate rules;
+            see :class:`compexp_core.engine.beam.SearchParams`). The reference modes imply
+            ``allow_repeats`` and take ``metric="iou"`` and OR / AND / AND NOT only.
+        min_firing: skip units whose mask has fewer cells than this (samples, with one cell
+            per sample; the reference NLI code uses 500 of 10,000 pairs): a skipped unit has
+            no formula, and its ``Explanation.skipped`` says why.
         quantile: fraction of each unit's activations above its threshold, in (0, 1).
         threshold: explicit threshold, a scalar or one per unit of ``acts`` (overrides
             ``quantile``).
@@ -91,7 +101,7 @@ def search_formulas(
         ('((dog OR cat) AND NOT "not")', 1.0)
     """
     params = SearchParams(max_length, beam_size, ops, metric, allow_repeats, candidate_limit,
-                          complexity_penalty)
+                          complexity_penalty, semantics, min_firing)
     check_quantile(quantile)
     backend = get_backend(device)
     concepts = concepts_input(masks, names)

@@ -222,6 +222,12 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--penalty", type=float, default=1.0,
                    help="complexity penalty: scores are multiplied by PENALTY ** (length - 1) "
                         "(default 1; below 1 favours shorter formulas)")
+    p.add_argument("--semantics", default="default",
+                   choices=["default", "reference-vision", "reference-nli"],
+                   help="default (DESIGN.md) or an exact reproduction of the reference code's "
+                        "vision / NLI search")
+    p.add_argument("--min-firing", type=int, default=0,
+                   help="skip units firing on fewer cells than this (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--top", type=int, default=15, help="rows in the summary table")
@@ -234,4 +240,4 @@ def search_kwargs(args: argparse.Namespace) -> dict:
                 ops=tuple(o.strip() for o in args.ops.split(",") if o.strip()),
                 metric=args.metric, allow_repeats=args.allow_repeats,
                 candidate_limit=args.candidate_limit, complexity_penalty=args.penalty,
-                device=args.device)
+                semantics=args.semantics, min_firing=args.min_firing, device=args.device)

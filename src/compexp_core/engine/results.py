@@ -42,6 +42,8 @@ class Explanation:
             unit stops as soon as a step leaves its beam unchanged (every later step would
             repeat it), so ``by_length`` can be shorter than ``max_length``: longer lengths
             give its last entry (:meth:`at_length`).
+        skipped: why the unit was not searched (it fired on fewer cells than the search's
+            ``min_firing``), else None. A skipped unit has no formula.
     """
 
     unit: int
@@ -53,6 +55,7 @@ class Explanation:
     beam: tuple = field(default=())
     threshold: Optional[float] = None
     by_length: tuple = field(default=())
+    skipped: Optional[str] = None
 
     def at_length(self, max_length: int) -> tuple:
         """``(formula, iou)`` that a search with this ``max_length`` finds (from
@@ -73,5 +76,7 @@ class Explanation:
         return 0 if self.formula is None else len(self.formula)
 
     def __str__(self) -> str:
+        if self.skipped:
+            return f"unit {self.unit}: skipped ({self.skipped})"
         return (f"unit {self.unit}: {self.formula} (iou {self.iou:.4f}; best single "
                 f"{self.primitive} {self.primitive_iou:.4f})")

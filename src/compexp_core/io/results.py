@@ -43,10 +43,10 @@ __all__ = ["write_results", "read_results", "results_kind", "check_output_path",
 # Datasets every results file has; files written before the others existed lack them.
 _REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam_formula",
              "beam_score")
-_OPTIONAL = ("threshold", "by_length_formula", "by_length_iou")
+_OPTIONAL = ("threshold", "by_length_formula", "by_length_iou", "skipped")
 _CSV_REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam")
 _CSV_COLUMNS = ["unit", "formula", "iou", "score", "primitive", "primitive_iou", "threshold",
-                "beam", "by_length", "row"]
+                "beam", "by_length", "skipped", "row"]
 
 
 def results_kind(path: PathLike) -> str:
@@ -193,6 +193,7 @@ def _write_csv(path: PathLike, explanations: list, params_text: str) -> None:
         "threshold": e.threshold,
         "beam": json.dumps([(str(f), s) for f, s in e.beam]),
         "by_length": json.dumps([(_text(f), v) for f, v in e.by_length]),
+        "skipped": e.skipped or "",
         "row": i,
     } for i, e in enumerate(explanations)]
     df = pd.DataFrame(rows, columns=_CSV_COLUMNS)
@@ -223,6 +224,7 @@ def _write_h5(path: PathLike, explanations: list, params_text: str) -> None:
                                                    for e in explanations], np.float64))
         _h5.write_strings(h5, "by_length_formula", by_length_text)
         _h5.write_array(h5, "by_length_iou", by_length_iou)
+        _h5.write_strings(h5, "skipped", [e.skipped or "" for e in explanations])
 
 
 # =============================================================================== read
@@ -247,9 +249,11 @@ def read_results(path: PathLike) -> tuple[list[Explanation], dict]:
 
 def _explanation(unit: Any, formula: str, iou: Any, score: Any, primitive: str,
                  primitive_iou: Any, beam: tuple, threshold: Optional[float],
-                 by_length: tuple) -> Explanation:
+                 by_length: tuple, skipped: Any = None) -> Explanation:
+    skipped = None if skipped is None or (isinstance(skipped, float) and math.isnan(skipped)) \
+        else (_str(skipped) or None)
     return Explanation(int(unit), _parse(formula), float(iou), float(score), _parse(primitive),
-                       float(primitive_iou), beam, threshold, by_length)
+                       float(primitive_iou), beam, threshold, by_length, skipped)
 
 
 def _read_csv(path: str) -> tuple[list[Explanation], dict]:
@@ -307,7 +311,7 @@ def _read_csv(path: str) -> tuple[list[Explanation], dict]:
             threshold = float(row["threshold"]) if row.get("threshold", "") != "" else None
             out.append(_explanation(row["unit"], row["formula"], row["iou"], row["score"],
                                     row["primitive"], row["primitive_iou"], beam, threshold,
-                                    by_length))
+                                    by_length, row.get("skipped")))
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"'{path}', data row {i + 1}: {e}; the file may be corrupt") \
                 from None
@@ -354,7 +358,8 @@ def _read_h5(path: str) -> tuple[list[Explanation], dict]:
                          else float(d["threshold"][i]))
             out.append(_explanation(d["unit"][i], _str(d["formula"][i]), d["iou"][i],
                                     d["score"][i], _str(d["primitive"][i]), d["primitive_iou"][i],
-                                    beam, threshold, by_length))
+                                    beam, threshold, by_length,
+                                    None if d["skipped"] is None else d["skipped"][i]))
     except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise ValueError(f"'{path}' is not a readable results file: {e}; it may be "
                          f"corrupt") from None
