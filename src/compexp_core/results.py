@@ -69,7 +69,8 @@ class SearchResult(Sequence):
 
     def to_pandas(self):
         """One row per unit: unit, formula, iou, score, length, primitive, primitive_iou,
-        threshold, beam, by_length (lists of ``(formula text, value)`` pairs)."""
+        threshold, beam, by_length (lists of ``(formula text, value)`` pairs), skipped (the
+        reason a unit was not searched, else None)."""
         import pandas as pd
 
         rows = [{
@@ -83,17 +84,22 @@ class SearchResult(Sequence):
             "threshold": e.threshold,
             "beam": [(str(f), s) for f, s in e.beam],
             "by_length": [(_text(f), v) for f, v in e.by_length],
+            "skipped": e.skipped,
         } for e in self]
         columns = ["unit", "formula", "iou", "score", "length", "primitive", "primitive_iou",
-                   "threshold", "beam", "by_length"]
+                   "threshold", "beam", "by_length", "skipped"]
         return pd.DataFrame(rows, columns=columns)
 
     def summary(self, top: int = 10) -> str:
-        """A text table of the ``top`` units by IoU."""
+        """A text table of the ``top`` units by IoU (and how many units were skipped)."""
         best = sorted(self, key=lambda e: -e.iou)[:top]
         lines = [f"{'unit':>6}  {'iou':>7}  {'single':>7}  formula"]
         for e in best:
             lines.append(f"{e.unit:>6}  {e.iou:7.4f}  {e.primitive_iou:7.4f}  {e.formula}")
+        skipped = [e for e in self if e.skipped]
+        if skipped:
+            lines.append(f"{len(skipped)} of {len(self)} units skipped (no formula): "
+                         f"{skipped[0].skipped}" + (", ..." if len(skipped) > 1 else ""))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------ saving
