@@ -33,7 +33,7 @@ def test_fields_and_indexing(result):
 def test_to_pandas(result):
     df = result.to_pandas()
     assert list(df.columns) == ["unit", "formula", "iou", "score", "length", "primitive",
-                                "primitive_iou", "threshold", "beam", "by_length"]
+                                "primitive_iou", "threshold", "beam", "by_length", "skipped"]
     assert df.loc[0, "formula"] == '(water AND NOT "blue sky")' and df.loc[0, "length"] == 2
     assert pd.isna(df.loc[1, "formula"])   # missing formula: pandas' missing-value marker
     assert df.loc[2, "formula"] in ('(\"say \\"hi\\"\" OR tree)', '(tree OR "say \\"hi\\"")')
