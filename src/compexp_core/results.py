@@ -138,14 +138,14 @@ class SearchResult(Sequence):
                 ``.csv`` or naming an input file of the search, weights of the wrong shape).
 
         Examples:
-            >>> import os, tempfile
+            >>> import os, pathlib, tempfile
             >>> import numpy as np, compexp_core as cx
             >>> masks = np.zeros((4, 2), bool); masks[:2, 0] = True; masks[1:3, 1] = True
             >>> result = cx.search_formulas(masks[:, :1].copy(), masks,
             ...                             names=["pre:tok:cat", "hyp:tok:dog"])
             >>> path = os.path.join(tempfile.mkdtemp(), "result.csv")
             >>> result.to_reference_csv(path, weights=np.array([[1.0, 0.0, -1.0]]))
-            >>> print(open(path).read().strip())
+            >>> print(pathlib.Path(path).read_text().strip())
             neuron,feature,category,iou,feature_length,w_entail,w_neutral,w_contra
             0,pre:tok:cat,pre,1.0,1,1.0,0.0,-1.0
         """

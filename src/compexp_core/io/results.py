@@ -284,7 +284,7 @@ def write_reference_csv(path: PathLike, explanations: Sequence[Explanation], *,
         OSError: the directory is missing or not writable; the write failed.
 
     Examples:
-        >>> import os, tempfile
+        >>> import os, pathlib, tempfile
         >>> import numpy as np
         >>> f = Formula.parse("(pre:tok:dog AND NOT hyp:tok:sleeping)")
         >>> found = Explanation(unit=1, formula=f, iou=0.5, score=0.25, primitive=None,
@@ -294,7 +294,7 @@ def write_reference_csv(path: PathLike, explanations: Sequence[Explanation], *,
         >>> weights = np.array([[0.5, 0.25, -1.0], [0.0, -0.5, 2.0]], np.float32)  # [U, C]
         >>> path = os.path.join(tempfile.mkdtemp(), "result.csv")
         >>> write_reference_csv(path, [found, skipped], weights=weights)
-        >>> print(open(path).read())
+        >>> print(pathlib.Path(path).read_text())
         neuron,feature,category,iou,feature_length,w_entail,w_neutral,w_contra
         1,((NOT hyp:tok:sleeping) AND pre:tok:dog),((NOT hyp) AND pre),0.25,3,0.0,-0.5,2.0
         0,,,0.0,0,0.5,0.25,-1.0
