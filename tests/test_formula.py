@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compexp_core.engine.formula import (OP_CODES, And, Formula, Leaf, Not, Or, format_name, formula_key,
-                                         key_formula, reference_length, reference_text)
+                                         key_formula)
+from compexp_core.engine.formula import reference_length, reference_text
 
 A, B, C = Leaf("a"), Leaf("b"), Leaf("c")
 

@@ -500,9 +500,12 @@ def concept_class_table(result: SearchResult, weight, class_names: Sequence[str]
         >>> table = concept_class_table(result, weight, ["entailment", "neutral", "contradiction"])
         >>> for row in table.rows(3):
         ...     print(row)
-        {'concept': 'hyp:tok:sleeping', 'negated': False, 'entailment': 0, 'neutral': 0, 'contradiction': 2, 'total': 2}
-        {'concept': 'hyp:tok:dog', 'negated': False, 'entailment': 1, 'neutral': 0, 'contradiction': 0, 'total': 1}
-        {'concept': 'hyp:tok:dog', 'negated': True, 'entailment': 0, 'neutral': 0, 'contradiction': 1, 'total': 1}
+        {'concept': 'hyp:tok:sleeping', 'negated': False,
+         'entailment': 0, 'neutral': 0, 'contradiction': 2, 'total': 2}
+        {'concept': 'hyp:tok:dog', 'negated': False,
+         'entailment': 1, 'neutral': 0, 'contradiction': 0, 'total': 1}
+        {'concept': 'hyp:tok:dog', 'negated': True,
+         'entailment': 0, 'neutral': 0, 'contradiction': 1, 'total': 1}
         >>> table.n_units, table.n_left_out
         (3, 1)
     """
