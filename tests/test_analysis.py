@@ -35,20 +35,24 @@ def test_by_length_equals_separate_searches(seed, beam, device):
     assert curve[-1] == pytest.approx(np.mean([e.iou for e in long]))
 
 
-def test_by_length_pads_when_no_unit_fires():
-    # No beam: the search of the unit stops at once (by_length has one entry); every maximum
-    # length answers the same, and the curve covers the lengths asked for.
-    masks = np.zeros((5, 2), bool)
-    result = cx.search_formulas(np.zeros((5, 1), bool), masks, max_length=4)
-    assert result[0].by_length == ((None, 0.0),)
-    assert result[0].at_length(4) == (None, 0.0)
-    assert mean_iou_by_length(result).tolist() == [0.0] * 4
+def test_by_length_pads_and_leaves_out_units_without_formula():
+    # Unit 0 is concept 0 exactly: with a beam of one, its search stops after two steps
+    # (by_length has two entries), and every longer maximum length answers the same. Unit 1
+    # fires nowhere: no formula, one by_length entry, left out of the means.
+    masks = np.eye(4, dtype=bool)[np.arange(40) % 4]
+    acts = np.stack([masks[:, 0], np.zeros(40, bool)], axis=1)
+    result = cx.search_formulas(acts, masks, max_length=4, beam_size=1)
+    assert len(result[0].by_length) == 2 and result[0].at_length(4)[1] == 1.0
+    assert result[1].by_length == ((None, 0.0),) and result[1].at_length(4) == (None, 0.0)
+    assert mean_iou_by_length(result).tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match="none of the result's 1 units has a formula"):
+        mean_iou_by_length(result[1:])
 
 
 def test_mean_iou_by_length_errors():
     with pytest.raises(ValueError, match="no explanations"):
         mean_iou_by_length(cx.SearchResult([]))
-    old = cx.SearchResult([cx.Explanation(0, None, 0.0, 0.0, None, 0.0)])
+    old = cx.SearchResult([cx.Explanation(0, cx.Formula.parse("a"), 0.5, 0.5, None, 0.0)])
     with pytest.raises(ValueError, match="by_length"):
         mean_iou_by_length(old)
 

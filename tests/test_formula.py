@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from compexp_core.engine.formula import (OP_CODES, And, Formula, Leaf, Not, Or, format_name, formula_key,
                                          key_formula)
+from compexp_core.engine.formula import reference_length, reference_text
 
 A, B, C = Leaf("a"), Leaf("b"), Leaf("c")
 
@@ -491,3 +492,116 @@ def test_flat_10000_term_formula():
     with shallow_stack():
         assert f.steps() == ("c0", steps)
         assert key_formula(formula_key(f, NAMES_DEEP.index), NAMES_DEEP) == f
+
+
+# --- the reference code's print style and length -----------------------------------------
+
+def _category(name):
+    return name.split(":")[0]
+
+
+def _naive_reference_text(f, namer=str, sort=True):
+    """The reference's to_str, written recursively as it is there (NOT passes no sort)."""
+    if isinstance(f, Leaf):
+        return namer(f.name)
+    if isinstance(f, Not):
+        return f"(NOT {_naive_reference_text(f.operand, namer, False)})"
+    op = "AND" if isinstance(f, And) else "OR"
+    left = _naive_reference_text(f.left, namer, sort)
+    right = _naive_reference_text(f.right, namer, sort)
+    if not sort or left < right:
+        return f"({left} {op} {right})"
+    return f"({right} {op} {left})"
+
+
+@pytest.mark.parametrize("text, sort, expected", [
+    ("a", True, "a"),
+    ("(b OR a)", False, "(b OR a)"),
+    ("(b OR a)", True, "(a OR b)"),                 # "b" < "a" is False: swapped
+    ("(a OR b)", True, "(a OR b)"),
+    ("(a OR a)", True, "(a OR a)"),                 # equal texts: swapped, the same text
+    ("(a AND NOT b)", False, "(a AND (NOT b))"),
+    ("(a AND NOT b)", True, "((NOT b) AND a)"),     # "(" < "a": the NOT goes first
+    ("(a OR NOT b)", True, "((NOT b) OR a)"),
+    ("((c OR b) AND a)", True, "((b OR c) AND a)"),  # inner swapped; "(b..." < "a": kept
+    ("((c OR b) AND NOT a)", True, "((NOT a) AND (b OR c))"),  # "(b" < "(N" is False
+    ("NOT (b OR a)", True, "(NOT (b OR a))"),       # a NOT's operand is never sorted
+    ("(z AND NOT (b OR a))", True, "((NOT (b OR a)) AND z)"),
+    ("NOT NOT a", True, "(NOT (NOT a))"),
+])
+def test_reference_text_by_hand(text, sort, expected):
+    assert reference_text(Formula.parse(text), sort=sort) == expected
+
+
+def test_reference_text_nli_names_and_category_namer():
+    f = Formula.parse("((pre:tok:dog OR hyp:tok:cat) AND NOT oth:overlap:overlap50)")
+    assert reference_text(f) == "((NOT oth:overlap:overlap50) AND (hyp:tok:cat OR pre:tok:dog))"
+    assert reference_text(f, _category) == "((NOT oth) AND (hyp OR pre))"
+    assert reference_text(f, _category, sort=False) == "((pre OR hyp) AND (NOT oth))"
+    # The namer's texts are what is sorted: categories equal, the names' order is not used.
+    g = Formula.parse("(hyp:tok:b OR hyp:tag:a)")
+    assert reference_text(g) == "(hyp:tag:a OR hyp:tok:b)"
+    assert reference_text(g, lambda n: n.split(":")[2]) == "(a OR b)"
+    assert reference_text(Formula.parse("(pre:tok:a OR hyp:tok:b)"), lambda n: n[::-1]) \
+        == "(a:kot:erp OR b:kot:pyh)"
+    # Names are written as they are: no quotes.
+    assert reference_text(Formula.parse('("living room" OR "and")')) == "(and OR living room)"
+
+
+def test_reference_text_long_operands_with_a_common_prefix():
+    # Both operands longer than the prefix the sort decision keeps, and equal over it.
+    x, y = "x" * 300 + "b", "x" * 300 + "a"
+    assert reference_text(Or(Leaf(x), Leaf(y))) == f"({y} OR {x})"
+    assert reference_text(Or(Leaf(y), Leaf(x))) == f"({y} OR {x})"
+    f = Or(And(Leaf(x), Leaf("q")), And(Leaf(y), Leaf("q")))
+    assert reference_text(f) == _naive_reference_text(f) == f"((q AND {y}) OR (q AND {x}))"
+    # One operand exactly as long as the prefix, the other longer.
+    p = "p" * 128
+    assert reference_text(Or(Leaf(p + "z"), Leaf(p))) == f"({p} OR {p}z)"
+
+
+long_names = st.one_of(names, st.sampled_from(["x" * 130, "x" * 130 + "a", "(NOT", "((", "x:y"]))
+long_trees = st.recursive(
+    long_names.map(Leaf),
+    lambda kids: st.one_of(kids.map(Not), st.builds(And, kids, kids), st.builds(Or, kids, kids)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(long_trees, st.booleans())
+def test_reference_text_matches_the_recursive_rule(f, sort):
+    assert reference_text(f, sort=sort) == _naive_reference_text(f, sort=sort)
+    assert reference_text(f, _category, sort) == _naive_reference_text(f, _category, sort)
+
+
+@pytest.mark.parametrize("text, length", [
+    ("a", 1), ("NOT a", 2), ("(a OR b)", 2), ("(a AND NOT b)", 3), ("NOT NOT a", 3),
+    ("((a OR NOT b) AND NOT (c OR d))", 6),
+])
+def test_reference_length(text, length):
+    assert reference_length(Formula.parse(text)) == length
+
+
+def test_reference_text_and_length_errors():
+    with pytest.raises(TypeError, match="Formula"):
+        reference_text("(a OR b)")
+    with pytest.raises(TypeError, match="Formula"):
+        reference_length("a")
+    with pytest.raises(TypeError, match="namer must return a str.*'b'"):
+        reference_text(Formula.parse("(a OR b)"), namer=lambda n: 1 if n == "b" else n)
+
+
+def test_reference_text_and_length_deep():
+    # The search's left-deep shape at depth DEEP: the first AND NOT swaps ("(c0..." against
+    # "(NOT c2)"); every later left operand starts "((", which sorts before any operand.
+    steps, _, _ = _left_deep(DEEP)
+    words = {"or": "OR c{})", "and": "AND c{})", "and_not": "AND (NOT c{}))",
+             "or_not": "OR (NOT c{}))"}
+    tail = "".join(" " + words[op].format(name[1:]) for op, name in steps[2:])
+    with shallow_stack():
+        f = Formula.from_steps("c0", steps)
+        assert reference_text(f) == "(" * (DEEP - 2) + "((NOT c2) AND (c0 OR c1))" + tail
+        assert reference_text(f, sort=False) == "(" * DEEP + "c0 OR c1) AND (NOT c2))" + tail
+        n_not = sum(op.endswith("_not") for op, _ in steps)
+        assert reference_length(f) == DEEP + 1 + n_not

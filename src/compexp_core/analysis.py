@@ -4,9 +4,17 @@
   one search at the longest length (``Explanation.by_length``).
 * :func:`iou_accuracy_correlation`: does a unit's explanation IoU go with the model's accuracy
   on the inputs where the unit fires?
+* :func:`unit_class_weights` and :func:`concept_class_table`: for a classifier whose last layer
+  reads the units, which class each unit pushes towards, and which concepts the explanations of
+  the units pushing towards each class use (the paper's NLI analysis: "nobody", "sleeping",
+  "cat" in explanations of units that push towards contradiction).
 * :func:`firing_samples`, :func:`top_activating_samples`, :func:`unit_mask_images` and
   :func:`formula_mask_images`: which inputs a unit fires on, and the unit's and a formula's
   masks on chosen inputs (for reports), computed exactly as the search computes them.
+
+The analyses of explanations leave out units without a formula (``Explanation.formula is
+None``: no concept overlaps the unit, or the search skipped it, for instance because it fires
+on too few samples); each function's docstring says so.
 """
 from __future__ import annotations
 
@@ -17,13 +25,14 @@ import numpy as np
 
 from .engine.concepts import ConceptSet
 from .engine.driver import materialize_formulas
-from .engine.formula import Formula
-from .engine.units import check_activations, unit_masks
+from .engine.formula import Formula, Leaf, Not
+from .engine.units import check_activations, is_tensor, tensor_to_numpy, unit_masks
 from .inputs import activations_input
 from .results import SearchResult
 
 __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "firing_samples",
-           "top_activating_samples", "unit_mask_images", "formula_mask_images"]
+           "top_activating_samples", "unit_mask_images", "formula_mask_images",
+           "unit_class_weights", "ConceptClassTable", "concept_class_table"]
 
 
 def mean_iou_by_length(result: SearchResult) -> np.ndarray:
@@ -31,7 +40,7 @@ def mean_iou_by_length(result: SearchResult) -> np.ndarray:
 
     Entry ``l - 1`` is the mean over units of the IoU a search with ``max_length = l`` finds;
     one search at the longest length gives them all (see ``Explanation.by_length``). Units
-    with no formula count as IoU 0.
+    without a formula (no concept overlaps them, or the search skipped them) are left out.
 
     Args:
         result: a search result whose explanations carry ``by_length`` (every search since
@@ -41,7 +50,8 @@ def mean_iou_by_length(result: SearchResult) -> np.ndarray:
         float64 array of L means, non-decreasing.
 
     Raises:
-        ValueError: the result is empty or its explanations carry no ``by_length``.
+        ValueError: the result is empty, no unit has a formula, or its explanations carry no
+            ``by_length``.
 
     Examples:
         >>> import numpy as np, compexp_core as cx
@@ -53,14 +63,19 @@ def mean_iou_by_length(result: SearchResult) -> np.ndarray:
     """
     if len(result) == 0:
         raise ValueError("the result has no explanations")
-    lengths = {len(e.by_length) for e in result}
+    explained = [e for e in result if e.formula is not None]
+    if not explained:
+        raise ValueError(f"none of the result's {len(result)} units has a formula (no concept "
+                         f"overlaps them, or the search skipped them): there is no IoU to "
+                         f"average")
+    lengths = {len(e.by_length) for e in explained}
     if 0 in lengths:
         raise ValueError("the result's explanations carry no per-length IoUs (by_length); it "
                          "was written by an older version: search again")
     # Searches stop once a unit's beam stops changing: pad to the length searched for.
     L = max(max(lengths), int((result.params or {}).get("max_length") or 0))
-    table = np.zeros((len(result), L))
-    for i, e in enumerate(result):
+    table = np.zeros((len(explained), L))
+    for i, e in enumerate(explained):
         values = [v for _, v in e.by_length]
         table[i, :len(values)] = values
         table[i, len(values):] = values[-1]
@@ -197,7 +212,8 @@ class IouAccuracy:
     """Explanation IoU against the model's accuracy where each unit fires.
 
     Attributes:
-        units: the units with at least ``min_firing`` firing inputs, in the result's order.
+        units: the units with a formula and at least ``min_firing`` firing inputs, in the
+            result's order.
         iou: their explanation IoUs.
         accuracy: the model's accuracy on the inputs where each fires.
         n_firing: how many inputs each fires on.
@@ -238,6 +254,12 @@ def iou_accuracy_correlation(result: SearchResult, acts, correct, grid, *,
                              seed: int = 0) -> IouAccuracy:
     """Correlate each unit's explanation IoU with the model's accuracy on the inputs where the
     unit fires (the paper's question: do more interpretable units go with better accuracy?).
+
+    Units without a formula (no concept overlaps them, or the search skipped them) are left
+    out, as are units firing on fewer than ``min_firing`` inputs. Language data has one cell
+    per sample: pass ``[N, U]`` activations and ``grid=(1, 1)``. The p-value is two-sided:
+    the share of random pairings of the IoUs with the accuracies whose correlation is at least
+    as far from 0 as the observed one (counting the observed pairing, so it is never 0).
 
     Args:
         result: a search result on ``acts``.
@@ -280,11 +302,17 @@ def iou_accuracy_correlation(result: SearchResult, acts, correct, grid, *,
     if isinstance(min_firing, bool) or not isinstance(min_firing, (int, np.integer)) \
             or min_firing < 1:
         raise ValueError(f"min_firing must be an integer >= 1, got {min_firing!r}")
-    fires = firing_samples(acts, result, grid)
+    explained = [e for e in result if e.formula is not None]
+    units = np.array([e.unit for e in explained], np.int64)
+    if units.size:
+        fires = firing_samples(acts, result, grid, units=units)
+    else:
+        _checked_acts(acts, grid)
+        fires = np.zeros((acts.shape[0], 0), bool)
     n_firing = fires.sum(axis=0)
     keep = n_firing >= min_firing
     accuracy = (fires & correct[:, None]).sum(axis=0)[keep] / n_firing[keep]
-    iou = np.array([e.iou for e in result])[keep]
+    iou = np.array([e.iou for e in explained], np.float64)[keep]
     pearson = _pearson(iou, accuracy)
     spearman = _pearson(_ranks(iou), _ranks(accuracy))
     p_value = float("nan")
@@ -294,5 +322,210 @@ def iou_accuracy_correlation(result: SearchResult, acts, correct, grid, *,
                              for _ in range(int(permutations))])
         p_value = float((np.sum(np.abs(shuffled) >= abs(pearson) - 1e-12) + 1)
                         / (permutations + 1))
-    return IouAccuracy(np.asarray(result.units)[keep], iou, accuracy, n_firing[keep],
-                       pearson, spearman, p_value)
+    return IouAccuracy(units[keep], iou, accuracy, n_firing[keep], pearson, spearman, p_value)
+
+
+
+# ------------------------------------------------------------------------------ classes
+
+def unit_class_weights(weight, units: Optional[Sequence[int]] = None) -> np.ndarray:
+    """The weights a read-out layer gives each unit: one row per unit, one column per class.
+
+    Args:
+        weight: the read-out layer's weight ``[C, U]`` in ``torch.nn.Linear`` layout (class
+            c's score is ``weight[c] @ units + bias[c]``): a NumPy array or a torch tensor
+            (copied to the host).
+        units: unit indices into ``U`` (default: all, in order).
+
+    Returns:
+        float64 ``[len(units), C]``: row i is the weight of unit ``units[i]`` towards each
+        class. With ``units=None`` row u is unit u's, the ``weights`` layout of
+        :func:`compexp_core.io.results.write_reference_csv`.
+
+    Raises:
+        TypeError: ``weight`` is not numeric; ``units`` are not integers.
+        ValueError: ``weight`` is not 2-D or is empty, holds NaN or infinity (the message
+            gives the first position); a unit index outside ``0..U-1``.
+
+    Examples:
+        >>> w = np.array([[0.5, -1.0, 0.0],
+        ...               [0.1, 2.0, -0.3]])            # [C=2 classes, U=3 units]
+        >>> unit_class_weights(w, [1, 2]).tolist()
+        [[-1.0, 2.0], [0.0, -0.3]]
+        >>> unit_class_weights(w).shape
+        (3, 2)
+    """
+    w = _readout_weight(weight)
+    n_units = w.shape[1]
+    if units is None:
+        return np.ascontiguousarray(w.T)
+    ids = np.asarray(units)
+    if ids.ndim != 1:
+        raise ValueError(f"units must be a sequence of unit indices, got shape {ids.shape}")
+    if ids.size == 0:
+        return np.zeros((0, w.shape[0]))
+    if ids.dtype == bool or ids.dtype.kind not in "iu":
+        raise TypeError(f"units must be integer unit indices, got dtype {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= n_units)]
+    if bad.size:
+        hint = ""
+        if w.shape[0] > int(bad.max()) >= 0:
+            hint = (f"; is weight transposed? It must be [C, U] (nn.Linear layout), and a "
+                    f"[{w.shape[0]}, {n_units}] weight is read as {w.shape[0]} classes of "
+                    f"{n_units} units")
+        raise ValueError(f"unit {int(bad[0])} out of range: weight has U={n_units} units "
+                         f"(shape [C, U] = {list(w.shape)}){hint}")
+    return np.ascontiguousarray(w[:, ids.astype(np.int64)].T)
+
+
+def _readout_weight(weight) -> np.ndarray:
+    """``weight`` as a checked float64 ``[C, U]`` host array."""
+    if is_tensor(weight):
+        weight = tensor_to_numpy(weight, "weight")
+    w = np.asarray(weight)
+    if w.dtype == bool or w.dtype.kind not in "iuf":
+        raise TypeError(f"weight must be a numeric array [C, U] (a read-out layer's weight), "
+                        f"got dtype {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D [C, U] (nn.Linear layout: classes x units), got "
+                         f"shape {w.shape}")
+    if 0 in w.shape:
+        raise ValueError(f"weight is empty: shape {w.shape}, expected [C, U] with C, U >= 1")
+    w = w.astype(np.float64)
+    finite = np.isfinite(w)
+    if not finite.all():
+        c, u = np.argwhere(~finite)[0]
+        raise ValueError(f"weight holds {w[c, u]} at [{c}, {u}] (class {c}, unit {u}): it "
+                         f"must be finite")
+    return w
+
+
+@dataclass(frozen=True)
+class ConceptClassTable:
+    """Concepts used by explanations against the class their units push towards.
+
+    Row r counts, for each class, the units that push towards that class (their largest
+    read-out weight) and whose formula uses concept ``concepts[r]`` negated (under a NOT:
+    ``AND NOT`` / ``OR NOT``) when ``negated[r]``, or plainly otherwise; a unit counts once
+    per row however often its formula repeats the concept. Rows are sorted by total count,
+    descending (ties by concept name, the plain row first).
+
+    Attributes:
+        class_names: the C class names.
+        concepts: the concept of each row.
+        negated: bool ``[R]``: whether the row counts negated uses.
+        counts: int64 ``[R, C]``.
+        n_units: units counted (those with a formula).
+        n_left_out: units left out for having no formula.
+    """
+    class_names: tuple
+    concepts: tuple
+    negated: np.ndarray
+    counts: np.ndarray
+    n_units: int
+    n_left_out: int
+
+    @property
+    def totals(self) -> np.ndarray:
+        """int64 ``[R]``: units per row, over all classes."""
+        return self.counts.sum(axis=1)
+
+    def rows(self, top: Optional[int] = None) -> list:
+        """The first ``top`` rows (default: all) as dicts: ``concept``, ``negated``, one count
+        per class name, and ``total``."""
+        out = []
+        for r in range(len(self.concepts) if top is None else min(top, len(self.concepts))):
+            row = {"concept": self.concepts[r], "negated": bool(self.negated[r])}
+            row.update({c: int(n) for c, n in zip(self.class_names, self.counts[r])})
+            row["total"] = int(self.counts[r].sum())
+            out.append(row)
+        return out
+
+    def to_pandas(self):
+        """One row per table row: concept, negated, a column per class, total."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(),
+                            columns=["concept", "negated", *self.class_names, "total"])
+
+
+def _literals(formula: Formula) -> set:
+    """``(concept, negated)`` for every leaf of ``formula``; a leaf is negated when an odd
+    number of NOT nodes lie above it (explicit stack: formulas may be deep)."""
+    out = set()
+    stack = [(formula, False)]
+    while stack:
+        node, negated = stack.pop()
+        if isinstance(node, Leaf):
+            out.add((node.name, negated))
+        elif isinstance(node, Not):
+            stack.append((node.operand, not negated))
+        else:
+            stack.append((node.left, negated))
+            stack.append((node.right, negated))
+    return out
+
+
+def concept_class_table(result: SearchResult, weight, class_names: Sequence[str]
+                        ) -> ConceptClassTable:
+    """Which concepts the units' best formulas use, against the class each unit pushes
+    towards (the argmax of its read-out weights; the first class on a tie). Concepts used
+    negated and plainly are counted in separate rows. Units without a formula (no concept
+    overlaps them, or the search skipped them) are left out (``n_left_out``).
+
+    Args:
+        result: a search result over the units read by the layer.
+        weight: the read-out layer's weight ``[C, U]`` (nn.Linear layout; see
+            :func:`unit_class_weights`).
+        class_names: the C class names, in the order of ``weight``'s rows.
+
+    Returns:
+        A :class:`ConceptClassTable`.
+
+    Raises:
+        ValueError: ``class_names`` does not have C distinct names; as
+            :func:`unit_class_weights` for ``weight`` and the result's units.
+
+    Examples:
+        >>> from compexp_core.engine.results import Explanation
+        >>> def unit(u, text):
+        ...     return Explanation(u, Formula.parse(text), 0.5, 0.5, None, 0.0)
+        >>> result = SearchResult([unit(0, "(hyp:tok:sleeping AND NOT hyp:tok:dog)"),
+        ...                        unit(1, "(hyp:tok:sleeping OR hyp:tok:nobody)"),
+        ...                        unit(2, "(pre:tok:dog AND hyp:tok:dog)"),
+        ...                        Explanation(3, None, 0.0, 0.0, None, 0.0)])
+        >>> weight = np.array([[0.1, 0.0, 0.9, 0.0],           # [C=3 classes, U=4 units]
+        ...                    [0.0, 0.1, 0.0, 0.0],
+        ...                    [0.8, 0.7, 0.1, 0.0]])
+        >>> table = concept_class_table(result, weight, ["entailment", "neutral", "contradiction"])
+        >>> for row in table.rows(3):
+        ...     print(row)
+        {'concept': 'hyp:tok:sleeping', 'negated': False,
+         'entailment': 0, 'neutral': 0, 'contradiction': 2, 'total': 2}
+        {'concept': 'hyp:tok:dog', 'negated': False,
+         'entailment': 1, 'neutral': 0, 'contradiction': 0, 'total': 1}
+        {'concept': 'hyp:tok:dog', 'negated': True,
+         'entailment': 0, 'neutral': 0, 'contradiction': 1, 'total': 1}
+        >>> table.n_units, table.n_left_out
+        (3, 1)
+    """
+    w = _readout_weight(weight)
+    names = tuple(class_names) if not isinstance(class_names, str) else (class_names,)
+    if len(names) != w.shape[0]:
+        raise ValueError(f"class_names has {len(names)} names but weight has C={w.shape[0]} "
+                         f"classes (rows; the layout is [C, U])")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct, got {list(names)}")
+    explained = [e for e in result if e.formula is not None]
+    pushes = unit_class_weights(w, [e.unit for e in explained]).argmax(axis=1) \
+        if explained else np.zeros(0, np.int64)
+    counts: dict = {}
+    for e, c in zip(explained, pushes):
+        for literal in _literals(e.formula):
+            counts.setdefault(literal, np.zeros(len(names), np.int64))[c] += 1
+    order = sorted(counts, key=lambda lit: (-int(counts[lit].sum()), lit[0], lit[1]))
+    table = (np.stack([counts[lit] for lit in order]) if order
+             else np.zeros((0, len(names)), np.int64))
+    return ConceptClassTable(names, tuple(lit[0] for lit in order),
+                             np.array([lit[1] for lit in order], bool), table,
+                             len(explained), len(result) - len(explained))

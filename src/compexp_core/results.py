@@ -123,6 +123,44 @@ class SearchResult(Sequence):
         inputs = [self.params.get(key) for key in ("acts_path", "concepts_path")]
         write_results(path, list(self), self.params, inputs=inputs)
 
+    def to_reference_csv(self, path: str | os.PathLike, weights=None, *,
+                         class_columns: Sequence[str] = ("w_entail", "w_neutral", "w_contra")
+                         ) -> None:
+        """Write the result as the reference implementation's NLI result CSV (columns
+        ``neuron, feature, category, iou, feature_length`` and, with ``weights``, the class
+        weight columns; ``docs/FORMAT.md`` §3.1), atomically. An export for comparison with
+        the reference's files: :func:`load_results` does not read it.
+
+        Args:
+            path: the ``.csv`` file.
+            weights: per-unit class weights ``[U, C]``, row u for unit u (for an ``nn.Linear``
+                read-out, ``compexp_core.analysis.unit_class_weights(layer.weight)``), or
+                None for no weight columns.
+            class_columns: the names of the C weight columns.
+
+        Raises:
+            ValueError, TypeError, OSError: as
+                :func:`compexp_core.io.results.write_reference_csv` (a path not ending in
+                ``.csv`` or naming an input file of the search, weights of the wrong shape).
+
+        Examples:
+            >>> import os, pathlib, tempfile
+            >>> import numpy as np, compexp_core as cx
+            >>> masks = np.zeros((4, 2), bool); masks[:2, 0] = True; masks[1:3, 1] = True
+            >>> result = cx.search_formulas(masks[:, :1].copy(), masks,
+            ...                             names=["pre:tok:cat", "hyp:tok:dog"])
+            >>> path = os.path.join(tempfile.mkdtemp(), "result.csv")
+            >>> result.to_reference_csv(path, weights=np.array([[1.0, 0.0, -1.0]]))
+            >>> print(pathlib.Path(path).read_text().strip())
+            neuron,feature,category,iou,feature_length,w_entail,w_neutral,w_contra
+            0,pre:tok:cat,pre,1.0,1,1.0,0.0,-1.0
+        """
+        from .io.results import write_reference_csv
+
+        inputs = [self.params.get(key) for key in ("acts_path", "concepts_path")]
+        write_reference_csv(path, list(self), weights=weights, class_columns=class_columns,
+                            inputs=inputs)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SearchResult":
         """Read a result written by :meth:`save`."""

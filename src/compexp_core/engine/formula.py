@@ -35,7 +35,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 
 __all__ = ["Formula", "Leaf", "Not", "And", "Or", "format_name", "OP_CODES", "formula_key",
-           "key_formula"]
+           "key_formula", "reference_text", "reference_length"]
 
 # Operator codes of formula keys and of the materialisation kernel (csrc/compexp.h, enum Op;
 # a test checks they agree with the compiled module's OP_* constants).
@@ -716,6 +716,167 @@ class _Parser:
                 i += 1
                 f = acc
                 acc, op, nots = outer.pop()
+
+
+# ------------------------------------------------------------------- the reference's print style
+# The reference implementation (Mu & Andreas's code) writes formulas into its results files in
+# a style of its own: every NOT in parentheses, names as its namer returns them (unquoted), and
+# each binary node's two operands in string order. These functions reproduce that text and its
+# length rule, so that files written here can be compared with the reference's.
+
+# Characters of each subtree's text kept while deciding the sort order (see reference_text).
+_REF_PREFIX = 128
+
+
+def reference_text(formula: Formula, namer: Callable[[str], str] = str, sort: bool = True) -> str:
+    """The formula as the reference code prints it (its ``to_str(namer, sort)``).
+
+    A leaf is ``namer(name)``, written as it is (never quoted, so the text need not parse back
+    with :meth:`Formula.parse`); ``NOT C`` is ``(NOT C)``; a binary node is ``(L OP R)``. So the
+    search's ``F AND NOT C`` prints as ``(F AND (NOT C))`` and ``F OR NOT C`` as
+    ``(F OR (NOT C))``. With ``sort``, a binary node whose two operand texts ``L``, ``R`` are
+    not in order (``not L < R``, Python string comparison) prints them swapped, ``(R OP L)``;
+    as in the reference, the operand of a NOT is printed unsorted.
+
+    Args:
+        formula: the formula.
+        namer: maps a leaf's name to its printed text (must return a str); the reference's
+            category column uses ``lambda name: name.split(":")[0]``.
+        sort: order the operands of binary nodes as described above.
+
+    Returns:
+        The text.
+
+    Raises:
+        TypeError: ``formula`` is not a Formula; ``namer`` returns something other than a str.
+
+    Examples:
+        >>> f = Formula.parse("((hyp:tok:sleeping OR pre:tok:dog) AND NOT hyp:tag:nn)")
+        >>> reference_text(f, sort=False)
+        '((hyp:tok:sleeping OR pre:tok:dog) AND (NOT hyp:tag:nn))'
+        >>> reference_text(f)                     # not '(hyp...' < '(NOT...': swapped
+        '((NOT hyp:tag:nn) AND (hyp:tok:sleeping OR pre:tok:dog))'
+        >>> reference_text(f, namer=lambda name: name.split(":")[0])
+        '((NOT hyp) AND (hyp OR pre))'
+    """
+    if not isinstance(formula, Formula):
+        raise TypeError(f"reference_text expects a Formula, got {type(formula).__name__}")
+    texts: dict[str, str] = {}
+
+    def leaf_text(name: str) -> str:
+        text = texts.get(name)
+        if text is None:
+            text = namer(name)
+            if not isinstance(text, str):
+                raise TypeError(f"namer must return a str; it returned {type(text).__name__} "
+                                f"for the concept {name!r}")
+            texts[name] = text
+        return text
+
+    # First pass, bottom-up without recursion: for each (node, sorted?) the length of its text
+    # and the text's first _REF_PREFIX + 1 characters, which settle the order of two operands
+    # unless both are longer and agree on all of them (then their full texts decide). Keeping
+    # prefixes rather than whole texts keeps deep formulas linear in time and memory.
+    keep = _REF_PREFIX + 1
+    info: dict[tuple[int, bool], tuple[int, str]] = {}
+    swapped: set[tuple[int, bool]] = set()
+    stack: list[tuple[Any, bool, bool]] = [(formula, bool(sort), False)]
+    while stack:
+        node, sorting, children_done = stack.pop()
+        key = (id(node), sorting)
+        if key in info:
+            continue
+        kind = node._KIND
+        if kind == _LEAF:
+            text = leaf_text(node.name)
+            info[key] = (len(text), text[:keep])
+        elif not children_done:
+            stack.append((node, sorting, True))
+            if kind == _NOT:
+                stack.append((node.operand, False, False))
+            else:
+                stack.append((node.right, sorting, False))
+                stack.append((node.left, sorting, False))
+        elif kind == _NOT:
+            n, prefix = info[(id(node.operand), False)]
+            info[key] = (n + 6, ("(NOT " + prefix + ")")[:keep])
+        else:
+            (ln, lp), (rn, rp) = info[(id(node.left), sorting)], info[(id(node.right), sorting)]
+            if sorting:
+                if ln > _REF_PREFIX and rn > _REF_PREFIX and lp == rp:
+                    in_order = (_emit_reference(node.left, sorting, leaf_text, swapped)
+                                < _emit_reference(node.right, sorting, leaf_text, swapped))
+                else:
+                    in_order = lp < rp
+                if not in_order:
+                    swapped.add(key)
+                    lp, rp = rp, lp
+            infix = node._INFIX
+            info[key] = (ln + rn + len(infix) + 2, ("(" + lp + infix + rp + ")")[:keep])
+    return _emit_reference(formula, bool(sort), leaf_text, swapped)
+
+
+def _emit_reference(root: Formula, sort: bool, leaf_text: Callable[[str], str],
+                    swapped: set) -> str:
+    """The reference text of ``root``, left to right from an explicit stack, with the operand
+    order ``reference_text`` decided (``swapped``: the binary nodes printed right first)."""
+    parts: list[str] = []
+    append = parts.append
+    stack: list[Any] = [(root, sort)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item = pop()
+        if item.__class__ is str:
+            append(item)
+            continue
+        node, sorting = item
+        kind = node._KIND
+        if kind == _LEAF:
+            append(leaf_text(node.name))
+        elif kind == _NOT:
+            append("(NOT ")
+            push(")")
+            push((node.operand, False))
+        else:
+            first, second = node.left, node.right
+            if (id(node), sorting) in swapped:
+                first, second = second, first
+            append("(")
+            push(")")
+            push((second, sorting))
+            push(node._INFIX)
+            push((first, sorting))
+    return "".join(parts)
+
+
+def reference_length(formula: Formula) -> int:
+    """The formula's length as the reference code counts it (its ``len``): one per leaf plus
+    one per NOT node. (``len(formula)`` counts leaves only.)
+
+    Raises:
+        TypeError: ``formula`` is not a Formula.
+
+    Examples:
+        >>> f = Formula.parse("((water OR river) AND NOT blue)")
+        >>> len(f), reference_length(f)
+        (3, 4)
+    """
+    if not isinstance(formula, Formula):
+        raise TypeError(f"reference_length expects a Formula, got {type(formula).__name__}")
+    count = 0
+    stack: list[Any] = [formula]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        kind = node._KIND
+        if kind == _BINARY:
+            push(node.right)
+            push(node.left)
+        else:
+            count += 1
+            if kind == _NOT:
+                push(node.operand)
+    return count
 
 
 # ------------------------------------------------------------------------------ formula keys

@@ -7,6 +7,10 @@ reads and writes plain data (a list of explanations and a ``params`` dict);
 ``load_results``). Both kinds of file are written atomically (a temporary file renamed into
 place), and files written before ``threshold`` and ``by_length`` existed still load.
 
+:func:`write_reference_csv` writes explanations in the reference implementation's NLI result
+CSV layout instead (``docs/FORMAT.md`` §3.1), for comparison with its files; it is an export,
+not read back.
+
 Examples:
     >>> import os, tempfile
     >>> from compexp_core.engine.formula import Formula
@@ -32,13 +36,14 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..engine.formula import Formula
+from ..engine.formula import Formula, reference_length, reference_text
 from ..engine.results import Explanation
+from ..engine.units import is_tensor, tensor_to_numpy
 from . import _h5
 from ._h5 import FORMAT_VERSION, RESULTS_FORMAT, PathLike
 
 __all__ = ["write_results", "read_results", "results_kind", "check_output_path",
-           "params_json"]
+           "params_json", "write_reference_csv", "REFERENCE_COLUMNS", "REFERENCE_CLASS_COLUMNS"]
 
 # Datasets every results file has; files written before the others existed lack them.
 _REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam_formula",
@@ -225,6 +230,152 @@ def _write_h5(path: PathLike, explanations: list, params_text: str) -> None:
         _h5.write_strings(h5, "by_length_formula", by_length_text)
         _h5.write_array(h5, "by_length_iou", by_length_iou)
         _h5.write_strings(h5, "skipped", [e.skipped or "" for e in explanations])
+
+
+# =============================================================================== reference CSV
+
+#: The columns of the reference implementation's NLI result CSV (its ``search_feats``) that
+#: every file has, in order; the class weight columns follow.
+REFERENCE_COLUMNS = ("neuron", "feature", "category", "iou", "feature_length")
+#: Its class weight columns: the three SNLI classes, in the classifier's order.
+REFERENCE_CLASS_COLUMNS = ("w_entail", "w_neutral", "w_contra")
+
+
+def _reference_category(name: str) -> str:
+    """A concept's category as the reference names it: its name up to the first ':'."""
+    return name.split(":")[0]
+
+
+def write_reference_csv(path: PathLike, explanations: Sequence[Explanation], *,
+                        weights: Any = None,
+                        class_columns: Sequence[str] = REFERENCE_CLASS_COLUMNS,
+                        inputs: Iterable[Any] = ()) -> None:
+    """Write explanations as the reference implementation's NLI result CSV, atomically.
+
+    One row per explanation, in order, with the columns ``neuron, feature, category, iou,
+    feature_length`` and then ``class_columns`` (``w_entail, w_neutral, w_contra`` by
+    default): ``neuron`` is the unit; ``feature`` the formula in the reference's print style
+    (:func:`~compexp_core.engine.formula.reference_text`, operands sorted); ``category`` the
+    same with each concept replaced by its category, the name up to its first ``:`` (``pre``,
+    ``hyp``, ``oth``); ``iou`` the explanation's ``score`` (the IoU times the complexity
+    penalty, which is what the reference writes); ``feature_length`` the reference's length
+    (:func:`~compexp_core.engine.formula.reference_length`: leaves plus NOTs); the class
+    columns the unit's read-out weights, ``weights[unit]``. A unit without a formula (none
+    found, or skipped by the search) has an empty feature and category, iou 0 and length 0.
+    No header line precedes the column names (as in the reference's files); the file is
+    not a results file (:func:`read_results` refuses it).
+
+    Args:
+        path: the ``.csv`` file to write (replaced if it exists).
+        explanations: the explanations (a :class:`~compexp_core.results.SearchResult` or a
+            list of :class:`~compexp_core.engine.results.Explanation`).
+        weights: ``[U, C]`` per-unit class weights (NumPy array or torch tensor), row ``u``
+            for unit ``u``, with ``C = len(class_columns)``; for a classifier whose last layer
+            is ``nn.Linear(U, C)``, ``compexp_core.analysis.unit_class_weights(layer.weight)``
+            (the transpose of ``layer.weight``). None: no class columns. Float values are
+            written in their own precision.
+        class_columns: the names of the class columns.
+        inputs: paths the file must not replace (as :func:`check_output_path`).
+
+    Raises:
+        ValueError: ``path`` does not end in ``.csv`` or is one of ``inputs``; ``weights`` is
+            not 2-D, has another number of columns than ``class_columns``, too few rows for
+            an explanation's unit, or NaN or infinite values (the message gives the first
+            position); ``class_columns`` are not distinct names, or repeat a fixed column.
+        TypeError: an explanation is not an :class:`Explanation`; ``weights`` is not numeric.
+        OSError: the directory is missing or not writable; the write failed.
+
+    Examples:
+        >>> import os, pathlib, tempfile
+        >>> import numpy as np
+        >>> f = Formula.parse("(pre:tok:dog AND NOT hyp:tok:sleeping)")
+        >>> found = Explanation(unit=1, formula=f, iou=0.5, score=0.25, primitive=None,
+        ...                     primitive_iou=0.0)
+        >>> skipped = Explanation(unit=0, formula=None, iou=0.0, score=0.0, primitive=None,
+        ...                       primitive_iou=0.0)
+        >>> weights = np.array([[0.5, 0.25, -1.0], [0.0, -0.5, 2.0]], np.float32)  # [U, C]
+        >>> path = os.path.join(tempfile.mkdtemp(), "result.csv")
+        >>> write_reference_csv(path, [found, skipped], weights=weights)
+        >>> print(pathlib.Path(path).read_text())
+        neuron,feature,category,iou,feature_length,w_entail,w_neutral,w_contra
+        1,((NOT hyp:tok:sleeping) AND pre:tok:dog),((NOT hyp) AND pre),0.25,3,0.0,-0.5,2.0
+        0,,,0.0,0,0.5,0.25,-1.0
+        <BLANKLINE>
+    """
+    p = os.fspath(path)
+    if results_kind(p) != "csv":
+        raise ValueError(f"the reference results path {p!r} must end in .csv")
+    check_output_path(p, inputs=inputs)
+    explanations = list(explanations)
+    for i, e in enumerate(explanations):
+        if not isinstance(e, Explanation):
+            raise TypeError(f"explanations[{i}] is a {type(e).__name__}, not an Explanation")
+    class_columns = _class_columns(class_columns)
+    units = np.array([e.unit for e in explanations], np.int64)
+    columns: dict = {
+        "neuron": units,
+        "feature": [_reference_or_empty(e.formula) for e in explanations],
+        "category": [_reference_or_empty(e.formula, _reference_category)
+                     for e in explanations],
+        "iou": np.array([0.0 if e.formula is None else e.score for e in explanations],
+                        np.float64),
+        "feature_length": np.array([0 if e.formula is None else reference_length(e.formula)
+                                    for e in explanations], np.int64),
+    }
+    if weights is not None:
+        w = _unit_weights(weights, len(class_columns), units)
+        for j, name in enumerate(class_columns):
+            columns[name] = w[units, j]
+    import pandas as pd
+
+    df = pd.DataFrame(columns, columns=list(columns))
+    with _h5.atomic_path(p) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            df.to_csv(fh, index=False)
+
+
+def _reference_or_empty(formula: Optional[Formula], namer=str) -> str:
+    return "" if formula is None else reference_text(formula, namer, sort=True)
+
+
+def _class_columns(names: Sequence[str]) -> list:
+    if isinstance(names, str):
+        raise TypeError(f"class_columns must be a sequence of column names, got the str "
+                        f"{names!r}")
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str) or name == "":
+            raise ValueError(f"class_columns must be non-empty str names, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_columns must be distinct, got {names}")
+    clash = [n for n in names if n in REFERENCE_COLUMNS]
+    if clash:
+        raise ValueError(f"class_columns {clash} repeat fixed columns {list(REFERENCE_COLUMNS)}")
+    return names
+
+
+def _unit_weights(weights: Any, n_classes: int, units: np.ndarray) -> np.ndarray:
+    """``weights`` checked as ``[U, n_classes]`` finite numbers covering ``units``."""
+    if is_tensor(weights):
+        weights = tensor_to_numpy(weights, "weights")
+    w = np.asarray(weights)
+    if w.dtype == bool or w.dtype.kind not in "iuf":
+        raise TypeError(f"weights must be numeric [U, C] per-unit class weights, got dtype "
+                        f"{w.dtype}")
+    if w.ndim != 2 or w.shape[1] != n_classes:
+        raise ValueError(f"weights must be [U, C] with C = {n_classes} (one column per class "
+                         f"column), got shape {w.shape}; for an nn.Linear read-out pass "
+                         f"analysis.unit_class_weights(layer.weight), its transpose")
+    finite = np.isfinite(w) if w.dtype.kind == "f" else np.ones(w.shape, bool)
+    if not finite.all():
+        u, c = np.argwhere(~finite)[0]
+        raise ValueError(f"weights holds {w[u, c]} at [{u}, {c}] (unit {u}): weights must be "
+                         f"finite")
+    if units.size and (units.min() < 0 or units.max() >= w.shape[0]):
+        bad = int(units.max() if units.max() >= w.shape[0] else units.min())
+        raise ValueError(f"weights has {w.shape[0]} rows (units 0..{w.shape[0] - 1}) but an "
+                         f"explanation is of unit {bad}")
+    return w if w.dtype.kind == "f" else w.astype(np.float64)
 
 
 # =============================================================================== read
