@@ -67,6 +67,10 @@ END = ("-END-", "-END2-")
 _ALLOWED_GLOBALS = {("__builtin__", "set"): set, ("builtins", "set"): set}
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something a weights file never needs."""
+
+
 class _WeightsUnpickler(pickle.Unpickler):
     """An unpickler that builds plain containers only: every global but ``set`` is refused."""
 
@@ -74,10 +78,10 @@ class _WeightsUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"it asks for {module}.{name}") from None
+            raise _Refused(f"it asks for {module}.{name}") from None
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it holds a persistent reference")
+        raise _Refused("it holds a persistent reference")
 
 
 def normalize_word(word: str) -> str:
@@ -158,9 +162,9 @@ def load_tagger_weights(path: PathLike) -> tuple:
     data = path.read_bytes()
     try:
         obj = _WeightsUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise ValueError(f"{bad}: {err}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, UnicodeDecodeError,
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, UnicodeDecodeError,
             OverflowError, MemoryError) as err:
         # What a truncated or corrupted pickle raises, depending on where it breaks.
         raise ValueError(f"{bad}: not a complete pickle ({type(err).__name__}: {err})") from None
