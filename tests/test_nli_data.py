@@ -209,3 +209,15 @@ def test_pairs_subset_and_checks():
         pairs.labels[0] = 2
     assert pairs == SNLIPairs((("a",), ("b",), ("c",)), (("x",), ("y",), ("z",)), np.array([0, 1, -1]))
     assert pairs != pairs.subset([0, 1, 1])
+
+
+def test_importing_the_nli_package_loads_neither_torch_nor_the_tagger_package():
+    import subprocess
+    import sys
+    code = ("import sys, compexp_core.nli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'textblob', 'textblob_aptagger', 'nltk')))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
