@@ -1,0 +1,209 @@
+"""Unit-to-class contributions and copy-paste adversarial edits (issue 12, vision half)."""
+import numpy as np
+import pytest
+
+import compexp_core as cx
+from compexp_core.adversarial import (Edit, choose_controls, evaluate_edits, headline,
+                                      outcome_rows, paired_p_value, propose_edits,
+                                      wilson_interval, world_region_paste, ADVERSARIAL_COLUMNS)
+from compexp_core.analysis import (contribution_table, gradient_contributions, positive_terms,
+                                   unit_class_weights)
+from compexp_core.engine.formula import Formula
+from compexp_core.engine.results import Explanation
+from compexp_core.io.tables import write_table_csv
+
+torch = pytest.importorskip("torch")
+
+
+# ------------------------------------------------------------------------------ contributions
+
+class PooledHead(torch.nn.Module):
+    """features -> global average pool -> linear (optionally squared logits)."""
+
+    def __init__(self, weight, squared=False):
+        super().__init__()
+        self.features = torch.nn.Identity()
+        self.head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        self.squared = squared
+
+    def forward(self, x):
+        pooled = self.features(x).mean(dim=(2, 3))
+        logits = self.head(pooled)
+        return logits ** 2 if self.squared else logits
+
+
+def test_gradient_contributions_match_hand_computation():
+    rng = np.random.default_rng(0)
+    acts = rng.random((5, 3, 2, 2)).astype(np.float32)          # [N, U, h, w]
+    weight = np.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])     # [C, U]
+    pooled = acts.astype(np.float64).mean(axis=(2, 3))          # [N, U]
+    # Linear read-out after average pooling: weight[c, u] * mean pooled activation of u.
+    got = gradient_contributions(PooledHead(weight), torch.from_numpy(acts), "features",
+                                 batch_size=2)
+    assert got.shape == (3, 2)
+    np.testing.assert_allclose(got, (weight * pooled.mean(axis=0)).T, rtol=1e-5)
+    # ... which is the read-out weight up to each unit's (positive) scale.
+    np.testing.assert_allclose(got / pooled.mean(axis=0)[:, None], unit_class_weights(weight),
+                               rtol=1e-5)
+    # Squared logits: d(l^2)/da_u,p = 2 l w_cu / (h w); summed with a over p: 2 l w_cu p_u.
+    got = gradient_contributions(PooledHead(weight, squared=True), acts, "features",
+                                 classes=[1])
+    logit = pooled @ weight[1]
+    hand = (2 * logit[:, None] * weight[1][None, :] * pooled).mean(axis=0)
+    np.testing.assert_allclose(got[:, 0], hand, rtol=1e-5)
+
+
+def test_gradient_contributions_leave_the_model_as_it_was():
+    model = PooledHead(np.ones((2, 3)))
+    model.train()
+    gradient_contributions(model, np.ones((2, 3, 2, 2), np.float32), "features")
+    assert model.training and model.head.weight.grad is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"layer": "nope"}, "not a module"),
+    ({"classes": [5]}, "out of range"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_gradient_contributions_errors(kwargs, match):
+    args = {"layer": "features", **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        gradient_contributions(PooledHead(np.ones((2, 3))), np.ones((2, 3, 2, 2), np.float32),
+                               **args)
+    with pytest.raises(ValueError, match="empty"):
+        gradient_contributions(PooledHead(np.ones((2, 3))), np.ones((0, 3, 2, 2), np.float32),
+                               "features")
+
+
+def _unit(u, text, iou=0.5):
+    return Explanation(u, Formula.parse(text) if text else None, iou, iou, None, 0.0)
+
+
+def test_contribution_table_and_csv(tmp_path):
+    result = cx.SearchResult([_unit(0, "(red AND circle)"), _unit(1, "sky"), _unit(2, None)])
+    c = np.array([[3.0, -1.0], [1.0, 0.0], [2.0, 0.5]])
+    table = contribution_table(result, c, ["a", "b"], top=2)
+    assert [(r["unit"], r["formula"]) for r in table.for_class("a")] == [
+        (0, "(red AND circle)"), (2, "")]
+    assert [r["unit"] for r in table.for_class("b")] == [2]        # only positive ones
+    path = tmp_path / "contributions.csv"
+    write_table_csv(path, table.COLUMNS, table.rows)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "class,rank,unit,contribution,formula,iou" and len(lines) == 4
+    with pytest.raises(ValueError, match="C=2"):
+        contribution_table(result, c, ["a"])
+    with pytest.raises(ValueError, match="U=2"):
+        contribution_table(result, c[:2], ["a", "b"])
+
+
+def test_positive_terms_skip_negated_leaves():
+    assert positive_terms(Formula.parse("((red AND circle) AND NOT edge)")) == [("circle", "red")]
+    assert positive_terms(Formula.parse("((a OR b) AND c)")) == [("a", "c"), ("b", "c")]
+    assert positive_terms(Formula.parse("(a AND NOT b)")) == [("a",)]
+
+
+def test_statistics():
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and 0.1 < hi < 0.2
+    assert np.isnan(wilson_interval(0, 0)[0])
+    assert paired_p_value([1, 0, 0], [1, 0, 0]) == 1.0
+    assert paired_p_value([1] * 10, [0] * 10) == pytest.approx(2 ** -10)
+    assert paired_p_value([0] * 10, [1] * 10) == 1.0
+
+
+# ------------------------------------------------------------------------------ edits
+
+class ColourDetector(torch.nn.Module):
+    """Unit 0 fires on red pixels and pushes class 0 ("red seen"); unit 1 fires on blue
+    pixels; class 1 ("other") has a bias, so images without red are class 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.detector = torch.nn.Conv2d(3, 2, 1)
+        self.head = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            self.detector.weight.copy_(torch.tensor([[1.0, -1, -1], [-1, -1, 1]])[:, :, None, None])
+            self.detector.bias.fill_(-0.3)
+            self.head.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 1.0]]))
+            self.head.bias.copy_(torch.tensor([0.0, 1.0]))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.detector(x)).amax(dim=(2, 3)))
+
+
+def _tensor(images):
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+
+
+@pytest.fixture(scope="module")
+def wired():
+    """The detector, a world, the search over its units, contributions, a renderer."""
+    from compexp_core.world import make_world
+
+    model = ColourDetector().eval()
+    world = make_world(60, size=32, seed=5)
+    paste = world_region_paste(60, size=32, seed=7)
+    with torch.no_grad():
+        acts = torch.relu(model.detector(_tensor(world.images))).numpy()
+    probe = world_region_paste(60, size=32, seed=5)        # the same world's segmentations
+    result = cx.search_formulas(acts, probe.concepts, max_length=2, beam_size=3,
+                                progress=False)
+    contributions = gradient_contributions(model, _tensor(world.images), "detector")
+
+    def classify(images):
+        with torch.no_grad():
+            return model(_tensor(images)).argmax(1).numpy()
+
+    return model, world, result, contributions, paste, classify
+
+
+def test_wired_unit_is_explained_by_its_concept(wired):
+    _, _, result, contributions, _, _ = wired
+    assert "red" in result.by_unit(0).formula.leaves()
+    assert contributions[0, 0] > 0 and contributions[0, 0] > contributions[1, 0]
+
+
+def test_proposed_edit_flips_and_control_does_not(wired, tmp_path):
+    _, world, result, contributions, paste, classify = wired
+    edits = propose_edits(result, contributions, "red seen", class_names=["red seen", "other"],
+                          renderer=paste)
+    assert edits and edits[0].concepts == ("red",) and edits[0].units[0] == 0
+    controls = choose_controls(result, contributions, edits[:1], paste)
+    assert controls[0] is not None and "red" not in controls[0]
+    outcome, = evaluate_edits(classify, world.images, edits[:1], controls, paste, max_inputs=30)
+    assert outcome.flipped.size == min(30, int((classify(world.images) != 0).sum()))
+    assert outcome.flip_rate > 0.8 and outcome.control_flip_rate < 0.1
+    assert outcome.p_value < 0.001 and outcome.beats_control
+    assert (outcome.original_predicted != 0).all()
+    rows = outcome_rows([outcome])
+    assert set(rows[0]) == set(ADVERSARIAL_COLUMNS) and rows[0]["concept"] == "red"
+    write_table_csv(tmp_path / "adversarial.csv", ADVERSARIAL_COLUMNS, rows)
+    assert "1 of 1 edits beat" in headline([outcome])[-1]
+    # Edit and control share sizes and positions: the same pixels change.
+    before = world.images[outcome.inputs[:5]]
+    a = paste.apply(before, ("red",), seed=0) != before
+    b = paste.apply(before, controls[0], seed=0) != before
+    assert a.any() and b.any()
+
+
+def test_bad_inputs_get_clear_errors(wired):
+    _, world, result, contributions, paste, classify = wired
+    names = ["red seen", "other"]
+    with pytest.raises(ValueError, match="not one of the model's 2 classes"):
+        propose_edits(result, contributions, "cat", class_names=names)
+    with pytest.raises(ValueError, match="out of range"):
+        propose_edits(result, contributions, 7)
+    with pytest.raises(ValueError, match="no explanations"):
+        propose_edits(cx.SearchResult([]), contributions, 0)
+    with pytest.raises(ValueError, match="none of the result's 2 units has a formula"):
+        propose_edits(cx.SearchResult([_unit(0, None), _unit(1, None)]), contributions, 0)
+    scene = Edit(0, "red seen", ("beach",), (0,), 1.0)
+    with pytest.raises(ValueError, match="cannot render the edit 'beach': .*whole images"):
+        evaluate_edits(classify, world.images, [scene], [None], paste)
+    unknown = Edit(0, "red seen", ("unicorn",), (0,), 1.0)
+    with pytest.raises(ValueError, match="'unicorn' is not a concept"):
+        paste.apply(world.images[:2], unknown.concepts)
+    with pytest.raises(ValueError, match="one term"):
+        evaluate_edits(classify, world.images, [scene], [], paste)
