@@ -207,3 +207,58 @@ def test_bad_inputs_get_clear_errors(wired):
         paste.apply(world.images[:2], unknown.concepts)
     with pytest.raises(ValueError, match="one term"):
         evaluate_edits(classify, world.images, [scene], [], paste)
+
+
+# ------------------------------------------------------------------------------ command line
+
+MODEL_FILE = '''
+import torch
+
+
+class ColourDetector(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.detector = torch.nn.Conv2d(3, 2, 1)
+        self.head = torch.nn.Linear(2, 2)
+        with torch.no_grad():
+            self.detector.weight.copy_(torch.tensor([[1.0, -1, -1], [-1, -1, 1]])[:, :, None, None])
+            self.detector.bias.fill_(-0.3)
+            self.head.weight.copy_(torch.tensor([[10.0, 0.0], [0.0, 1.0]]))
+            self.head.bias.copy_(torch.tensor([0.0, 1.0]))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.detector(x)).amax(dim=(2, 3)))
+
+
+def build():
+    return ColourDetector()
+'''
+
+
+def test_cli_adversarial_on_images_file(tmp_path, capsys):
+    from compexp_core.cli.main import main
+    from compexp_core.world import make_world, write_world_files
+
+    world = make_world(60, size=32, seed=5)
+    write_world_files(world, tmp_path / "images.h5", tmp_path / "concepts.h5")
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    model = ColourDetector().eval()
+    with torch.no_grad():
+        acts = torch.relu(model.detector(_tensor(world.images))).numpy()
+    result = cx.search_formulas(acts, cx.load_concepts(tmp_path / "concepts.h5"), max_length=2,
+                                beam_size=3, progress=False)
+    result.params["concepts_path"] = str(tmp_path / "concepts.h5")
+    result.save(tmp_path / "explanations.h5")
+    (tmp_path / "classes.txt").write_text("red seen\nother\n")
+    common = ["adversarial", f"{tmp_path / 'model.py'}:build", str(tmp_path / "explanations.h5"),
+              "--images", str(tmp_path / "images.h5"), "--layer", "detector",
+              "--mean", "0,0,0", "--std", "1,1,1", "--class-names",
+              str(tmp_path / "classes.txt"), "-o", str(tmp_path / "out")]
+    assert main(common + ["--target", "red seen", "--n-inputs", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "pasting red moves" in out and "1 of" in out
+    lines = (tmp_path / "out" / "adversarial.csv").read_text().splitlines()
+    assert lines[0].startswith("domain,target,concept") and lines[1].startswith("vision,red seen,red,")
+    assert (tmp_path / "out" / "contributions.csv").exists()
+    assert main(common + ["--target", "cat"]) == 2
+    assert "not one of the model's 2 classes" in capsys.readouterr().err

@@ -39,6 +39,7 @@ flipped by exactly one of the two is equally likely to be flipped by either.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -51,7 +52,9 @@ from .results import SearchResult
 
 __all__ = ["Edit", "EditOutcome", "propose_edits", "choose_controls", "evaluate_edits",
            "RegionPaste", "world_region_paste", "wilson_interval", "paired_p_value",
-           "ADVERSARIAL_COLUMNS", "outcome_rows", "headline"]
+           "ADVERSARIAL_COLUMNS", "outcome_rows", "headline", "choose_targets", "run_experiment",
+           "image_examples", "save_tables", "term_text", "torch_classifier",
+           "image_tensor"]
 
 #: Columns of ``adversarial.csv`` (:func:`outcome_rows`).
 ADVERSARIAL_COLUMNS = ("domain", "target", "concept", "units", "n_inputs", "flip_rate",
@@ -362,7 +365,7 @@ def _classify(model: Callable, inputs, batch_size: int) -> np.ndarray:
 
 def evaluate_edits(model: Callable, inputs, edits: Sequence[Edit], controls: Sequence,
                    renderer, *, max_inputs: int = 200, examples: int = 3, seed: int = 0,
-                   batch_size: int = 256) -> list:
+                   batch_size: int = 256, predictions=None) -> list:
     """Apply each edit and its control to inputs predicted as other classes and measure how
     many move to the edit's target.
 
@@ -382,6 +385,8 @@ def evaluate_edits(model: Callable, inputs, edits: Sequence[Edit], controls: Seq
         examples: edited inputs kept per edit for reports.
         seed: seed of the input choice and of the edits' geometry.
         batch_size: inputs per model call.
+        predictions: the model's predictions on ``inputs`` when already known (int ``[N]``);
+            default: computed.
 
     Returns:
         One :class:`EditOutcome` per edit.
@@ -406,7 +411,14 @@ def evaluate_edits(model: Callable, inputs, edits: Sequence[Edit], controls: Seq
                 raise ValueError(f"cannot render the edit {term_text(term)!r}: {reason}")
     if len(inputs) == 0:
         raise ValueError("inputs is empty")
-    before = _classify(model, inputs, batch_size)
+    if predictions is None:
+        before = _classify(model, inputs, batch_size)
+    else:
+        before = np.asarray(predictions)
+        if before.shape != (len(inputs),) or before.dtype.kind not in "iu":
+            raise ValueError(f"predictions must be one integer class per input ({len(inputs)}), "
+                             f"got shape {before.shape} dtype {before.dtype}")
+        before = before.astype(np.int64)
     outcomes = []
     for k, (edit, control) in enumerate(zip(edits, controls)):
         pool = np.flatnonzero(before != edit.target)
@@ -681,3 +693,131 @@ def world_region_paste(n: int = 200, *, size: int = 64, seed: int = 0, **kwargs)
             masks[:, k] = world.labels[cat] == value + 1
     concepts = ConceptSet.from_dense(masks, [nm for nm, _ in names], [c for _, c in names])
     return RegionPaste(concepts, world.images, seed=seed, **kwargs)
+
+
+# ------------------------------------------------------------------------------ experiment
+
+def choose_targets(result: SearchResult, contributions, n: int = 3) -> list:
+    """The ``n`` classes whose most contributing explained unit contributes most (ties by
+    class index): the classes whose explanations have the most to say.
+
+    Raises:
+        ValueError: the result has no explanations.
+    """
+    explained = _explained(result)
+    c = _contribution_matrix(contributions, result)
+    units = np.array([e.unit for e in explained], np.int64)
+    best = c[units].max(axis=0)
+    order = np.argsort(-best, kind="stable")
+    return [int(j) for j in order[:n] if best[j] > 0]
+
+
+def run_experiment(model: Callable, inputs, result: SearchResult, contributions, renderer, *,
+                   class_names: Optional[Sequence[str]] = None,
+                   targets: Optional[Sequence] = None, n_targets: int = 3,
+                   top_units: int = 5, max_edits: int = 2, max_inputs: int = 150,
+                   seed: int = 0, predictions=None,
+                   log: Callable[[str], None] = print) -> list:
+    """The whole experiment for a few target classes: propose edits, choose their controls,
+    evaluate both. A target whose units ask for nothing the renderer can render is reported
+    through ``log`` and skipped.
+
+    Args:
+        model, inputs, renderer: as for :func:`evaluate_edits`.
+        result, contributions, class_names: as for :func:`propose_edits`.
+        targets: target classes (indices or names); default :func:`choose_targets`.
+        n_targets: how many targets :func:`choose_targets` picks.
+        top_units, max_edits: as for :func:`propose_edits`.
+        max_inputs, seed, predictions: as for :func:`evaluate_edits` (pass ``predictions``
+            when known: they are otherwise computed once here).
+        log: where notes go.
+
+    Returns:
+        The :class:`EditOutcome` of every edit, target by target.
+    """
+    if targets is None:
+        targets = choose_targets(result, contributions, n_targets)
+    if predictions is None:
+        predictions = _classify(model, inputs, 256)
+    outcomes = []
+    for target in targets:
+        edits = propose_edits(result, contributions, target, class_names=class_names,
+                              top_units=top_units, max_edits=max_edits, renderer=renderer)
+        if not edits:
+            log(f"class {target!r}: the formulas of its top units use no concept that can be "
+                f"rendered; no edit to try")
+            continue
+        controls = choose_controls(result, contributions, edits, renderer)
+        outcomes.extend(evaluate_edits(model, inputs, edits, controls, renderer,
+                                       max_inputs=max_inputs, seed=seed,
+                                       predictions=predictions))
+    return outcomes
+
+
+def image_examples(outcomes: Sequence[EditOutcome], class_names: Sequence[str],
+                   per_outcome: int = 2) -> list:
+    """Examples for :func:`compexp_core.report.write_contributions_page`: for each outcome,
+    a few inputs before, after the edit and after the control, with the predictions."""
+    out = []
+    for o in outcomes:
+        for (orig, edited, control), row in list(zip(o.examples, o.example_rows))[:per_outcome]:
+            images = [(orig, f"before: {class_names[o.original_predicted[row]]}"),
+                      (edited, f"+ {o.edit.name}: {class_names[o.predicted[row]]}")]
+            if control is not None:
+                images.append((control, f"+ {term_text(o.control)} (control): "
+                                        f"{class_names[o.control_predicted[row]]}"))
+            out.append({"title": f"target {o.edit.target_name}: adding {o.edit.name}",
+                        "images": images})
+    return out
+
+
+def save_tables(out_dir: str, table=None, outcomes: Optional[Sequence[EditOutcome]] = None
+                ) -> list:
+    """Write ``contributions.csv`` (a :class:`~compexp_core.analysis.ContributionTable`) and
+    ``adversarial.csv`` (the outcomes) into ``out_dir``; returns the paths written."""
+    from .io.tables import write_table_csv
+
+    paths = []
+    if table is not None:
+        paths.append(os.path.join(out_dir, "contributions.csv"))
+        write_table_csv(paths[-1], table.COLUMNS, table.rows)
+    if outcomes is not None:
+        paths.append(os.path.join(out_dir, "adversarial.csv"))
+        write_table_csv(paths[-1], ADVERSARIAL_COLUMNS, outcome_rows(outcomes))
+    return paths
+
+
+def image_tensor(images, *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 device: str = "cpu"):
+    """uint8 images ``[B, H, W, 3]`` as the float tensor ``[B, 3, H, W]`` a model reads:
+    scaled to [0, 1] and normalised with ``mean``/``std`` per channel."""
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(device)
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return (x.permute(0, 3, 1, 2).float().div_(255) - m) / s
+
+
+def torch_classifier(model, *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                     device: str = "cpu") -> Callable:
+    """``model`` as the ``model`` argument of :func:`evaluate_edits` for images: uint8
+    ``[B, H, W, 3]`` go through :func:`image_tensor` and the model (eval mode, no gradients),
+    and the argmax of its logits ``[B, K]`` is returned.
+
+    Raises:
+        ValueError: (when called) the model's output is not logits ``[B, K]``.
+    """
+    import torch
+
+    model.eval()
+
+    def classify(images) -> np.ndarray:
+        with torch.no_grad():
+            out = model(image_tensor(images, mean=mean, std=std, device=device))
+        if not torch.is_tensor(out) or out.ndim != 2:
+            raise ValueError(f"the model's output must be logits [B, K], got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        return out.argmax(1).cpu().numpy()
+
+    return classify
