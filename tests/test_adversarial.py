@@ -258,7 +258,30 @@ def test_cli_adversarial_on_images_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pasting red moves" in out and "1 of" in out
     lines = (tmp_path / "out" / "adversarial.csv").read_text().splitlines()
-    assert lines[0].startswith("domain,target,concept") and lines[1].startswith("vision,red seen,red,")
+    assert lines[0].startswith("domain,target,concept")
+    assert lines[1].startswith("vision,red seen,red,")
     assert (tmp_path / "out" / "contributions.csv").exists()
     assert main(common + ["--target", "cat"]) == 2
     assert "not one of the model's 2 classes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_the_experiment_and_reports_it(tmp_path, monkeypatch):
+    """A small demo (weak CNN): whatever the numbers, the tables, the page and the headline
+    are there."""
+    from compexp_core.demo import DemoConfig, run_demo
+
+    monkeypatch.setenv("COMPEXP_CACHE_DIR", str(tmp_path / "cache"))
+    lines = []
+    summary = run_demo(str(tmp_path / "demo"), DemoConfig(train_images=300, eval_images=300,
+                                                          epochs=1),
+                       progress=False, log=lines.append)
+    assert summary.adversarial and "adversarial" in summary.seconds
+    assert any("edits beat their frequency-matched controls" in line for line in lines)
+    rows = (tmp_path / "demo" / "adversarial.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(ADVERSARIAL_COLUMNS) and len(rows) == len(
+        summary.adversarial) + 1
+    assert (tmp_path / "demo" / "contributions.csv").exists()
+    page = (tmp_path / "demo" / "report" / "contributions.html").read_text()
+    assert "Copy-paste edits" in page and 'src="img/adv_00_0.png"' in page
+    assert 'href="contributions.html"' in (tmp_path / "demo" / "report" / "index.html").read_text()

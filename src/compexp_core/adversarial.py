@@ -475,7 +475,8 @@ def headline(outcomes: Sequence[EditOutcome], *, adding: str = "adding") -> list
         ...                 np.zeros(4, bool), np.zeros(4, int), np.zeros(4, int),
         ...                 np.ones(4, int), 0.1, 0.125)
         >>> print("\\n".join(headline([o], adding="pasting")))
-        pasting red moves 75% of 4 inputs predicted as other classes to 'red circle' (95% CI 30-95%); frequency-matched control blue: 0% (p = 0.125)
+        pasting red moves 75% of 4 inputs predicted as other classes to 'red circle'
+        (95% CI 30-95%); frequency-matched control blue: 0% (p = 0.125)
         0 of 1 edits beat their frequency-matched controls (more flips, p < 0.05)
     """
     lines = []
