@@ -285,3 +285,37 @@ def test_demo_runs_the_experiment_and_reports_it(tmp_path, monkeypatch):
     page = (tmp_path / "demo" / "report" / "contributions.html").read_text()
     assert "Copy-paste edits" in page and 'src="img/adv_00_0.png"' in page
     assert 'href="contributions.html"' in (tmp_path / "demo" / "report" / "index.html").read_text()
+
+
+def test_text_edits_plug_into_the_same_machinery():
+    """The NLI renderer with a rule-based classifier: 'sleeping' in the hypothesis means
+    contradiction; the unit explained by it is proposed, flips, and its control does not."""
+    from compexp_core.adversarial import WordInsert
+    from compexp_core.nli.concepts import sentence_concepts
+
+    rng = np.random.default_rng(0)
+    words = ["dog", "cat", "runs", "sleeping", "man", "park", "red", "ball"]
+    premises = [["A", *rng.choice(words, 3), "."] for _ in range(80)]
+    hypotheses = [["A", *rng.choice(words, 2), "."] for _ in range(80)]
+    concepts = sentence_concepts(premises, hypotheses, tags=False)
+    renderer = WordInsert(concepts)
+    pairs = [(tuple(p), tuple(h)) for p, h in zip(premises, hypotheses)]
+
+    def classify(batch):
+        return np.array([2 if "sleeping" in h else 0 for _, h in batch])
+
+    result = cx.SearchResult([_unit(0, "(hyp:tok:sleeping AND NOT hyp:tag:nn)"),
+                              _unit(1, "hyp:tok:dog"), _unit(2, "oth:overlap:overlap25")])
+    contributions = np.array([[0.0, 0.0, 3.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    names = ["entailment", "neutral", "contradiction"]
+    edits = propose_edits(result, contributions, "contradiction", class_names=names,
+                          renderer=renderer)
+    assert [e.concepts for e in edits] == [("hyp:tok:sleeping",)]       # overlap not inserted
+    controls = choose_controls(result, contributions, edits, renderer)
+    assert controls[0][0].startswith("hyp:tok:") and controls[0] != ("hyp:tok:sleeping",)
+    outcome, = evaluate_edits(classify, pairs, edits, controls, renderer)
+    assert outcome.domain == "nli" and outcome.flip_rate == 1.0
+    assert outcome.control_flip_rate == 0.0 and outcome.beats_control
+    assert outcome.examples[0][1][1][-2:] == ("sleeping", ".")
+    with pytest.raises(ValueError, match="not a word"):
+        renderer.apply(pairs[:1], ("oth:overlap:overlap25",))

@@ -54,7 +54,7 @@ __all__ = ["Edit", "EditOutcome", "propose_edits", "choose_controls", "evaluate_
            "RegionPaste", "world_region_paste", "wilson_interval", "paired_p_value",
            "ADVERSARIAL_COLUMNS", "outcome_rows", "headline", "choose_targets", "run_experiment",
            "image_examples", "save_tables", "term_text", "torch_classifier",
-           "image_tensor"]
+           "image_tensor", "WordInsert", "FINAL_PUNCTUATION"]
 
 #: Columns of ``adversarial.csv`` (:func:`outcome_rows`).
 ADVERSARIAL_COLUMNS = ("domain", "target", "concept", "units", "n_inputs", "flip_rate",
@@ -822,3 +822,95 @@ def torch_classifier(model, *, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.
         return out.argmax(1).cpu().numpy()
 
     return classify
+
+
+# ------------------------------------------------------------------------------ text
+
+#: Tokens a sentence may end with: inserted words go before them.
+FINAL_PUNCTUATION = frozenset({".", "!", "?"})
+
+
+class WordInsert:
+    """The sentence-pair renderer (NLI): inserts a term's words into the pairs.
+
+    A ``hyp:tok:W`` concept inserts W into the hypothesis, a ``pre:tok:W`` concept into the
+    premise, before the sentence's final punctuation (``.``, ``!``, ``?``) or at its end;
+    a term's words go in in its order. Part-of-speech (``*:tag:*``) and overlap concepts are
+    not inserted (:meth:`check` says so). Frequencies come from the pairs' concept set
+    (:func:`compexp_core.nli.concepts.sentence_concepts`). Inputs are sequences of
+    ``(premise_tokens, hypothesis_tokens)`` pairs; ``seed`` is not used (an insertion is
+    deterministic).
+
+    Examples:
+        >>> from compexp_core.nli.concepts import sentence_concepts
+        >>> cs = sentence_concepts([["A", "dog", "runs", "."]], [["A", "cat", "sleeps", "."]],
+        ...                        tags=False)
+        >>> words = WordInsert(cs)
+        >>> words.apply([(("A", "dog", "."), ("Nobody", "runs", "."))], ("hyp:tok:sleeps",))
+        [(('A', 'dog', '.'), ('Nobody', 'runs', 'sleeps', '.'))]
+        >>> words.check(("oth:overlap:overlap25",))
+        'oth:overlap:overlap25 is not a word (part-of-speech and overlap concepts are not inserted)'
+    """
+    domain = "nli"
+
+    def __init__(self, concepts: ConceptSet) -> None:
+        if not isinstance(concepts, ConceptSet):
+            raise TypeError(f"concepts must be a ConceptSet, got {type(concepts).__name__}")
+        self.concepts = concepts
+        self._freq: dict = {}
+
+    def candidates(self) -> list:
+        return list(zip(self.concepts.names, self.concepts.categories))
+
+    @staticmethod
+    def _word(name: str) -> Optional[tuple]:
+        side, _, rest = name.partition(":")
+        kind, _, word = rest.partition(":")
+        if side in ("pre", "hyp") and kind == "tok" and word:
+            return side, word
+        return None
+
+    def check(self, term) -> Optional[str]:
+        term = tuple(term)
+        if not term:
+            return "an edit needs at least one concept"
+        for name in term:
+            if name not in self.concepts.names:
+                return f"{name!r} is not a concept of the pairs"
+            if self._word(name) is None:
+                return (f"{name} is not a word (part-of-speech and overlap concepts are not "
+                        f"inserted)")
+        return None
+
+    def frequency(self, term) -> float:
+        term = tuple(term)
+        if any(t not in self.concepts.names for t in term):
+            return 0.0
+        if term not in self._freq:
+            mask = np.ones(self.concepts.n_samples, bool)
+            for name in term:
+                mask &= self.concepts.concept_mask(name).reshape(self.concepts.n_samples, -1).any(1)
+            self._freq[term] = float(mask.mean())
+        return self._freq[term]
+
+    def apply(self, inputs, term, seed: int = 0) -> list:
+        """The pairs with the term's words inserted (new tuples; the inputs are unchanged).
+
+        Raises:
+            ValueError: the term cannot be inserted (:meth:`check` says why).
+        """
+        term = tuple(term)
+        reason = self.check(term)
+        if reason is not None:
+            raise ValueError(f"cannot render the edit {term_text(term)!r}: {reason}")
+        words = [self._word(name) for name in term]
+        out = []
+        for premise, hypothesis in inputs:
+            sides = {"pre": list(premise), "hyp": list(hypothesis)}
+            for side, word in words:
+                tokens = sides[side]
+                at = len(tokens) - 1 if tokens and tokens[-1] in FINAL_PUNCTUATION \
+                    else len(tokens)
+                tokens.insert(at, word)
+            out.append((tuple(sides["pre"]), tuple(sides["hyp"])))
+        return out
