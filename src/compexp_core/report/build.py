@@ -3,20 +3,17 @@ overlays, and writes the page (see :mod:`compexp_core.report` for what the folde
 from __future__ import annotations
 
 import os
-import uuid
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..analysis import (formula_mask_images, mean_iou_by_length, top_activating_samples,
-                        unit_mask_images)
-from ..engine.concepts import ConceptSet
+from ..analysis import formula_mask_images, top_activating_samples, unit_mask_images
 from ..inputs import activations_input
-from ..io import load_concepts
-from .inputs import Images, as_result, check_inputs, input_label, is_path
+from .inputs import (Images, as_concepts, as_result, check_inputs, file_attr, input_label,
+                     is_path, length_means, provenance, select_units)
 from .overlays import overlay, save_png, thumbnail
-from .page import card, figure, page
-from .plots import plot_by_length, plot_histogram
+from .page import card, figure, metric_label, page, summary_line, write_html
+from .plots import report_plots
 
 __all__ = ["write_report"]
 
@@ -83,22 +80,8 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
     if isinstance(top_images, bool) or not isinstance(top_images, (int, np.integer)) \
             or top_images < 0:
         raise ValueError(f"top_images must be an integer >= 0, got {top_images!r}")
-    if is_path(concepts):
-        concepts = load_concepts(concepts)
-    elif not isinstance(concepts, ConceptSet):
-        raise TypeError(f"concepts must be a ConceptSet or the path of a concepts file, got "
-                        f"{type(concepts).__name__}")
-    if units is None:
-        units = result.units
-    else:
-        units = [int(u) for u in units]
-        searched = set(result.units)
-        missing = [u for u in units if u not in searched]
-        if missing:
-            raise ValueError(f"unit {missing[0]} is not in the result (it explains units "
-                             f"{_ranges(result.units)})")
-    if not units:
-        raise ValueError("there are no units to report")
+    concepts = as_concepts(concepts)
+    units = select_units(result, units)
     opened = is_path(acts)
     acts = activations_input(acts)
     source = None
@@ -108,35 +91,17 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
             raise ValueError(f"{labels['acts']} must be [N, U, h, w] or [N, U], got shape "
                              f"{tuple(acts.shape)}")
         check_inputs(result, acts, concepts, source, units, labels)
-        means = None
-        try:
-            means = mean_iou_by_length(lengths)
-        except ValueError:
-            if explicit_lengths:
-                raise ValueError("lengths: the result carries no per-length IoUs (by_length); "
-                                 "it was written by an older version: search again") from None
+        means = length_means(lengths, explicit_lengths)
 
         out_dir = os.fspath(out_dir)
         img_dir = os.path.join(out_dir, "img")
         os.makedirs(img_dir, exist_ok=True)
-        metric = {"precision": "precision", "recall": "recall"}.get(
-            str(result.params.get("metric", "iou")), "IoU")
+        metric = metric_label(result.params)
         explanations = [result.by_unit(u) for u in units]
         ious = np.array([e.iou for e in explanations])
         order = sorted(range(len(units)), key=lambda i: (-ious[i], units[i]))
-
-        plots = []
-        plot_histogram(ious, metric, os.path.join(img_dir, "iou_hist.png"))
-        plots.append(("img/iou_hist.png", f"histogram of the units' {metric}",
-                      f"{metric} of the best formula of each of the {len(units)} units."))
-        if means is not None:
-            plot_by_length(means, metric, len(lengths),
-                           os.path.join(img_dir, "iou_by_length.png"))
-            source_text = ("this result" if lengths is result
-                           else "a second search (lengths)")
-            plots.append(("img/iou_by_length.png", f"mean {metric} by maximum formula length",
-                          f"Mean {metric} of the best formula found with a maximum length of "
-                          f"1 to {means.size}, over the {len(lengths)} units of {source_text}."))
+        plots = report_plots(ious, means, metric, img_dir, n_length_units=len(lengths),
+                             same_result=lengths is result)
 
         index_of = {name: j for j, name in enumerate(concepts.names)}
         samples, peaks = top_activating_samples(acts, units, top_images, return_peaks=True)
@@ -177,74 +142,24 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
         if bar is not None:
             bar.close()
 
-        subtitle = [_summary_line(explanations, metric, result.params)]
-        provenance = _provenance(acts)
-        if provenance:
-            subtitle.insert(0, provenance)
+        subtitle = [summary_line(explanations, metric, result.params)]
+        origin = provenance(acts)
+        if origin:
+            subtitle.insert(0, origin)
         subtitle.append(f"Images: the {top_images} inputs with the highest peak activation of "
                         f"each unit (caption: input index and peak activation).")
         if title is None:
             title = "Compositional explanations"
-            layer = _attr(acts, "layer")
+            layer = file_attr(acts, "layer")
             if layer:
                 title += f" of {layer}"
-        text = page(title, subtitle, plots, sorted(category_set), cards, len(units), links)
+        text = page(title, subtitle, plots, sorted(category_set), cards, len(units),
+                    links=links)
         index = os.path.join(out_dir, "index.html")
-        _write_text(index, text)
+        write_html(index, text)
         return os.path.abspath(index)
     finally:
         if source is not None:
             source.close()
         if opened:
             acts.file.close()
-
-
-def _attr(acts, key: str) -> Optional[str]:
-    attrs = getattr(getattr(acts, "file", None), "attrs", None)
-    if attrs is None or key not in attrs:
-        return None
-    value = attrs[key]
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _provenance(acts) -> str:
-    parts = [f"{k} {v}" for k in ("model", "layer", "dataset") if (v := _attr(acts, k))]
-    return " \u00b7 ".join(parts)
-
-
-def _summary_line(explanations, metric: str, params: dict) -> str:
-    ious = np.array([e.iou for e in explanations])
-    explained = sum(e.formula is not None for e in explanations)
-    line = (f"{len(explanations)} units, {explained} explained; mean {metric} "
-            f"{ious.mean():.4f}, median {np.median(ious):.4f}")
-    settings = [f"{label} {params[key]}" for key, label in
-                (("max_length", "max length"), ("beam_size", "beam"), ("quantile", "quantile"))
-                if key in params]
-    return line + (" (" + ", ".join(settings) + ")" if settings else "")
-
-
-def _ranges(units: Sequence[int]) -> str:
-    """'0-9,15' style text of unit indices."""
-    values = sorted(set(int(u) for u in units))
-    parts, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            parts.append(str(start) if start == v else f"{start}-{v}")
-            start = None
-    return ",".join(parts)
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write a text file atomically (a temporary file renamed into place)."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..analysis import ContributionTable
 from .overlays import save_png, thumbnail
-from .page import _e, _template
+from .page import _e, _template, write_html
 
 __all__ = ["write_contributions_page", "CONTRIBUTIONS_PAGE"]
 
@@ -156,7 +156,5 @@ def write_contributions_page(out_dir, table: ContributionTable, *,
             f'<p><a href="index.html">back to the units</a></p></header>\n<main>\n'
             + "\n".join(sections) + "\n</main>\n</body>\n</html>\n")
     path = os.path.join(out_dir, CONTRIBUTIONS_PAGE)
-    from .build import _write_text
-
-    _write_text(path, text)
+    write_html(path, text)
     return os.path.abspath(path)

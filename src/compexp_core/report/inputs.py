@@ -7,9 +7,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..analysis import mean_iou_by_length
+from ..engine.concepts import ConceptSet
 from ..results import SearchResult, load_results
 
-__all__ = ["is_path", "input_label", "as_result", "Images", "check_inputs"]
+__all__ = ["is_path", "input_label", "as_result", "as_concepts", "select_units", "unit_ranges",
+           "length_means", "file_attr", "provenance", "Images", "check_inputs"]
 
 
 def is_path(x: Any) -> bool:
@@ -35,6 +38,77 @@ def as_result(x: Any, what: str) -> SearchResult:
         raise TypeError(f"{what} must be a SearchResult or the path of a results file, got "
                         f"{type(x).__name__}")
     return x
+
+
+def as_concepts(x: Any) -> ConceptSet:
+    """A concept set, or the one read from a path; TypeError otherwise."""
+    if is_path(x):
+        from ..io import load_concepts
+
+        return load_concepts(x)
+    if not isinstance(x, ConceptSet):
+        raise TypeError(f"concepts must be a ConceptSet or the path of a concepts file, got "
+                        f"{type(x).__name__}")
+    return x
+
+
+def select_units(result: SearchResult, units: Optional[Sequence[int]]) -> list[int]:
+    """The units to report: all of the result's (``units`` None) or those named, each of which
+    must be in the result; ValueError when one is not, or when there are none."""
+    if units is None:
+        chosen = list(result.units)
+    else:
+        chosen = [int(u) for u in units]
+        searched = set(result.units)
+        missing = [u for u in chosen if u not in searched]
+        if missing:
+            raise ValueError(f"unit {missing[0]} is not in the result (it explains units "
+                             f"{unit_ranges(result.units)})")
+    if not chosen:
+        raise ValueError("there are no units to report")
+    return chosen
+
+
+def unit_ranges(units: Sequence[int]) -> str:
+    """'0-9,15' style text of unit indices."""
+    values = sorted(set(int(u) for u in units))
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
+def length_means(lengths: SearchResult, explicit: bool) -> Optional[np.ndarray]:
+    """The mean score by maximum length of ``lengths`` (see
+    :func:`compexp_core.analysis.mean_iou_by_length`), or None when it carries no per-length
+    scores; that is a ValueError only when the caller passed ``lengths`` ``explicit``-ly."""
+    try:
+        return mean_iou_by_length(lengths)
+    except ValueError:
+        if explicit:
+            raise ValueError("lengths: the result carries no per-length IoUs (by_length); "
+                             "it was written by an older version: search again") from None
+        return None
+
+
+def file_attr(acts, key: str) -> Optional[str]:
+    """An attribute of the file an activations dataset belongs to (``model``, ``layer``...),
+    as text, or None."""
+    attrs = getattr(getattr(acts, "file", None), "attrs", None)
+    if attrs is None or key not in attrs:
+        return None
+    value = attrs[key]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def provenance(acts) -> str:
+    """"model M · layer L · dataset D" from the activations file's attributes ("" if none)."""
+    parts = [f"{k} {v}" for k in ("model", "layer", "dataset") if (v := file_attr(acts, k))]
+    return " \u00b7 ".join(parts)
 
 
 class Images:

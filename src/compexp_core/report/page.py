@@ -4,9 +4,12 @@ The page is one self-contained file. Its markup, style and scripts are package d
 ``templates/`` (read with :mod:`importlib.resources`) and are inlined into it:
 
 * ``index.html``: the page, a :class:`string.Template` (``$title``, ``$style``, ``$errors_js``,
-  ``$subtitle``, ``$links``, ``$plots``, ``$category_options``, ``$n_units``, ``$cards``, ``$report_js``);
+  ``$subtitle``, ``$links``, ``$legend``, ``$plots``, ``$category_options``, ``$n_units``, ``$cards``,
+  ``$report_js``); both reports (images and text) fill it;
 * ``style.css``: the style sheet, a template too (``$unit_rgb``, ``$formula_rgb``,
   ``$unit_fill``: the overlay colours, so that the legend matches the images);
+* ``legend_images.html`` / ``legend_text.html``: the legend under the title of each report;
+  ``text.css``: the text report's further style rules;
 * ``errors.js``: runs first, so that an image that fails to load is reported with
   ``console.error``;
 * ``report.js``: sorting and filtering, which reorders and hides the server-rendered cards.
@@ -20,14 +23,19 @@ from __future__ import annotations
 import functools
 import html
 import json
+import os
+import uuid
 from importlib import resources
 from string import Template
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from .overlays import FORMULA_COLOR, UNIT_ALPHA, UNIT_COLOR
 from .plots import PLOT_SIZE
 
-__all__ = ["card", "figure", "page", "links_html"]
+__all__ = ["card", "card_shell", "facts_list", "primitive_text", "figure", "page",
+           "metric_label", "summary_line", "write_html", "links_html"]
 
 _BY_LENGTH_SHOWN = 10     # cards list the IoU at each length up to this many lengths
 
@@ -58,17 +66,40 @@ def figure(sample: int, src: str, width: int, height: int, unit: int, peak: floa
             f'&middot; {peak:.3g}</figcaption></figure>')
 
 
+def metric_label(params: dict) -> str:
+    """How the search's metric is named on the page: "IoU", "precision" or "recall"."""
+    return {"precision": "precision", "recall": "recall"}.get(str(params.get("metric", "iou")),
+                                                               "IoU")
+
+
+def primitive_text(e, metric: str) -> str:
+    """The best single concept of an explanation and its score, as HTML."""
+    return ("<span class=\"none\">none</span>" if e.primitive is None
+            else f"<code>{_e(e.primitive)}</code> ({metric} {_fmt(e.primitive_iou)})")
+
+
+def facts_list(facts: Sequence[tuple[str, str]]) -> str:
+    """A card's facts, (label, HTML value) pairs, as a ``<dl class="facts">``."""
+    return '<dl class="facts">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
+
+
+def card_shell(e, categories: list[str], metric: str, body: str) -> str:
+    """The frame every card shares: the unit's heading and score, and ``data-*`` attributes
+    that the script sorts and filters by; ``body`` is the rest of the card's HTML."""
+    return (f'<article class="card" id="unit-{e.unit}" data-unit="{e.unit}" '
+            f'data-iou="{e.iou!r}" data-categories="{_e(json.dumps(categories))}">'
+            f'<header><h2><a href="#unit-{e.unit}">Unit {e.unit}</a></h2>'
+            f'<span class="score">{metric} {e.iou:.4f}</span></header>{body}</article>')
+
+
 def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) -> str:
     """The card of an explanation ``e``: its formula and facts, and its ``figures``, whose
-    images load lazily when ``lazy``. ``data-*`` attributes carry what the script sorts and
-    filters by."""
+    images load lazily when ``lazy``."""
     formula = (f'<code>{_e(e.formula)}</code>' if e.formula is not None
                else '<span class="none">none (no concept overlaps the unit)</span>')
-    primitive = ("<span class=\"none\">none</span>" if e.primitive is None
-                 else f"<code>{_e(e.primitive)}</code> ({metric} {_fmt(e.primitive_iou)})")
     threshold = ("n/a (boolean activations)" if e.threshold is None
                  else f"{e.threshold:.6g}")
-    facts = [("best primitive", primitive), ("formula length", str(e.length)),
+    facts = [("best primitive", primitive_text(e, metric)), ("formula length", str(e.length)),
              ("threshold", _e(threshold))]
     if 1 < len(e.by_length) <= _BY_LENGTH_SHOWN:
         items = "".join(f"<li><span>{i + 1}:</span> {v:.3f}</li>"
@@ -76,15 +107,11 @@ def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) 
         facts.append((f"{metric} by max length", f'<ol class="bylen">{items}</ol>'))
     tags = "".join(f'<span class="tag">{_e(c)}</span>' for c in categories)
     facts.append(("categories", tags or '<span class="none">none</span>'))
-    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     loading = ' loading="lazy"' if lazy else ""
     thumbs = "".join(f.replace("<img ", f"<img{loading} ", 1) for f in figures)
-    return (f'<article class="card" id="unit-{e.unit}" data-unit="{e.unit}" '
-            f'data-iou="{e.iou!r}" data-categories="{_e(json.dumps(categories))}">'
-            f'<header><h2><a href="#unit-{e.unit}">Unit {e.unit}</a></h2>'
-            f'<span class="score">{metric} {e.iou:.4f}</span></header>'
-            f'<p class="formula">{formula}</p><dl class="facts">{dl}</dl>'
-            f'<div class="thumbs">{thumbs}</div></article>')
+    return card_shell(e, categories, metric,
+                      f'<p class="formula">{formula}</p>{facts_list(facts)}'
+                      f'<div class="thumbs">{thumbs}</div>')
 
 
 def links_html(links: Sequence[tuple[str, str]]) -> str:
@@ -96,20 +123,51 @@ def links_html(links: Sequence[tuple[str, str]]) -> str:
 
 
 def page(title: str, subtitle: list[str], plots: list[tuple[str, str, str]],
-         category_options: list[str], cards: list[str], n_units: int,
+         category_options: list[str], cards: list[str], n_units: int, *,
+         legend: str = "legend_images.html", extra_css: Optional[str] = None,
          links: Sequence[tuple[str, str]] = ()) -> str:
     """The index page: ``plots`` are (src, alt, caption) of the plot images, ``cards`` the
-    cards in their initial order, ``links`` (href, text) of the report's other pages."""
+    cards in their initial order; ``legend`` names the legend's template and ``extra_css``
+    a template of style rules added after ``style.css``; ``links`` are (href, text) of the
+    report's other pages."""
     style = Template(_template("style.css")).substitute(
         unit_rgb=f"rgb{UNIT_COLOR}", formula_rgb=f"rgb{FORMULA_COLOR}",
         unit_fill=f"rgba{UNIT_COLOR + (UNIT_ALPHA,)}")
+    if extra_css is not None:
+        style += "\n" + _template(extra_css)
     figs = "".join(f'<figure><img src="{_e(src)}" width="{PLOT_SIZE[0]}" '
                    f'height="{PLOT_SIZE[1]}" alt="{_e(alt)}"><figcaption>{_e(cap)}</figcaption>'
                    f'</figure>' for src, alt, cap in plots)
     return Template(_template("index.html") + "\n").substitute(
         title=_e(title), style=style, errors_js=_template("errors.js"),
-        subtitle="".join(f"<p>{_e(s)}</p>" for s in subtitle), plots=figs,
-        links=links_html(links),
+        subtitle="".join(f"<p>{_e(s)}</p>" for s in subtitle), legend=_template(legend),
+        plots=figs, links=links_html(links),
         category_options="".join(f'<option value="{_e(c)}">{_e(c)}</option>'
                                  for c in category_options),
         n_units=n_units, cards="\n".join(cards), report_js=_template("report.js"))
+
+
+def summary_line(explanations, metric: str, params: dict) -> str:
+    """The page's summary: how many units, how many explained, the mean and median score and
+    the search's main settings."""
+    ious = np.array([e.iou for e in explanations])
+    explained = sum(e.formula is not None for e in explanations)
+    line = (f"{len(explanations)} units, {explained} explained; mean {metric} "
+            f"{ious.mean():.4f}, median {np.median(ious):.4f}")
+    settings = [f"{label} {params[key]}" for key, label in
+                (("max_length", "max length"), ("beam_size", "beam"), ("quantile", "quantile"))
+                if key in params]
+    return line + (" (" + ", ".join(settings) + ")" if settings else "")
+
+
+def write_html(path: str, text: str) -> None:
+    """Write a text file atomically (a temporary file renamed into place)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

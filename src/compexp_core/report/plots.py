@@ -1,10 +1,14 @@
 """The report's plots, drawn with Pillow: the histogram of the units' IoUs and the mean IoU
-against the maximum formula length. Pillow is imported inside the functions."""
+against the maximum formula length, and :func:`report_plots`, which draws both for a report.
+Pillow is imported inside the functions."""
 from __future__ import annotations
+
+import os
+from typing import Optional
 
 import numpy as np
 
-__all__ = ["plot_histogram", "plot_by_length", "PLOT_SIZE"]
+__all__ = ["plot_histogram", "plot_by_length", "report_plots", "PLOT_SIZE"]
 
 PLOT_SIZE = (560, 340)    # plot images, pixels
 _PLOT_SUPERSAMPLE = 2     # plots are drawn this much larger and scaled down (antialiasing)
@@ -132,3 +136,25 @@ def plot_by_length(means: np.ndarray, metric: str, n_units: int, path: str) -> N
         if L <= 12:
             d.text((x, y - 9 * s), f"{m:.3f}", fill="black", font=small, anchor="md")
     plot.save(path)
+
+
+def report_plots(ious: np.ndarray, means: Optional[np.ndarray], metric: str, img_dir: str, *,
+                 n_length_units: int, same_result: bool) -> list[tuple[str, str, str]]:
+    """Draw a report's plots into ``img_dir``: ``iou_hist.png`` (the units' scores ``ious``)
+    and, when ``means`` is given, ``iou_by_length.png`` (mean score by maximum length, over the
+    ``n_length_units`` units of this result or, if not ``same_result``, of a second search).
+
+    Returns:
+        (src relative to the page, alt text, caption) of each plot drawn, in page order.
+    """
+    plots = []
+    plot_histogram(ious, metric, os.path.join(img_dir, "iou_hist.png"))
+    plots.append(("img/iou_hist.png", f"histogram of the units' {metric}",
+                  f"{metric} of the best formula of each of the {len(ious)} units."))
+    if means is not None:
+        plot_by_length(means, metric, n_length_units, os.path.join(img_dir, "iou_by_length.png"))
+        source = "this result" if same_result else "a second search (lengths)"
+        plots.append(("img/iou_by_length.png", f"mean {metric} by maximum formula length",
+                      f"Mean {metric} of the best formula found with a maximum length of "
+                      f"1 to {means.size}, over the {n_length_units} units of {source}."))
+    return plots
