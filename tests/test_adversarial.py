@@ -319,3 +319,49 @@ def test_text_edits_plug_into_the_same_machinery():
     assert outcome.examples[0][1][1][-2:] == ("sleeping", ".")
     with pytest.raises(ValueError, match="not a word"):
         renderer.apply(pairs[:1], ("oth:overlap:overlap25",))
+
+
+def _world_as_broden(world, d):
+    """The world's images and colour segmentations as a Broden directory (PNG images)."""
+    from PIL import Image
+    from compexp_core.world import COLORS
+
+    (d / "images").mkdir(parents=True)
+    size = world.images.shape[1]
+    rows = ["image,split,ih,iw,sh,sw,color"]
+    for i, image in enumerate(world.images):
+        Image.fromarray(image).save(d / "images" / f"{i}.png")
+        seg = np.zeros((size, size, 3), np.uint8)
+        seg[..., 0] = world.labels["color"][i]          # label numbers 1..6 = the colours
+        Image.fromarray(seg).save(d / "images" / f"{i}_color.png")
+        rows.append(f"{i}.png,val,{size},{size},{size},{size},{i}_color.png")
+    (d / "index.csv").write_text("\n".join(rows) + "\n")
+    (d / "label.csv").write_text("number,name,category,frequency,coverage,syns\n" + "".join(
+        f"{k + 1},{c},color(1),1,0.1,\n" for k, c in enumerate(COLORS)))
+    (d / "category.csv").write_text("name,first,last,count,frequency\ncolor,1,6,6,1\n")
+    return d
+
+
+def test_cli_adversarial_on_broden_directory(tmp_path, capsys):
+    from compexp_core.broden import convert_broden
+    from compexp_core.cli.main import main
+    from compexp_core.world import make_world
+
+    world = make_world(40, size=32, seed=5)
+    broden = _world_as_broden(world, tmp_path / "broden")
+    convert_broden(broden, tmp_path / "concepts.h5", progress=False)
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    with torch.no_grad():
+        acts = torch.relu(ColourDetector().detector(_tensor(world.images))).numpy()
+    result = cx.search_formulas(acts, cx.load_concepts(tmp_path / "concepts.h5"), max_length=1,
+                                progress=False)
+    result.save(tmp_path / "explanations.h5")
+    assert main(["adversarial", f"{tmp_path / 'model.py'}:build",
+                 str(tmp_path / "explanations.h5"), "--images", str(broden),
+                 "--concepts", str(tmp_path / "concepts.h5"), "--layer", "detector",
+                 "--mean", "0,0,0", "--std", "1,1,1", "--target", "0",
+                 "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "pasting red moves" in out
+    row = (tmp_path / "out" / "adversarial.csv").read_text().splitlines()[1].split(",")
+    assert row[:3] == ["vision", "0", "red"] and float(row[5]) > 0.8
