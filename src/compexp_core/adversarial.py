@@ -512,8 +512,8 @@ class RegionPaste:
 
     Regions come from ``images`` and their segmentations ``concepts`` (sample i of one is
     sample i of the other; the concepts' grid may be coarser than the images: masks are scaled
-    up with nearest-neighbour sampling). A term's region in a source image is where all its
-    concepts hold; its bounding box is cut out, scaled so that its longer side is a fraction
+    up with nearest-neighbour sampling). A term's region in a source image is the largest
+    connected (4-neighbour) area where all its concepts hold; its bounding box is cut out, scaled so that its longer side is a fraction
     (one of ``scales``) of the edited image's shorter side, placed at a random position, and
     its region's pixels replace the image's.
 
@@ -613,7 +613,7 @@ class RegionPaste:
             regions = []
             for s, mask in zip(sources, masks):
                 img = self._image(int(s))
-                mask = _resize_nearest(mask, img.shape[:2])
+                mask = _largest_component(_resize_nearest(mask, img.shape[:2]))
                 ys, xs = np.nonzero(mask)
                 if ys.size == 0:
                     continue
@@ -660,6 +660,35 @@ class RegionPaste:
             view = out[i, y:y + ph, x:x + pw]
             view[pmask] = patch[pmask]
         return out
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a bool mask (the first found on a tie): one
+    object, not every region of the concept in the image."""
+    from collections import deque
+
+    seen = np.zeros_like(mask)
+    best: list = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        queue, pixels = deque([(y0, x0)]), []
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        if len(pixels) > len(best):
+            best = pixels
+    out = np.zeros_like(mask)
+    if best:
+        ys, xs = zip(*best)
+        out[list(ys), list(xs)] = True
+    return out
 
 
 def _resize_nearest(mask: np.ndarray, shape: tuple) -> np.ndarray:
