@@ -749,8 +749,8 @@ def run_experiment(model: Callable, inputs, result: SearchResult, contributions,
                    seed: int = 0, predictions=None,
                    log: Callable[[str], None] = print) -> list:
     """The whole experiment for a few target classes: propose edits, choose their controls,
-    evaluate both. A target whose units ask for nothing the renderer can render is reported
-    through ``log`` and skipped.
+    evaluate both. A target whose units ask for nothing the renderer can render, or that the
+    model predicts for every input, is reported through ``log`` and skipped.
 
     Args:
         model, inputs, renderer: as for :func:`evaluate_edits`.
@@ -773,6 +773,10 @@ def run_experiment(model: Callable, inputs, result: SearchResult, contributions,
     for target in targets:
         edits = propose_edits(result, contributions, target, class_names=class_names,
                               top_units=top_units, max_edits=max_edits, renderer=renderer)
+        if edits and not (predictions != edits[0].target).any():
+            log(f"class {edits[0].target_name!r}: the model predicts every input as this "
+                f"class; no input to edit")
+            continue
         if not edits:
             log(f"class {target!r}: the formulas of its top units use no concept that can be "
                 f"rendered; no edit to try")

@@ -397,7 +397,9 @@ def _copy_paste_experiment(model, world, predicted, result, out_dir: str, config
                               predictions=predicted, log=log)
     save_tables(out_dir, table, outcomes)
     verdict = headline(outcomes, adding="pasting")
-    if outcomes and not any(o.beats_control for o in outcomes):
+    if not outcomes:
+        verdict = ["copy-paste edits: no target class had an edit to try (see above)"]
+    elif not any(o.beats_control for o in outcomes):
         verdict.append("on this run, edits read from the explanations do not beat "
                        "frequency-matched controls")
     return table, outcomes, verdict
