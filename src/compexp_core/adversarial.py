@@ -271,7 +271,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # The bounds are exactly 0 and 1 at k = 0 and k = n (rounding would leave ~1e-18).
+    return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
 
 
 def paired_p_value(edit_flipped, control_flipped) -> float:
