@@ -396,6 +396,27 @@ def evaluate_edits(model: Callable, inputs, edits: Sequence[Edit], controls: Seq
         ValueError: ``controls`` and ``edits`` differ in length; an edit or control the
             renderer cannot render (``renderer.check`` says why); no input is predicted as
             another class; the model's output is not one class per input.
+
+    Examples:
+        A rule-based "model" that says contradiction (class 2) when the hypothesis has
+        "sleeping", and the sentence-pair renderer:
+
+        >>> from compexp_core.nli.concepts import sentence_concepts
+        >>> from compexp_core.engine.results import Explanation
+        >>> pairs = [(("A", "man", w, "."), ("He", v, ".")) for w in ("runs", "sits")
+        ...          for v in ("sleeping", "eats", "runs", "walks", "sits")]
+        >>> words = WordInsert(sentence_concepts(*zip(*pairs), tags=False))
+        >>> def model(batch):
+        ...     return np.array([2 if "sleeping" in h else 0 for _, h in batch])
+        >>> result = SearchResult([Explanation(0, Formula.parse("hyp:tok:sleeping"), 0.9, 0.9,
+        ...                                    None, 0.0)])
+        >>> edits = propose_edits(result, np.array([[0.0, 0.0, 2.0]]), 2, renderer=words)
+        >>> controls = choose_controls(result, np.array([[0.0, 0.0, 2.0]]), edits, words)
+        >>> edits[0].name, controls
+        ('hyp:tok:sleeping', [('hyp:tok:runs',)])
+        >>> outcome, = evaluate_edits(model, pairs, edits, controls, words)
+        >>> outcome.flip_rate, outcome.control_flip_rate, outcome.flipped.size
+        (1.0, 0.0, 8)
     """
     if len(controls) != len(edits):
         raise ValueError(f"controls must give one term (or None) per edit: {len(edits)} edits, "
