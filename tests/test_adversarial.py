@@ -365,3 +365,17 @@ def test_cli_adversarial_on_broden_directory(tmp_path, capsys):
     assert "pasting red moves" in out
     row = (tmp_path / "out" / "adversarial.csv").read_text().splitlines()[1].split(",")
     assert row[:3] == ["vision", "0", "red"] and float(row[5]) > 0.8
+
+
+def test_gradient_contributions_of_an_output_that_ignores_the_layer_are_zero():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Identity()
+
+        def forward(self, x):
+            pooled = self.features(x).mean(dim=(2, 3))
+            return torch.cat([pooled.sum(1, keepdim=True), torch.ones(x.shape[0], 1)], 1)
+
+    got = gradient_contributions(TwoHeads(), np.ones((2, 3, 2, 2), np.float32), "features")
+    np.testing.assert_allclose(got, [[1.0, 0.0]] * 3)

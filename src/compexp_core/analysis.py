@@ -638,7 +638,10 @@ def gradient_contributions(model, inputs, layer: str, *, classes: Optional[Seque
                 for j, c in enumerate(ids):
                     # Inputs are independent in eval mode: the gradient of the summed logit
                     # holds each input's own gradient.
-                    grad, = torch.autograd.grad(logits[:, c].sum(), acts, retain_graph=True)
+                    grad, = torch.autograd.grad(logits[:, c].sum(), acts, retain_graph=True,
+                                                allow_unused=True)
+                    if grad is None:        # this output does not read the layer
+                        continue
                     per_input = (grad * acts).detach().reshape(acts.shape[0], acts.shape[1], -1)
                     total[:, j] += per_input.sum(dim=(0, 2)).double().cpu().numpy()
     finally:
