@@ -28,8 +28,10 @@ def test_demo_runs_end_to_end_at_a_small_size(tmp_path, capsys, monkeypatch):
                  "--epochs", "1", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "training the CNN" in text and "mean IoU by maximum formula length" in text
+    assert "copy-paste edits" in text or "edits beat their frequency-matched controls" in text
     for name in ("images.h5", "concepts.h5", "acts.h5", "explanations.h5", "by_length.h5",
-                 "report/index.html"):
+                 "report/index.html", "report/contributions.html", "adversarial.csv",
+                 "contributions.csv"):
         assert (out / name).exists(), name
     assert len(cx.load_results(out / "explanations.h5")) == 96
     # The second run takes the cached weights.

@@ -8,6 +8,12 @@
   reads the units, which class each unit pushes towards, and which concepts the explanations of
   the units pushing towards each class use (the paper's NLI analysis: "nobody", "sleeping",
   "cat" in explanations of units that push towards contradiction).
+* :func:`gradient_contributions` and :func:`contribution_table`: how much each unit adds to
+  each class's logit (mean gradient x activation, for any model; for a linear read-out the
+  weights of :func:`unit_class_weights` say the same up to the activation's scale), and each
+  class's most contributing units with their explanations (the reference code's
+  "contributions" page). :func:`positive_terms` reads the concepts a formula asks for (the
+  edits :mod:`compexp_core.adversarial` proposes).
 * :func:`firing_samples`, :func:`top_activating_samples`, :func:`unit_mask_images` and
   :func:`formula_mask_images`: which inputs a unit fires on, and the unit's and a formula's
   masks on chosen inputs (for reports), computed exactly as the search computes them.
@@ -25,14 +31,17 @@ import numpy as np
 
 from .engine.concepts import ConceptSet
 from .engine.driver import materialize_formulas
-from .engine.formula import Formula, Leaf, Not
+from ._optional import require
+from .engine.formula import Formula, Leaf, Not, Or
 from .engine.units import check_activations, is_tensor, tensor_to_numpy, unit_masks
 from .inputs import activations_input
 from .results import SearchResult
 
 __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "firing_samples",
            "top_activating_samples", "unit_mask_images", "formula_mask_images",
-           "unit_class_weights", "ConceptClassTable", "concept_class_table"]
+           "unit_class_weights", "ConceptClassTable", "concept_class_table",
+           "gradient_contributions", "ContributionTable", "contribution_table",
+           "positive_terms"]
 
 
 def mean_iou_by_length(result: SearchResult) -> np.ndarray:
@@ -331,6 +340,11 @@ def iou_accuracy_correlation(result: SearchResult, acts, correct, grid, *,
 def unit_class_weights(weight, units: Optional[Sequence[int]] = None) -> np.ndarray:
     """The weights a read-out layer gives each unit: one row per unit, one column per class.
 
+    For a layer read directly by the linear layer, unit u's weight to class c is
+    ``weight[c, u]``; for a layer of feature maps read after global pooling (average or max,
+    one value per channel), it is the same column: the pooled value of channel u is the
+    linear layer's input u. (For any other model, use :func:`gradient_contributions`.)
+
     Args:
         weight: the read-out layer's weight ``[C, U]`` in ``torch.nn.Linear`` layout (class
             c's score is ``weight[c] @ units + bias[c]``): a NumPy array or a torch tensor
@@ -529,3 +543,263 @@ def concept_class_table(result: SearchResult, weight, class_names: Sequence[str]
     return ConceptClassTable(names, tuple(lit[0] for lit in order),
                              np.array([lit[1] for lit in order], bool), table,
                              len(explained), len(result) - len(explained))
+
+
+# ------------------------------------------------------------------------------ contributions
+
+def gradient_contributions(model, inputs, layer: str, *, classes: Optional[Sequence[int]] = None,
+                           batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """Mean gradient x activation attribution of each unit of ``layer`` to each class.
+
+    For input x, unit u and class c the attribution is
+    ``sum over the unit's positions p of  d logit_c(x) / d a_u,p(x)  *  a_u,p(x)``
+    (the first-order estimate of how much the unit's activation adds to the class's logit),
+    and the result is its mean over the inputs. For a layer read by global average pooling
+    and a linear layer this is ``weight[c, u]`` times the unit's mean pooled activation; after
+    global max pooling, ``weight[c, u]`` times its mean peak activation. The model runs in
+    eval mode (its mode is restored afterwards); gradients of the model's parameters are
+    neither computed nor changed.
+
+    Args:
+        model: a ``torch.nn.Module`` whose output is the logits ``[B, K]``.
+        inputs: a tensor or array ``[N, ...]`` of model inputs, or a dataset (``len`` and
+            ``[i]`` giving one input tensor).
+        layer: the module path of the layer (``model.get_submodule(layer)``); its output is
+            ``[B, U, h, w]`` or ``[B, U]``.
+        classes: output indices to attribute to (default: all K outputs).
+        batch_size: inputs per forward pass.
+        device: where to run (``"cpu"``, ``"cuda"``...).
+
+    Returns:
+        float64 ``[U, len(classes)]``: row u is unit u's mean attribution to each class.
+
+    Raises:
+        ValueError: no inputs; ``layer`` is not a module of the model; the output is not
+            ``[B, K]``; a class index outside ``0..K-1``; a non-finite attribution.
+        TypeError: ``batch_size`` is not a positive integer.
+
+    Examples:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2, 2, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.0]]))
+        >>> x = torch.tensor([[1.0, 1.0], [3.0, 0.0]])           # unit means: 2.0 and 0.5
+        >>> gradient_contributions(net, x, "0").tolist()        # weight[c, u] * mean a_u
+        [[2.0, 1.0], [-1.0, 0.0]]
+    """
+    torch = require("torch", "gradient x activation contributions")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:
+        raise ValueError(f"layer {layer!r} is not a module of the model (module paths look "
+                         f"like 'layer4' or 'block4.0')") from None
+    n = len(inputs)
+    if n == 0:
+        raise ValueError("inputs is empty: attributions are averaged over at least one input")
+    captured = []
+
+    def hook(m, i, out):
+        # The layer's output becomes a leaf the rest of the model reads: gradients stop
+        # there (nothing upstream is differentiated), and it needs no upstream parameter.
+        if torch.is_tensor(out) and out.is_floating_point():
+            out = out.detach().requires_grad_(True)
+        captured.append(out)
+        return out
+
+    handle = module.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    total = None
+    ids = None
+    try:
+        for s in range(0, n, batch_size):
+            if hasattr(inputs, "shape"):
+                batch = inputs[s:s + batch_size]
+                batch = batch if torch.is_tensor(batch) else torch.from_numpy(np.asarray(batch))
+            else:
+                batch = torch.stack([torch.as_tensor(inputs[i])
+                                     for i in range(s, min(n, s + batch_size))])
+            captured.clear()
+            with torch.enable_grad():
+                logits = model(batch.to(device))
+                if not torch.is_tensor(logits) or logits.ndim != 2:
+                    raise ValueError(f"the model's output must be logits [B, K], got "
+                                     f"{getattr(logits, 'shape', type(logits).__name__)}")
+                if len(captured) != 1 or not torch.is_tensor(captured[0]):
+                    raise ValueError(f"layer {layer!r} must run once per forward pass and output "
+                                     f"a tensor (it ran {len(captured)} times)")
+                acts = captured[0]
+                if ids is None:
+                    ids = _class_ids(classes, logits.shape[1])
+                    total = np.zeros((acts.shape[1], ids.size))
+                for j, c in enumerate(ids):
+                    # Inputs are independent in eval mode: the gradient of the summed logit
+                    # holds each input's own gradient.
+                    grad, = torch.autograd.grad(logits[:, c].sum(), acts, retain_graph=True,
+                                                allow_unused=True)
+                    if grad is None:        # this output does not read the layer
+                        continue
+                    per_input = (grad * acts).detach().reshape(acts.shape[0], acts.shape[1], -1)
+                    total[:, j] += per_input.sum(dim=(0, 2)).double().cpu().numpy()
+    finally:
+        handle.remove()
+        model.train(was_training)
+    out = total / n
+    if not np.isfinite(out).all():
+        u, j = np.argwhere(~np.isfinite(out))[0]
+        raise ValueError(f"the attribution of unit {u} to class {int(ids[j])} is {out[u, j]}: "
+                         f"the model's activations or gradients are not finite")
+    return out
+
+
+def _class_ids(classes, k: int) -> np.ndarray:
+    if classes is None:
+        return np.arange(k)
+    ids = np.asarray(classes)
+    if ids.ndim != 1 or ids.size == 0 or ids.dtype == bool or ids.dtype.kind not in "iu":
+        raise ValueError(f"classes must be a non-empty sequence of output indices, got "
+                         f"{classes!r}")
+    bad = ids[(ids < 0) | (ids >= k)]
+    if bad.size:
+        raise ValueError(f"class {int(bad[0])} out of range: the model has K={k} outputs")
+    return ids.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ContributionTable:
+    """Each class's most contributing units with their explanations (plain data).
+
+    Attributes:
+        class_names: the C class names.
+        rows: one dict per (class, rank): ``class``, ``rank`` (1 = largest), ``unit``,
+            ``contribution``, ``formula`` (text, ``""`` for a unit without one), ``iou``; in
+            class order, then rank.
+    """
+    class_names: tuple
+    rows: tuple
+
+    def for_class(self, name: str) -> list:
+        """The rows of one class, best first."""
+        if name not in self.class_names:
+            raise ValueError(f"class {name!r} is not one of the table's classes")
+        return [r for r in self.rows if r["class"] == name]
+
+    COLUMNS = ("class", "rank", "unit", "contribution", "formula", "iou")
+
+
+def contribution_table(result: SearchResult, contributions, class_names: Sequence[str], *,
+                       top: int = 5) -> ContributionTable:
+    """For each class, the ``top`` units of the result with the largest positive contribution
+    to it, with their formulas.
+
+    Args:
+        result: a search result over the units of the layer.
+        contributions: float ``[U, C]``, row u = unit u (:func:`unit_class_weights` with
+            ``units=None``, or :func:`gradient_contributions`).
+        class_names: the C class names, in column order.
+        top: units per class (>= 1); fewer when fewer contribute positively.
+
+    Returns:
+        A :class:`ContributionTable`.
+
+    Raises:
+        ValueError: shapes that disagree; a unit of the result outside ``0..U-1``; NaN.
+
+    Examples:
+        >>> from compexp_core.engine.results import Explanation
+        >>> result = SearchResult([Explanation(0, Formula.parse("(red AND circle)"), 0.4, 0.2,
+        ...                                    None, 0.0),
+        ...                        Explanation(1, None, 0.0, 0.0, None, 0.0)])
+        >>> table = contribution_table(result, np.array([[0.5, -1.0], [2.0, 0.1]]),
+        ...                            ["red circle", "blue square"])
+        >>> [(r["class"], r["unit"], r["formula"]) for r in table.rows]
+        [('red circle', 1, ''), ('red circle', 0, '(red AND circle)'), ('blue square', 1, '')]
+    """
+    c = _contribution_matrix(contributions, result)
+    names = _class_names(class_names, c.shape[1])
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise ValueError(f"top must be an integer >= 1, got {top!r}")
+    units = np.array(result.units, np.int64)
+    rows = []
+    for j, name in enumerate(names):
+        values = c[units, j]
+        order = np.argsort(-values, kind="stable")
+        for rank, i in enumerate([i for i in order if values[i] > 0][:top]):
+            e = result.by_unit(int(units[i]))
+            rows.append({"class": name, "rank": rank + 1, "unit": int(units[i]),
+                         "contribution": float(values[i]),
+                         "formula": "" if e.formula is None else str(e.formula),
+                         "iou": float(e.iou)})
+    return ContributionTable(names, tuple(rows))
+
+
+def _contribution_matrix(contributions, result: SearchResult) -> np.ndarray:
+    """``contributions`` as a checked float64 ``[U, C]`` covering the result's units."""
+    if is_tensor(contributions):
+        contributions = tensor_to_numpy(contributions, "contributions")
+    c = np.asarray(contributions)
+    if c.dtype == bool or c.dtype.kind not in "iuf":
+        raise TypeError(f"contributions must be a numeric array [U, C], got dtype {c.dtype}")
+    if c.ndim != 2 or 0 in c.shape:
+        raise ValueError(f"contributions must be a non-empty [U, C] array (row u = unit u), "
+                         f"got shape {c.shape}")
+    c = c.astype(np.float64)
+    if not np.isfinite(c).all():
+        u, j = np.argwhere(~np.isfinite(c))[0]
+        raise ValueError(f"contributions holds {c[u, j]} at [{u}, {j}]: it must be finite")
+    units = result.units
+    if units and (min(units) < 0 or max(units) >= c.shape[0]):
+        raise ValueError(f"the result explains unit {max(units)} but contributions has rows "
+                         f"for U={c.shape[0]} units (layout [U, C], row u = unit u)")
+    return c
+
+
+def _class_names(class_names: Sequence[str], n: int) -> tuple:
+    names = (class_names,) if isinstance(class_names, str) else tuple(class_names)
+    if len(names) != n:
+        raise ValueError(f"class_names has {len(names)} names but contributions has C={n} "
+                         f"classes (columns; the layout is [U, C])")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct, got {list(names)}")
+    return tuple(str(s) for s in names)
+
+
+def positive_terms(formula: Formula, *, limit: int = 64) -> list:
+    """The conjunctions of concepts a formula uses positively: the formula read as an OR of
+    ANDs, each term's leaves that are not under a NOT (sorted names), without repeats.
+
+    These are the concepts whose presence the formula asks for; a leaf under ``AND NOT`` (or
+    ``OR NOT``) asks for an absence and is left out.
+
+    Args:
+        formula: a search formula.
+        limit: at most this many terms (the expansion of ANDs of ORs multiplies).
+
+    Returns:
+        A list of tuples of concept names, in the formula's left-to-right order.
+
+    Examples:
+        >>> positive_terms(Formula.parse("((red AND circle) OR blue)"))
+        [('circle', 'red'), ('blue',)]
+        >>> positive_terms(Formula.parse("((water OR river) AND NOT blue)"))
+        [('water',), ('river',)]
+    """
+    def terms(node) -> list:
+        if isinstance(node, Leaf):
+            return [frozenset([node.name])]
+        if isinstance(node, Not):
+            return [frozenset()]
+        left, right = terms(node.left), terms(node.right)
+        if isinstance(node, Or):
+            return (left + right)[:limit]
+        return [a | b for a in left for b in right][:limit]
+
+    out: list = []
+    for t in terms(formula):
+        key = tuple(sorted(t))
+        if key and key not in out:
+            out.append(key)
+    return out[:limit]

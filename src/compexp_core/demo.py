@@ -8,7 +8,12 @@
 3. extract its last convolutional layer (:mod:`compexp_core.extract`);
 4. build the concept set from the world's segmentations;
 5. search formulas (length 3, and length 10 for the length curve), correlate explanation
-   IoU with accuracy, and write the HTML report.
+   IoU with accuracy;
+6. measure each unit's contribution to each class (mean gradient x activation) and run the
+   copy-paste experiment (:mod:`compexp_core.adversarial`): paste the concepts that the
+   explanations of a class's top units ask for into images predicted as other classes, against
+   frequency-matched controls;
+7. write the HTML report (with its contributions page).
 
 The findings are the trained network's own, not planted.
 """
@@ -24,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._optional import require
-from .world import COLORS, SCENES, SHAPES, make_world, write_world_files
+from .world import COLORS, SCENES, SHAPES, make_world, task_class_names, write_world_files
 
 __all__ = ["DemoConfig", "build_demo_model", "train_demo_model", "load_or_train",
            "run_demo", "cache_dir"]
@@ -235,6 +240,7 @@ class DemoSummary:
     pearson: float
     p_value: float
     seconds: dict
+    adversarial: Optional[list] = None     # the copy-paste experiment: EditOutcome list
 
 
 def _clearly_better(e) -> bool:
@@ -250,8 +256,10 @@ def run_demo(out_dir: str = "compexp-demo", config: DemoConfig = DemoConfig(), *
 
     Files: ``images.h5`` (evaluation images and task labels), ``concepts.h5`` (the world's
     segmentations), ``acts.h5`` (the CNN's ``block4``), ``explanations.h5`` (length 3),
-    ``by_length.h5`` (one search at length 10 for the IoU-against-length curve), and
-    ``report/index.html``.
+    ``by_length.h5`` (one search at length 10 for the IoU-against-length curve),
+    ``contributions.csv`` (each class's most contributing units and their formulas),
+    ``adversarial.csv`` (the copy-paste edits against their controls), and
+    ``report/index.html`` (with ``report/contributions.html``).
 
     Args:
         out_dir: folder for the files (created if needed).
@@ -315,14 +323,30 @@ def run_demo(out_dir: str = "compexp-demo", config: DemoConfig = DemoConfig(), *
     stats = iou_accuracy_correlation(result, acts, correct, concepts, permutations=2000)
     n_better = sum(_clearly_better(e) for e in result)
 
+    t = time.perf_counter()
+    table, outcomes, verdict = _copy_paste_experiment(model, world, predicted, result,
+                                                      out_dir, config, log)
+    seconds["adversarial"] = time.perf_counter() - t
+
     index = None
     if report:
-        from .report import write_report
+        from .adversarial import image_examples, outcome_rows
+        from .report import write_contributions_page, write_report
 
         t = time.perf_counter()
-        index = write_report(result, os.path.join(out_dir, "report"), acts=acts,
+        report_dir = os.path.join(out_dir, "report")
+        index = write_report(result, report_dir, acts=acts,
                              concepts=concepts, images=paths["images"], lengths=lengths,
-                             title="compexp demo: a small CNN on a procedural world")
+                             title="compexp demo: a small CNN on a procedural world",
+                             links=[("contributions.html", "contributions of units to classes "
+                                                           "and copy-paste edits")])
+        write_contributions_page(
+            report_dir, table, adversarial=outcome_rows(outcomes), verdict=verdict,
+            examples=image_examples(outcomes, task_class_names()),
+            title="compexp demo: contributions and copy-paste edits",
+            method=f"Contribution: mean over {_CONTRIBUTION_IMAGES} evaluation images of the "
+                   f"gradient of the class's logit with respect to the unit's {LAYER} "
+                   f"activations times those activations, summed over positions.")
         seconds["report"] = time.perf_counter() - t
     acts.file.close()
 
@@ -339,7 +363,43 @@ def run_demo(out_dir: str = "compexp-demo", config: DemoConfig = DemoConfig(), *
     p_text = "< 0.001" if stats.p_value < 0.001 else f"= {stats.p_value:.3f}"
     log(f"explanation IoU against the CNN's accuracy on the images where the unit fires: "
         f"Pearson r = {stats.pearson:.3f} (permutation p {p_text}, {stats.units.size} units)")
+    log("")
+    for line in verdict:
+        log(line)
     if index:
         log(f"report: {index}")
     return DemoSummary(out_dir, index, accuracy, len(result), n_better, curve, stats.pearson,
-                       stats.p_value, seconds)
+                       stats.p_value, seconds, outcomes)
+
+
+_CONTRIBUTION_IMAGES = 200     # evaluation images the contributions are averaged over
+_EDITED_IMAGES = 100           # images edited per edit (and per control)
+
+
+def _copy_paste_experiment(model, world, predicted, result, out_dir: str, config: DemoConfig,
+                           log: Callable[[str], None]):
+    """Contributions of the units to the 30 shape-colour classes, the contribution table,
+    and the copy-paste experiment for the 3 classes whose top unit contributes most; writes
+    ``contributions.csv`` and ``adversarial.csv``. Returns (table, outcomes, headline lines).
+    """
+    from .adversarial import headline, run_experiment, save_tables, world_region_paste
+    from .analysis import contribution_table, gradient_contributions
+
+    names = task_class_names()
+    contributions = gradient_contributions(model, _to_tensor(world.images[:_CONTRIBUTION_IMAGES]),
+                                           LAYER, classes=range(len(names)), batch_size=250)
+    table = contribution_table(result, contributions, names, top=5)
+    # Regions to paste, rendered by a fresh world of the same kind.
+    renderer = world_region_paste(200, size=config.image_size, seed=config.seed + 3000)
+    outcomes = run_experiment(lambda images: predict(model, images)[0], world.images, result,
+                              contributions, renderer, class_names=names, n_targets=3,
+                              max_edits=2, max_inputs=_EDITED_IMAGES, seed=config.seed,
+                              predictions=predicted, log=log)
+    save_tables(out_dir, table, outcomes)
+    verdict = headline(outcomes, adding="pasting")
+    if not outcomes:
+        verdict = ["copy-paste edits: no target class had an edit to try (see above)"]
+    elif not any(o.beats_control for o in outcomes):
+        verdict.append("on this run, edits read from the explanations do not beat "
+                       "frequency-matched controls")
+    return table, outcomes, verdict

@@ -1,7 +1,7 @@
 """The ``compexp`` parser: one subparser per subcommand module, and the error handling.
 
 Each subcommand module (:mod:`.search`, :mod:`.info`, :mod:`.demo`, :mod:`.extract`,
-:mod:`.convert_broden`, :mod:`.report`) describes itself in ``COMMAND``, a
+:mod:`.convert_broden`, :mod:`.report`, :mod:`.adversarial`) describes itself in ``COMMAND``, a
 :class:`~.args.Subcommand` (name, help, ``add_arguments(parser)``, ``run(args) -> int``), and
 imports the library modules it runs (and so h5py, torch or Pillow) only inside ``run``:
 building the parser imports none of them, so ``compexp --help`` stays fast.
@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from .adversarial import COMMAND as ADVERSARIAL
 from .convert_broden import COMMAND as CONVERT_BRODEN
 from .demo import COMMAND as DEMO
 from .extract import COMMAND as EXTRACT
@@ -22,7 +23,7 @@ from .search import COMMAND as SEARCH
 __all__ = ["build_parser", "main"]
 
 # In the order ``compexp --help`` lists them.
-SUBCOMMANDS = (SEARCH, INFO, DEMO, EXTRACT, CONVERT_BRODEN, REPORT)
+SUBCOMMANDS = (SEARCH, INFO, DEMO, EXTRACT, CONVERT_BRODEN, REPORT, ADVERSARIAL)
 
 
 def build_parser() -> argparse.ArgumentParser:

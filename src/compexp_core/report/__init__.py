@@ -31,19 +31,22 @@ matrix where the formula holds.
 
 The package: :mod:`.build` assembles the report (:func:`write_report`), :mod:`.text` the text
 report, :mod:`.inputs` checks their inputs, :mod:`.overlays` draws the masks over the images,
-:mod:`.plots` draws the plots, and :mod:`.page` fills the HTML, CSS and JavaScript of
+:mod:`.plots` draws the plots, :mod:`.contributions` writes the page of contributions of units to
+classes and of copy-paste edits (``contributions.html``), and :mod:`.page` fills the HTML, CSS and JavaScript of
 ``templates/`` (package data).
 
 Command line: ``compexp report RESULTS --images IMAGES [--acts ACTS] [--concepts CONCEPTS]
 [-o OUT_DIR] [--lengths RESULTS2] [--top-images 6] [--units 0-9,15]``.
 """
 from .build import write_report
+from .contributions import CONTRIBUTIONS_PAGE, write_contributions_page
 from .overlays import FORMULA_COLOR, THUMB_SIZE, UNIT_COLOR, overlay
 from .text import highlight_words, write_text_report
 
-__all__ = ["write_report", "write_text_report", "highlight_words", "overlay", "UNIT_COLOR",
-           "FORMULA_COLOR", "THUMB_SIZE"]
+__all__ = ["write_report", "write_text_report", "highlight_words", "write_contributions_page",
+           "CONTRIBUTIONS_PAGE", "overlay", "UNIT_COLOR", "FORMULA_COLOR", "THUMB_SIZE"]
 
 # ``doctest.testmod`` of this package also runs the examples of what it re-exports.
 __test__ = {"write_report": write_report, "overlay": overlay,
-            "write_text_report": write_text_report, "highlight_words": highlight_words}
+            "write_text_report": write_text_report, "highlight_words": highlight_words,
+            "write_contributions_page": write_contributions_page}

@@ -24,7 +24,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=None,
                  top_images: int = 6, units: Optional[Sequence[int]] = None,
-                 title: Optional[str] = None, progress: bool = False) -> str:
+                 title: Optional[str] = None, progress: bool = False,
+                 links: Sequence[tuple[str, str]] = ()) -> str:
     """Write an HTML report of a search result: an index page with one card per unit.
 
     Args:
@@ -45,6 +46,8 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
         title: the page title (default: "Compositional explanations", with the layer when the
             activations file records it).
         progress: show a progress bar over the units.
+        links: (href, text) of other pages of the report to link from the index (such as
+            the contributions page of :func:`write_contributions_page`).
 
     Returns:
         The absolute path of ``index.html``.
@@ -150,7 +153,8 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
             layer = file_attr(acts, "layer")
             if layer:
                 title += f" of {layer}"
-        text = page(title, subtitle, plots, sorted(category_set), cards, len(units))
+        text = page(title, subtitle, plots, sorted(category_set), cards, len(units),
+                    links=links)
         index = os.path.join(out_dir, "index.html")
         write_html(index, text)
         return os.path.abspath(index)

@@ -4,7 +4,7 @@ The page is one self-contained file. Its markup, style and scripts are package d
 ``templates/`` (read with :mod:`importlib.resources`) and are inlined into it:
 
 * ``index.html``: the page, a :class:`string.Template` (``$title``, ``$style``, ``$errors_js``,
-  ``$subtitle``, ``$legend``, ``$plots``, ``$category_options``, ``$n_units``, ``$cards``,
+  ``$subtitle``, ``$links``, ``$legend``, ``$plots``, ``$category_options``, ``$n_units``, ``$cards``,
   ``$report_js``); both reports (images and text) fill it;
 * ``style.css``: the style sheet, a template too (``$unit_rgb``, ``$formula_rgb``,
   ``$unit_fill``: the overlay colours, so that the legend matches the images);
@@ -35,7 +35,7 @@ from .overlays import FORMULA_COLOR, UNIT_ALPHA, UNIT_COLOR
 from .plots import PLOT_SIZE
 
 __all__ = ["card", "card_shell", "facts_list", "primitive_text", "figure", "page",
-           "metric_label", "summary_line", "write_html"]
+           "metric_label", "summary_line", "write_html", "links_html"]
 
 _BY_LENGTH_SHOWN = 10     # cards list the IoU at each length up to this many lengths
 
@@ -114,12 +114,22 @@ def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) 
                       f'<div class="thumbs">{thumbs}</div>')
 
 
+def links_html(links: Sequence[tuple[str, str]]) -> str:
+    """A paragraph of links to the report's pages (empty without links)."""
+    if not links:
+        return ""
+    return ('<p class="links">' + " &middot; ".join(
+        f'<a href="{_e(href)}">{_e(text)}</a>' for href, text in links) + "</p>")
+
+
 def page(title: str, subtitle: list[str], plots: list[tuple[str, str, str]],
          category_options: list[str], cards: list[str], n_units: int, *,
-         legend: str = "legend_images.html", extra_css: Optional[str] = None) -> str:
+         legend: str = "legend_images.html", extra_css: Optional[str] = None,
+         links: Sequence[tuple[str, str]] = ()) -> str:
     """The index page: ``plots`` are (src, alt, caption) of the plot images, ``cards`` the
     cards in their initial order; ``legend`` names the legend's template and ``extra_css``
-    a template of style rules added after ``style.css``."""
+    a template of style rules added after ``style.css``; ``links`` are (href, text) of the
+    report's other pages."""
     style = Template(_template("style.css")).substitute(
         unit_rgb=f"rgb{UNIT_COLOR}", formula_rgb=f"rgb{FORMULA_COLOR}",
         unit_fill=f"rgba{UNIT_COLOR + (UNIT_ALPHA,)}")
@@ -131,7 +141,7 @@ def page(title: str, subtitle: list[str], plots: list[tuple[str, str, str]],
     return Template(_template("index.html") + "\n").substitute(
         title=_e(title), style=style, errors_js=_template("errors.js"),
         subtitle="".join(f"<p>{_e(s)}</p>" for s in subtitle), legend=_template(legend),
-        plots=figs,
+        plots=figs, links=links_html(links),
         category_options="".join(f'<option value="{_e(c)}">{_e(c)}</option>'
                                  for c in category_options),
         n_units=n_units, cards="\n".join(cards), report_js=_template("report.js"))
