@@ -294,7 +294,7 @@ def _batches(pairs: SNLIPairs, vocab: Vocab, order: np.ndarray, batch_size: int)
 # =============================================================================== training
 
 def train_classifier(pairs: SNLIPairs, *, epochs: int = 2, batch_size: int = 64,
-                     lr: float = 2e-3, seed: int = 0, min_count: int = 2,
+                     lr: float = 1e-3, seed: int = 0, min_count: int = 2,
                      embedding_dim: int = 300, hidden_dim: int = 512, mlp_dim: int = 1024,
                      dropout: float = 0.1, eval_pairs: Optional[SNLIPairs] = None,
                      log: Optional[Callable[[str], None]] = print) -> tuple:
@@ -660,7 +660,7 @@ class NLIConfig:
     defaults train the reference sizes in about two minutes on 2 CPU cores for 6,500 pairs."""
     epochs: int = 2
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     seed: int = 0
     min_count: int = 2
     embedding_dim: int = 300
