@@ -177,8 +177,12 @@ def build_vocab(pairs: SNLIPairs, min_count: int = 2) -> Vocab:
         ('<pad>', '<unk>', 'a', 'cat')
     """
     _check_pairs(pairs)
+    return _vocab_of(pairs.premises + pairs.hypotheses, min_count)
+
+
+def _vocab_of(sentences: Sequence[Sequence[str]], min_count: int) -> Vocab:
     min_count = _check_int(min_count, "min_count", 1)
-    counts = Counter(t.lower() for s in pairs.premises + pairs.hypotheses for t in s)
+    counts = Counter(t.lower() for s in sentences for t in s)
     kept = sorted((t for t, c in counts.items() if c >= min_count and t not in (PAD, UNK)),
                   key=lambda t: (-counts[t], t))
     return Vocab((PAD, UNK, *kept), min_count)
@@ -523,7 +527,7 @@ def nli_activations(model: Any, vocab: Vocab, pairs: SNLIPairs, *,
 
 # =============================================================================== baseline
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HypothesisBaseline:
     """A hypothesis-only bag-of-words classifier: multinomial logistic regression on the
     counts of the hypothesis's (lowercased) words; the premise is never looked at.
@@ -577,7 +581,7 @@ def train_hypothesis_baseline(pairs: SNLIPairs, *, l2: float = 1e-3, min_count: 
     l2 = _check_float(l2, "l2", 0.0, low_open=False)
     iterations = _check_int(iterations, "iterations", 1)
     train = pairs.subset(pairs.labels >= 0)
-    vocab = build_vocab(SNLIPairs(train.hypotheses, train.hypotheses, train.labels), min_count)
+    vocab = _vocab_of(train.hypotheses, min_count)
     encoded = [vocab.encode(h) for h in train.hypotheses]
     ids = torch.from_numpy(np.concatenate(encoded))
     offsets = torch.from_numpy(np.cumsum([0] + [len(e) for e in encoded[:-1]]))
