@@ -297,7 +297,7 @@ def _batches(pairs: SNLIPairs, vocab: Vocab, order: np.ndarray, batch_size: int)
 
 # =============================================================================== training
 
-def train_classifier(pairs: SNLIPairs, *, epochs: int = 2, batch_size: int = 64,
+def train_classifier(pairs: SNLIPairs, *, epochs: int = 1, batch_size: int = 64,
                      lr: float = 1e-3, seed: int = 0, min_count: int = 2,
                      embedding_dim: int = 300, hidden_dim: int = 512, mlp_dim: int = 1024,
                      dropout: float = 0.1, eval_pairs: Optional[SNLIPairs] = None,
