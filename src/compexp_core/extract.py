@@ -10,7 +10,9 @@ An extraction writes into ``<output>.partial`` and records after each batch how 
 are done; an interrupted run (Ctrl-C, a crash, a lost machine) is continued with
 ``resume=True`` without recomputing the finished samples, and the partial file is renamed onto
 ``<output>`` only when every sample is written. The finished file records the model, layer and
-dataset it came from (root attributes ``model``, ``layer``, ``dataset``).
+dataset it came from (root attributes ``model``, ``layer``, ``dataset``). Models with other
+inputs (padded token sequences and their lengths, say) are run with ``collate_inputs``, which
+turns a list of dataset items into the model's arguments (:mod:`compexp_core.nli.model` does).
 
 :class:`ImageDataset` turns a ``compexp-images`` file (or a uint8 array) into normalised float
 tensors; :func:`load_model` builds a model from a TorchScript file, a ``torch.export``
@@ -45,7 +47,7 @@ import importlib.util
 import os
 import re
 import sys
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -302,10 +304,10 @@ class _HookTaps:
                     raise _LayersCaptured()
         return hook
 
-    def __call__(self, x: Any) -> list:
+    def __call__(self, *inputs: Any) -> list:
         self.outputs = {}
         try:
-            self.model(x)
+            self.model(*inputs)
         except _LayersCaptured:
             pass
         # None for a layer the forward pass did not call (reported by _as_block).
@@ -426,8 +428,8 @@ class _ScriptTaps:
                          f"was not found in the model's forward graph (the layer is not called, "
                          f"is called inside a loop or branch, or returns its input unchanged)")
 
-    def __call__(self, x: Any) -> list:
-        outputs = self.function(self.model._c, x)
+    def __call__(self, *inputs: Any) -> list:
+        outputs = self.function(self.model._c, *inputs)
         if not isinstance(outputs, tuple):
             outputs = (outputs,)
         return [_capture(o, self.dtype) for o in outputs]
@@ -530,6 +532,25 @@ def _as_block(output: Any, layer: str, batch: int, lo: int, hi: int,
     return block
 
 
+def _model_inputs(batch: Any, collated: bool) -> tuple:
+    """The model's positional arguments from a loaded batch: the batch as
+    ``collate_inputs`` returned it (``collated``), else the first element of each item."""
+    import torch
+
+    if collated:
+        inputs = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
+            raise TypeError(f"collate_inputs must return a tensor or a tuple of the model's "
+                            f"inputs whose first is a tensor, got "
+                            f"{type(inputs[0] if inputs else batch).__name__}")
+        return inputs
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"dataset items must be tensors or tuples whose first "
+                        f"element is a tensor, got batches of {type(x).__name__}")
+    return (x,)
+
+
 def _model_description(model: Any) -> str:
     return str(getattr(model, "original_name", None) or type(model).__name__)
 
@@ -538,7 +559,8 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
                         output: PathLike, *, batch_size: int = 64, device: str = "cpu",
                         dtype: str = "float32", num_workers: int = 0, resume: bool = False,
                         progress: bool = True, model_name: Optional[str] = None,
-                        dataset_name: Optional[str] = None) -> list[str]:
+                        dataset_name: Optional[str] = None,
+                        collate_inputs: Optional[Callable[[list], Any]] = None) -> list[str]:
     """Run a model over a dataset and write the activations of one or more layers.
 
     The model runs in ``eval()`` mode under ``torch.no_grad()``, a batch at a time. Each
@@ -575,6 +597,11 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
         model_name, dataset_name: provenance written as the ``model`` and ``dataset``
             attributes (defaults: the model's class name; the dataset's ``description``
             attribute, else its class name). A resumed extraction must use the same names.
+        collate_inputs: for models that take several or variable-length inputs (padded token
+            sequences and their lengths, say): a function from a list of dataset items to the
+            model's positional arguments (a tuple of tensors, or one tensor), used as the data
+            loader's ``collate_fn``. The first argument's first dimension is the batch. Default:
+            items are stacked and the model gets the first element of each item.
 
     Returns:
         The paths written, one per layer, in the order of ``layers``.
@@ -646,6 +673,7 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
         subset = dataset if start == 0 else torch.utils.data.Subset(dataset, range(start, n))
         loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
                                              num_workers=num_workers,
+                                             collate_fn=collate_inputs,
                                              pin_memory=device.startswith("cuda"))
         batches = iter(loader)
         with torch.no_grad():
@@ -659,17 +687,17 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
                 except Exception as e:
                     raise RuntimeError(f"loading samples {lo}..{hi - 1} from the dataset failed: "
                                        f"{_brief(e)}") from e
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                if not isinstance(x, torch.Tensor):
-                    raise TypeError(f"dataset items must be tensors or tuples whose first "
-                                    f"element is a tensor, got batches of {type(x).__name__}")
+                inputs = _model_inputs(batch, collate_inputs is not None)
+                x = inputs[0]
                 if x.shape[0] != hi - lo:
                     raise RuntimeError(f"the data loader gave {x.shape[0]} samples for samples "
                                        f"{lo}..{hi - 1}")
-                shape = tuple(x.shape)
-                x = x.to(device, non_blocking=True)
+                shape = (tuple(x.shape) if len(inputs) == 1
+                         else ", ".join(str(tuple(getattr(a, "shape", ()))) for a in inputs))
+                inputs = [a.to(device, non_blocking=True) if isinstance(a, torch.Tensor) else a
+                          for a in inputs]
                 try:
-                    outputs = taps(x)
+                    outputs = taps(*inputs)
                 except Exception as e:
                     raise RuntimeError(f"model failed on samples {lo}..{hi - 1} (input shape "
                                        f"{shape}): {_brief(e)}") from e
