@@ -145,7 +145,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
     from .concepts import sentence_concepts
     from .data import read_snli
     from .model import (NLIConfig, PROBED_LAYER, accuracy, extract_nli_activations,
-                        load_or_train_nli, predict, readout_weight, split_by_premise,
+                        load_or_train_nli, predict, split_by_premise,
                         train_hypothesis_baseline)
 
     if not isinstance(config, NLIDemoConfig):
@@ -209,7 +209,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
     result.params.update(acts_path=os.path.abspath(paths["acts"]),
                          concepts_path=os.path.abspath(paths["concepts"]))
     result.save(paths["explanations"])
-    weight = readout_weight(model)                                 # [3, U]
+    weight = model.mlp.out.weight.detach().cpu().numpy()          # the read-out: [3, U]
     result.to_reference_csv(os.path.join(out_dir, "result.csv"),
                             weights=unit_class_weights(weight))
     seconds["search"] = time.perf_counter() - t
@@ -269,7 +269,8 @@ def _log_findings(s: NLIDemoSummary, result, table, stats, log) -> None:
     log("mean IoU by maximum formula length: " +
         ", ".join(f"{i + 1}: {v:.3f}" for i, v in enumerate(s.mean_iou_by_length)))
     p_text = "< 0.001" if stats.p_value < 0.001 else f"= {stats.p_value:.3f}"
-    sign = ("negative, as in the paper" if stats.pearson < 0 else
+    sign = ("undefined (too few units)" if not np.isfinite(stats.pearson) else
+            "negative, as in the paper" if stats.pearson < 0 else
             "not negative here (the paper reports a negative one)")
     log(f"explanation IoU against the classifier's accuracy on the pairs where the unit fires: "
         f"Pearson r = {stats.pearson:.3f}, Spearman {stats.spearman:.3f} (permutation p "
