@@ -49,6 +49,71 @@ class PyDeviceIndex {
     index_ = std::make_unique<cuda::DeviceIndex>(host, device);
   }
 
+  explicit PyDeviceIndex(std::unique_ptr<cuda::DeviceIndex> index) : index_(std::move(index)) {}
+
+  // Dense bool / uint8 masks in device memory, described by the caller (from
+  // __cuda_array_interface__): pointer, dtype "bool" / "uint8", shape [N, K, H, W] or [N, K],
+  // strides in bytes (None: C order). Only converted and checked here; the index is built on
+  // the GPU (csrc/cuda/builder.cu). Returns (index, sizes |C_j| as int64 [K]).
+  static py::tuple from_dense(uintptr_t ptr, const std::string& dtype, const std::vector<int64_t>& shape,
+                              const py::object& strides, int device, uintptr_t stream) {
+    require(dtype == "bool" || dtype == "uint8",
+            "dense masks on the GPU must be bool (or uint8 0/1), got " + dtype);
+    require(shape.size() == 4 || shape.size() == 2, "dense masks on the GPU must be [N, K, H, W] or [N, K]");
+    for (int64_t d : shape) require(d > 0, "dense masks on the GPU must have no empty axis");
+    require(ptr != 0, "dense masks on the GPU have a null data pointer");
+    std::vector<int64_t> st(shape.size());
+    if (strides.is_none()) {
+      int64_t acc = 1;
+      for (size_t k = shape.size(); k-- > 0;) {
+        st[k] = acc;
+        acc *= shape[k];
+      }
+    } else {
+      st = strides.cast<std::vector<int64_t>>();
+      require(st.size() == shape.size(), "dense mask strides must have one entry per axis");
+    }
+    for (int64_t b : st) require(b >= 0, "dense mask strides must be non-negative");
+    cuda::DeviceDenseMasksView v;
+    v.data = reinterpret_cast<const uint8_t*>(ptr);
+    v.n = shape[0];
+    v.k = shape[1];
+    v.stride[0] = st[0];
+    v.stride[1] = st[1];
+    if (shape.size() == 4) {
+      v.h = shape[2];
+      v.w = shape[3];
+      v.stride[2] = st[2];
+      v.stride[3] = st[3];
+    }
+    v.stream = stream;
+    require(v.k <= 0x7fffffff, "dense masks on the GPU have more than 2**31 - 1 concepts");
+    py::array_t<int64_t> sizes(static_cast<py::ssize_t>(v.k));
+    int64_t* so = sizes.mutable_data();
+    std::unique_ptr<cuda::DeviceIndex> index;
+    {
+      py::gil_scoped_release nogil;
+      index = std::make_unique<cuda::DeviceIndex>(v, device, so);
+    }
+    return py::make_tuple(PyDeviceIndex(std::move(index)), sizes);
+  }
+
+  // The block-major arrays copied to the host: (block_ptr, entry_concept, entry_words [n, 8],
+  // full_ptr, full_concept), as a host ConceptSet stores them.
+  py::tuple download_block_major() {
+    cuda::BlockMajorIndex a;
+    {
+      py::gil_scoped_release nogil;
+      a = index_->download_block_major();
+    }
+    const py::ssize_t ne = static_cast<py::ssize_t>(a.entry_concept.size());
+    const py::ssize_t nb1 = static_cast<py::ssize_t>(a.block_ptr.size());
+    const py::ssize_t nf = static_cast<py::ssize_t>(a.full_concept.size());
+    return py::make_tuple(to_numpy(std::move(a.block_ptr), {nb1}), to_numpy(std::move(a.entry_concept), {ne}),
+                          to_numpy(std::move(a.entry_words), {ne, kBlockWords}),
+                          to_numpy(std::move(a.full_ptr), {nb1}), to_numpy(std::move(a.full_concept), {nf}));
+  }
+
   bool owns(const PyDeviceMasks& h) const { return h.index_id == id_ && h.device == index_->device(); }
 
   // A mask-set argument: a DeviceMasks handle made by this index (used in place), or a
@@ -224,6 +289,8 @@ class PyDeviceIndex {
   int64_t n_cells() const { return index_->n_cells(); }
   int64_t n_blocks() const { return index_->n_blocks(); }
   int32_t n_concepts() const { return index_->n_concepts(); }
+  int64_t n_entries() const { return index_->n_entries(); }
+  int64_t n_full() const { return index_->n_full(); }
   size_t nbytes() const { return index_->nbytes(); }
 
  private:
@@ -285,6 +352,13 @@ PYBIND11_MODULE(_cuda, m) {
       .def(py::init<int64_t, int32_t, Arr<int64_t>, Arr<int32_t>, Arr<uint64_t>, Arr<int64_t>, Arr<int32_t>, int>(),
            py::arg("n_cells"), py::arg("n_concepts"), py::arg("block_ptr"), py::arg("entry_concept"),
            py::arg("entry_words"), py::arg("full_ptr"), py::arg("full_concept"), py::arg("device") = 0)
+      .def_static("from_dense", &PyDeviceIndex::from_dense, py::arg("ptr"), py::arg("dtype"), py::arg("shape"),
+                  py::arg("strides"), py::arg("device") = 0, py::arg("stream") = 0,
+                  "(DeviceConceptIndex, sizes): the index built on the GPU from dense bool masks in "
+                  "device memory (never copied to the host), and |C_j| (int64 [K]).")
+      .def("download_block_major", &PyDeviceIndex::download_block_major,
+           "The block-major arrays (block_ptr, entry_concept, entry_words, full_ptr, full_concept) "
+           "copied to the host.")
       .def("upload", &PyDeviceIndex::upload, py::arg("masks"),
            "Copy a (ptr, block, words) mask set to the GPU once; the kernels accept the handle.")
       .def("download", &PyDeviceIndex::download, py::arg("masks"),
@@ -310,6 +384,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("n_cells", &PyDeviceIndex::n_cells)
       .def_property_readonly("n_blocks", &PyDeviceIndex::n_blocks)
       .def_property_readonly("n_concepts", &PyDeviceIndex::n_concepts)
+      .def_property_readonly("n_entries", &PyDeviceIndex::n_entries)
+      .def_property_readonly("n_full", &PyDeviceIndex::n_full)
       .def_property_readonly("nbytes", &PyDeviceIndex::nbytes);
 
   py::class_<PyTestDeviceBuffer>(m, "_TestDeviceBuffer",

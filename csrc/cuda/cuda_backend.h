@@ -124,6 +124,24 @@ struct DeviceMapsView {
   uintptr_t stream = 0;
 };
 
+// Dense concept masks already in device memory (not owned): [n, k, h, w] bytes, each 0 or 1
+// (bool or uint8; [n, k] masks are h = w = 1), byte strides (any non-negative). Cell
+// s*h*w + y*w + x of concept q is byte (s, q, y, x). stream: the producer's stream, synchronised
+// before the bytes are read (as DeviceMapsView's).
+struct DeviceDenseMasksView {
+  const uint8_t* data = nullptr;
+  int64_t n = 0, k = 0, h = 1, w = 1;
+  int64_t stride[4] = {0, 0, 0, 0};
+  uintptr_t stream = 0;
+};
+
+// The block-major arrays of a concept index (layout.h), copied to the host.
+struct BlockMajorIndex {
+  std::vector<int64_t> block_ptr, full_ptr;
+  std::vector<int32_t> entry_concept, full_concept;
+  std::vector<uint64_t> entry_words;  // [n_entries * kBlockWords]
+};
+
 // The concept index on one GPU, with the operations of cpu_backend.h. Not thread-safe: one
 // caller at a time (the Python bindings hold the object; the GIL orders calls on it).
 class DeviceIndex {
@@ -132,6 +150,12 @@ class DeviceIndex {
   // are all empty too) to `device`. The host index may be destroyed afterwards. Throws
   // std::runtime_error when no device is visible, std::invalid_argument for a bad device.
   DeviceIndex(const ConceptIndex& index, int device);
+  // Builds the index on `device` from dense masks in device memory (csrc/cuda/builder.cu):
+  // the arrays cpu::ConceptIndexBuilder::add_dense + finish and ConceptIndex produce for the
+  // same masks, bit for bit; the masks are never copied to the host. sizes (host, masks.k
+  // entries) receives |C_j|. Throws std::invalid_argument for bad sizes or strides and for
+  // bytes other than 0 and 1; the masks must be on `device`.
+  DeviceIndex(const DeviceDenseMasksView& masks, int device, int64_t* sizes);
   ~DeviceIndex();
   DeviceIndex(const DeviceIndex&) = delete;
   DeviceIndex& operator=(const DeviceIndex&) = delete;
@@ -177,8 +201,13 @@ class DeviceIndex {
   // cudaMemcpy of `bytes` bytes timed with CUDA events.
   double copy_bandwidth(size_t bytes, int repeats);
 
+  // A host copy of the block-major arrays (what a host ConceptSet stores).
+  BlockMajorIndex download_block_major();
+
   int device() const { return device_; }
   int64_t n_cells() const { return n_cells_; }
+  int64_t n_entries() const { return n_entries_; }  // partial blocks stored
+  int64_t n_full() const { return n_full_; }        // full blocks stored
   int64_t n_blocks() const { return n_blocks_; }
   int32_t n_concepts() const { return n_concepts_; }
   // Device memory held by the index arrays.
@@ -192,10 +221,13 @@ class DeviceIndex {
                               int64_t* g_host, int timing_repeats = 0,
                               std::vector<float>* times = nullptr);
   void activate() const;  // cudaSetDevice(device_)
+  // Checks that device_ exists, makes it current, creates the stream, reads the shared-memory
+  // opt-in limit: the start of both constructors.
+  void open_device();
   IndexPtrs device_ptrs() const;
 
   int device_ = 0;
-  int64_t n_cells_ = 0, n_blocks_ = 0;
+  int64_t n_cells_ = 0, n_blocks_ = 0, n_entries_ = 0, n_full_ = 0;
   int32_t n_concepts_ = 0;
   size_t shared_optin_ = 0;                 // max dynamic shared memory per thread block
   std::vector<int64_t> host_concept_ptr_;   // plans materialisation output sizes

@@ -91,20 +91,24 @@ DeviceArray<T> upload_array(const T* host, size_t n, cudaStream_t s) {
 
 }  // namespace
 
-DeviceIndex::DeviceIndex(const ConceptIndex& index, int device)
-    : device_(device), n_cells_(index.n_cells()), n_blocks_(index.n_blocks()),
-      n_concepts_(index.n_concepts()) {
-  const ConceptIndexView& ix = index.view();
+void DeviceIndex::open_device() {
   const int n = device_count();
   if (n == 0) throw std::runtime_error("no CUDA device is visible (check the driver and CUDA_VISIBLE_DEVICES)");
-  if (device < 0 || device >= n)
-    throw std::invalid_argument("CUDA device " + std::to_string(device) + " does not exist (" +
+  if (device_ < 0 || device_ >= n)
+    throw std::invalid_argument("CUDA device " + std::to_string(device_) + " does not exist (" +
                                 std::to_string(n) + " visible)");
   activate();
   stream_.create();
   int optin = 0;
-  COMPEXP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  COMPEXP_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
   shared_optin_ = static_cast<size_t>(optin);
+}
+
+DeviceIndex::DeviceIndex(const ConceptIndex& index, int device)
+    : device_(device), n_cells_(index.n_cells()), n_blocks_(index.n_blocks()), n_entries_(index.n_entries()),
+      n_full_(index.n_full()), n_concepts_(index.n_concepts()) {
+  const ConceptIndexView& ix = index.view();
+  open_device();
   const int64_t nb = n_blocks_, ne = index.n_entries(), nf = index.n_full();
   const int64_t K = n_concepts_, n_items = ne + nf;
   host_concept_ptr_.assign(ix.concept_ptr, ix.concept_ptr + K + 1);

@@ -45,6 +45,17 @@ class DeviceConceptIndex:
     def __init__(self, n_cells: int, n_concepts: int, block_ptr: npt.ArrayLike, entry_concept: npt.ArrayLike,
                  entry_words: npt.ArrayLike, full_ptr: npt.ArrayLike, full_concept: npt.ArrayLike,
                  device: int = 0) -> None: ...
+    @staticmethod
+    def from_dense(ptr: int, dtype: str, shape: Sequence[int], strides: Optional[Sequence[int]],
+                   device: int = 0, stream: int = 0) -> Tuple["DeviceConceptIndex", npt.NDArray[np.int64]]:
+        """(index, sizes): the index built on the GPU from dense masks at device address ptr
+        (dtype "bool"/"uint8" holding 0/1, shape [N, K, H, W] or [N, K], strides in bytes or None
+        for C order; stream as unit_thresholds'), the same arrays as the CPU builder's, bit for
+        bit, and |C_j| (int64 [K]). The masks are never copied to the host. ValueError for bad
+        shapes, strides or values."""
+    def download_block_major(self) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint64],
+                                            npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """(block_ptr, entry_concept, entry_words, full_ptr, full_concept) copied to the host."""
     def upload(self, masks: MaskSet) -> DeviceMasks:
         """Copy a mask set to the GPU once (checked like every mask-set argument)."""
     def download(self, masks: DeviceMasks) -> MaskSet:
@@ -81,6 +92,10 @@ class DeviceConceptIndex:
     def n_blocks(self) -> int: ...
     @property
     def n_concepts(self) -> int: ...
+    @property
+    def n_entries(self) -> int: ...
+    @property
+    def n_full(self) -> int: ...
     @property
     def nbytes(self) -> int:
         """Device memory held by the index arrays."""

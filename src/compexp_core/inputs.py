@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .engine.concepts import ConceptSet, check_names
+from .engine.concepts import ConceptSet, DeviceConceptMasks, DeviceConceptSet, check_names
 from .engine.units import as_activations, is_cuda_array, is_tensor, tensor_to_numpy
 
 __all__ = ["activations_input", "concepts_input"]
@@ -35,18 +35,28 @@ def activations_input(acts, on_device: bool = False):
     return as_activations(check_open(acts, "acts"), on_device=on_device)
 
 
-def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
-    """A :class:`ConceptSet` from a concept set, a concepts HDF5 path, or bool masks
+def concepts_input(masks, names: Optional[Sequence[str]] = None, backend=None):
+    """A concept set from a concept set, a concepts HDF5 path, or bool masks
     ``[N, K, H, W]`` / ``[N, K]`` (with optional ``names``).
+
+    Masks in GPU memory (``__cuda_array_interface__``: torch CUDA tensors, CuPy; bool, or
+    uint8 holding 0 / 1) go to ``backend.dense_concepts`` when a ``backend`` is given: a CUDA
+    backend builds the index on its GPU without copying the masks to the host (a
+    :class:`~compexp_core.engine.concepts.DeviceConceptSet`), the CPU backend copies them to
+    the host first. Without a backend (host consumers: analyses, the report) they are copied
+    to the host, and a set built on a GPU comes back with ``to_host()``.
+
+    Returns:
+        A :class:`ConceptSet`, or with a CUDA ``backend`` possibly a ``DeviceConceptSet``.
 
     Raises:
         TypeError / ValueError: masks of another kind or shape, names that do not fit.
     """
-    if isinstance(masks, ConceptSet):
+    if isinstance(masks, (ConceptSet, DeviceConceptSet)):
         if names is not None and tuple(names) != masks.names:
             raise ValueError("names differ from the concept set's own names; pass names=None "
                              "with a ConceptSet")
-        return masks
+        return masks if backend is not None else masks.to_host()
     if _is_path(masks):
         from .io import load_concepts
 
@@ -54,19 +64,17 @@ def concepts_input(masks, names: Optional[Sequence[str]] = None) -> ConceptSet:
         if names is not None and tuple(names) != cs.names:
             raise ValueError(f"names differ from the names stored in {masks}; pass names=None")
         return cs
+    if backend is not None and is_cuda_array(masks):
+        on_gpu = DeviceConceptMasks(masks, "masks")          # checks dtype and shape
+        return backend.dense_concepts(on_gpu, check_names(names, on_gpu.shape[1]))
     if is_tensor(masks):                                     # a torch tensor, without torch
         if str(masks.dtype) != "torch.bool":
             raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "
                             f"[N, K, H, W] / [N, K]; got a torch tensor of dtype {masks.dtype}")
         masks = tensor_to_numpy(masks, "masks")
     elif is_cuda_array(masks):
-        # GPU concept masks are copied to the host: the concept index is built there (a device
-        # builder is not written yet), then uploaded once per concept set.
-        if not callable(getattr(masks, "get", None)):
-            raise TypeError(f"masks is a GPU array ({type(masks).__name__}) without a way to copy "
-                            f"it to the host (.get()); pass a torch tensor, a CuPy array or a "
-                            f"NumPy array")
-        masks = masks.get()
+        # Without a backend (host consumers) GPU masks are copied to the host.
+        masks = DeviceConceptMasks(masks, "masks").host_array()
     masks = np.asarray(masks)
     if masks.dtype != bool:
         raise TypeError(f"masks must be a ConceptSet, a concepts HDF5 path, or a bool array "

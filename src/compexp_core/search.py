@@ -55,7 +55,10 @@ def search_formulas(
             h5py dataset or path to an activations HDF5 file), or bool unit masks on the
             concepts' grid.
         masks: a :class:`ConceptSet`, a path to a concepts HDF5 file, or bool
-            ``[N, K, H, W]`` / ``[N, K]`` concept masks.
+            ``[N, K, H, W]`` / ``[N, K]`` concept masks. Masks in GPU memory (torch CUDA
+            tensors, CuPy: ``__cuda_array_interface__``; bool or uint8 0/1) are indexed on that
+            GPU with ``device="cuda"`` (never copied to the host) and copied to the host with
+            ``device="cpu"``.
         names: K unique concept names for array masks (default ``"c0".."c{K-1}"``).
         max_length: longest formula, in leaves (>= 1). A unit's search stops earlier, with
             the same result, once a step leaves its beam unchanged (``result.stats`` counts
@@ -82,9 +85,10 @@ def search_formulas(
             ``quantile``).
         units: indices of the units to explain (default: all), in the order results are wanted.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (the CPU until the CUDA
-            path has been verified on a GPU). On a GPU the concept index is uploaded once and
-            the counting and materialisation kernels run there; thresholds and unit masks are
-            computed on the CPU. Results are identical on every device.
+            path has been verified on a GPU). On a GPU the concept index is uploaded once (or
+            built there from GPU masks) and the counting and materialisation kernels run there,
+            as do thresholds and unit masks of float activations already on the GPU. Results
+            are identical on every device; ``result.params["device"]`` says which ran.
         progress: show a progress bar over units.
         unit_batch_size: units searched together (bounds memory).
 
@@ -104,7 +108,8 @@ def search_formulas(
                           complexity_penalty, semantics, min_firing)
     check_quantile(quantile)
     backend = get_backend(device)
-    concepts = concepts_input(masks, names)
+    # GPU masks are indexed by the backend: on its GPU for a CUDA search, on the host otherwise.
+    concepts = concepts_input(masks, names, backend=backend)
     # On a CUDA backend, float activations already on the GPU stay there (no host copy).
     acts = activations_input(acts, on_device=backend.name.startswith("cuda"))
     check_activations(acts, concepts.n_samples, concepts.grid)

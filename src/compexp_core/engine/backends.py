@@ -28,13 +28,14 @@ import importlib
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Protocol, Union
+from typing import Optional, Protocol, Sequence, Union
 
 import numpy as np
 
 from .. import _core
+from .concepts import ConceptSet, DeviceConceptMasks, DeviceConceptSet
 from .masks import MaskSet
-from .units import DeviceActivations, compute_thresholds, unit_masks
+from .units import DeviceActivations, DeviceArray, compute_thresholds, unit_masks
 
 __all__ = ["Backend", "CpuBackend", "CudaBackend", "ExtensionWork", "get_backend", "parse_device",
            "cuda_available", "cuda_compiled", "num_gpus", "backend_info", "AUTO_USES_GPU"]
@@ -119,6 +120,11 @@ class Backend(Protocol):
     def prepare(self, concepts) -> object:
         """The concept index as this backend uses it (uploaded once per concept set)."""
 
+    def dense_concepts(self, masks: DeviceConceptMasks, names: Sequence[str]):
+        """The concept set of dense masks in GPU memory, with K checked ``names``: built on
+        this backend's device (a :class:`~.concepts.DeviceConceptSet`) or on the host (a
+        :class:`~.concepts.ConceptSet`, the masks copied there first)."""
+
     def thresholds(self, index, acts, quantile: float, ids: np.ndarray, progress=None) -> np.ndarray:
         """float64 thresholds of units ``ids`` (see
         :func:`compexp_core.engine.units.compute_thresholds`)."""
@@ -172,7 +178,12 @@ class CpuBackend:
         return f"CpuBackend(simd={self.simd!r})"
 
     def prepare(self, concepts):
-        return concepts.host_index
+        # A set built on a GPU is copied back once (DeviceConceptSet.to_host caches it).
+        return concepts.to_host().host_index
+
+    def dense_concepts(self, masks: DeviceConceptMasks, names) -> ConceptSet:
+        # The CPU counts on the host: GPU masks are copied there, the index built by the CPU.
+        return ConceptSet.from_dense(masks.host_array(), names=names)
 
     def thresholds(self, index, acts, quantile, ids, progress=None):
         return compute_thresholds(acts, quantile, ids, progress=progress)
@@ -200,7 +211,8 @@ class CpuBackend:
 
 class CudaBackend:
     """The CUDA kernels (``compexp_core._cuda``) on one GPU. The concept index of each concept
-    set is uploaded on first use and kept while the set lives; unit masks of activations
+    set is uploaded on first use and kept while the set lives (dense masks already on the GPU
+    are indexed there by :meth:`dense_concepts`: no upload); unit masks of activations
     already on the GPU (:class:`~.units.DeviceActivations`) are computed there, thresholds
     included, those of host activations on the host and uploaded once per batch; formula
     masks stay on the GPU between steps."""
@@ -229,6 +241,9 @@ class CudaBackend:
         return f"CudaBackend(device={self.device})"
 
     def prepare(self, concepts):
+        if isinstance(concepts, DeviceConceptSet):
+            self._check_device(concepts, "the concept set (built on a GPU)")
+            return concepts.device_index
         index = self._indexes.get(concepts)
         if index is None:
             index = self._mod.DeviceConceptIndex(*_index_args(concepts), device=self.device)
@@ -238,10 +253,20 @@ class CudaBackend:
     def _resident(self, index, masks):
         return index.upload(masks.arrays()) if isinstance(masks, MaskSet) else masks
 
-    def _check_device(self, acts: DeviceActivations) -> None:
-        if acts.device is not None and acts.device != self.device:
-            raise ValueError(f"acts are on cuda:{acts.device} but the search runs on {self.name}; "
-                             f"pass device='cuda:{acts.device}' or move acts to {self.name}")
+    def _check_device(self, data: Union[DeviceArray, DeviceConceptSet], what: str = "acts") -> None:
+        # The array's own word for its device (the emulator cannot ask the driver about a
+        # pointer): the kernels must not read another GPU's memory.
+        if data.device is not None and data.device != self.device:
+            raise ValueError(f"{what} lives on cuda:{data.device} but the search runs on {self.name}; "
+                             f"pass device='cuda:{data.device}' or move {what} to {self.name}")
+
+    def dense_concepts(self, masks: DeviceConceptMasks, names) -> DeviceConceptSet:
+        # Built on this GPU from the masks in place: they never travel through host memory.
+        self._check_device(masks, "masks")
+        index, sizes = self._mod.DeviceConceptIndex.from_dense(
+            masks.ptr, masks.dtype.name, masks.shape, masks.strides, device=self.device,
+            stream=masks.stream)
+        return DeviceConceptSet(masks.shape[0], masks.grid, names, sizes, index, self.device)
 
     def thresholds(self, index, acts, quantile, ids, progress=None):
         if not isinstance(acts, DeviceActivations):

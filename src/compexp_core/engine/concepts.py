@@ -22,8 +22,10 @@ import numpy as np
 
 from .. import _core
 from .masks import BLOCK_WORDS, MaskSet
+from .units import DeviceArray, is_tensor, tensor_to_numpy
 
-__all__ = ["ConceptSet", "ConceptSetBuilder", "default_names", "index_array"]
+__all__ = ["ConceptSet", "ConceptSetBuilder", "DeviceConceptSet", "DeviceConceptMasks", "default_names",
+           "index_array"]
 
 # Samples per chunk when feeding large arrays to the builder: bounds temporary copies.
 _CHUNK_CELLS = 1 << 24
@@ -203,6 +205,10 @@ class ConceptSet:
         if self.grid == (1, 1):
             return (self.n_samples,)
         return (self.n_samples, *self.grid)
+
+    def to_host(self) -> "ConceptSet":
+        """This set (it is on the host already); see :meth:`DeviceConceptSet.to_host`."""
+        return self
 
     @property
     def host_index(self):
@@ -453,6 +459,114 @@ class ConceptSetBuilder:
         bp, ec, ew, fp, fc = self._builder.finish()
         return ConceptSet(self.n_samples, self.grid, self.names, bp, ec, ew, fp, fc,
                           categories=self.categories)
+
+
+class DeviceConceptMasks(DeviceArray):
+    """Dense concept masks that stay in GPU memory: a :class:`~.units.DeviceArray` of bool
+    (or uint8 holding 0 / 1) ``[N, K, H, W]`` / ``[N, K]``, any strides. The CUDA backend builds
+    the concept index from it on the GPU (a :class:`DeviceConceptSet`); the CPU backend copies it
+    to the host first (:meth:`host_array`)."""
+
+    _NDIMS = (2, 4)
+    _SHAPE_TEXT = "bool [N, K, H, W] or [N, K]"
+
+    def _check_dtype(self, dtype: np.dtype, what: str) -> None:
+        if dtype not in (np.dtype(bool), np.dtype(np.uint8)):
+            raise TypeError(f"{what} on the GPU must be bool [N, K, H, W] / [N, K] (or uint8 "
+                            f"holding 0 and 1), got dtype {dtype}")
+
+    def __init__(self, owner, what: str = "masks") -> None:
+        super().__init__(owner, what)
+        if 0 in self.shape:
+            raise ValueError(f"{what} has zero concepts (K = 0)" if self.shape[1] == 0 else
+                             f"{what} has zero samples (N = 0)" if self.shape[0] == 0 else
+                             f"{what} has an empty grid, shape {self.shape}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(H, W); (1, 1) for ``[N, K]`` masks."""
+        return (1, 1) if len(self.shape) == 2 else (self.shape[2], self.shape[3])
+
+    def host_array(self) -> np.ndarray:
+        """A host copy of the masks: torch tensors through
+        :func:`~.units.tensor_to_numpy`, CuPy arrays through ``.get()``.
+
+        Raises:
+            TypeError: a GPU array that offers no copy to the host (pass a NumPy array).
+        """
+        owner = self.owner
+        if is_tensor(owner):
+            return tensor_to_numpy(owner, "masks")
+        if callable(getattr(owner, "get", None)):
+            return np.asarray(owner.get())
+        raise TypeError(f"masks is a GPU array ({type(owner).__name__}) without a way to copy it "
+                        f"to the host (.get()); search with device='cuda' (it stays on the GPU) or "
+                        f"pass a torch tensor, a CuPy array or a NumPy array")
+
+
+class DeviceConceptSet:
+    """A concept set whose index was built on a GPU, from dense masks in GPU memory, and stays
+    there: made by the CUDA backend (``device="cuda"`` with GPU masks), never by hand.
+
+    It answers what a search needs from a :class:`ConceptSet` on the host: ``n_samples``,
+    ``grid``, ``names``, ``categories``, ``sizes`` (``|C_j|``, counted on the GPU and copied
+    back), ``n_concepts``, ``n_cells``, ``n_blocks``, ``mask_shape``, ``n_stored_blocks``,
+    :meth:`index`. The index arrays themselves are only on the GPU (``device_index``, a
+    ``_cuda.DeviceConceptIndex``, on GPU ``device``); :meth:`to_host` copies them back once,
+    as a :class:`ConceptSet`, for what needs host data (dense views, files, analyses, the CPU
+    backend).
+    """
+
+    def __init__(self, n_samples: int, grid: tuple[int, int], names: Sequence[str], sizes: np.ndarray,
+                 device_index, device: int, categories: Optional[Sequence[str]] = None) -> None:
+        self.n_samples = int(n_samples)
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.names = tuple(check_names(names, len(names)))
+        self.categories = tuple("" for _ in self.names) if categories is None else tuple(categories)
+        self.sizes = np.asarray(sizes, np.int64)
+        self.sizes.flags.writeable = False
+        self.device_index = device_index
+        self.device = int(device)
+        self._name_to_index = {n: j for j, n in enumerate(self.names)}
+        self._host: Optional[ConceptSet] = None
+        self._host_lock = threading.Lock()
+
+    n_concepts = ConceptSet.n_concepts
+    n_cells = ConceptSet.n_cells
+    mask_shape = ConceptSet.mask_shape
+    index = ConceptSet.index
+    __len__ = ConceptSet.__len__
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.device_index.n_blocks)
+
+    @property
+    def n_stored_blocks(self) -> tuple[int, int]:
+        """(partial blocks, full blocks) stored over all concepts."""
+        return int(self.device_index.n_entries), int(self.device_index.n_full)
+
+    @property
+    def nbytes(self) -> int:
+        """GPU memory held by the index (block-major and concept-major arrays)."""
+        return int(self.device_index.nbytes)
+
+    def __repr__(self) -> str:
+        partial, full = self.n_stored_blocks
+        return (f"DeviceConceptSet(n_samples={self.n_samples}, grid={self.grid}, "
+                f"n_concepts={self.n_concepts}, blocks={partial} partial + {full} full, "
+                f"cuda:{self.device}, {self.nbytes / 2**20:.1f} MiB)")
+
+    def to_host(self) -> ConceptSet:
+        """The same concept set on the host: the block-major arrays copied back from the GPU
+        once (then cached) and checked again there. Equal, array for array, to
+        ``ConceptSet.from_dense`` of the same masks."""
+        with self._host_lock:
+            if self._host is None:
+                bp, ec, ew, fp, fc = self.device_index.download_block_major()
+                self._host = ConceptSet(self.n_samples, self.grid, self.names, bp, ec, ew, fp, fc,
+                                        categories=self.categories)
+            return self._host
 
 
 def _as_bool_array(x, what: str) -> np.ndarray:

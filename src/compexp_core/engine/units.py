@@ -21,7 +21,7 @@ import numpy as np
 from .. import _core
 from .masks import MaskSet
 
-__all__ = ["compute_thresholds", "unit_masks", "as_activations", "DeviceActivations"]
+__all__ = ["compute_thresholds", "unit_masks", "as_activations", "DeviceArray", "DeviceActivations"]
 
 # Bytes of activations read at once (a batch of units x a chunk of samples).
 _READ_BYTES = 1 << 28
@@ -89,17 +89,28 @@ def is_cuda_array(x) -> bool:
         return False
 
 
-class DeviceActivations:
-    """Activations that stay in GPU memory: a view of a ``__cuda_array_interface__`` object
-    (kept alive by this view) for the CUDA backend, which computes thresholds and unit masks
-    on the device, so the values never travel through host memory.
+class DeviceArray:
+    """A view of a GPU array's ``__cuda_array_interface__`` (version 2 or 3; torch CUDA tensors,
+    CuPy, Numba...), the one reader of that protocol in the package. The array (``owner``) is
+    kept alive by the view; its values are read by the CUDA kernels in place.
 
-    Attributes: ``shape``, ``dtype`` (float32 or float64), ``ptr`` (device address),
-    ``strides`` (bytes, or None for C order), ``stream`` (the producer's CUDA stream to wait
-    for, 0 for none), ``device`` (CUDA ordinal, or None if the object does not say), ``owner``.
+    DLPack (``__dlpack__``) is not read: torch and CuPy arrays expose this interface too, and
+    consuming a DLPack capsule would add a second protocol (capsule ownership, its own stream
+    handshake) for no array this one misses.
+
+    Attributes: ``shape``, ``dtype``, ``ptr`` (device address), ``strides`` (bytes, or None for
+    C order), ``stream`` (the producer's CUDA stream to wait for, 0 for none), ``device`` (CUDA
+    ordinal, or None if the object does not say), ``owner``. Subclasses say which dtypes and
+    ranks they take (:meth:`_check_dtype`, ``_NDIMS``).
     """
 
-    def __init__(self, owner, what: str = "acts") -> None:
+    _NDIMS: tuple = ()
+    _SHAPE_TEXT = ""
+
+    def _check_dtype(self, dtype: np.dtype, what: str) -> None:
+        raise NotImplementedError
+
+    def __init__(self, owner, what: str) -> None:
         try:
             cai = owner.__cuda_array_interface__
         except Exception as e:                          # noqa: BLE001
@@ -115,14 +126,11 @@ class DeviceActivations:
                             f"NumPy dtype") from None
         if dtype.byteorder == ">":
             raise TypeError(f"{what} on the GPU is big-endian ({cai['typestr']}); pass "
-                            f"little-endian float32 or float64 values")
+                            f"little-endian values")
         dtype = dtype.newbyteorder("=")
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"{what} on the GPU must be float32 or float64 to stay on the GPU, "
-                            f"got {dtype}; convert it on the GPU first (e.g. acts.float()) or "
-                            f"pass a host array")
-        if len(shape) not in (2, 4):
-            raise ValueError(f"{what} must be [N, U, h, w] or [N, U], got shape {shape}")
+        self._check_dtype(dtype, what)
+        if len(shape) not in self._NDIMS:
+            raise ValueError(f"{what} must be {self._SHAPE_TEXT}, got shape {shape}")
         ptr = int(cai["data"][0]) if cai["data"] is not None else 0
         if ptr == 0 and int(np.prod(shape, dtype=np.int64)) > 0:
             raise ValueError(f"{what} on the GPU has a null data pointer")
@@ -151,6 +159,25 @@ class DeviceActivations:
         self.strides = strides
         self.stream = 0 if stream is None else int(stream)
         self.device = _cuda_device_of(owner)
+
+
+class DeviceActivations(DeviceArray):
+    """Activations that stay in GPU memory: a :class:`DeviceArray` of float32 or float64 values
+    ``[N, U, h, w]`` / ``[N, U]`` for the CUDA backend, which computes thresholds and unit masks
+    on the device, so the values never travel through host memory.
+    """
+
+    _NDIMS = (2, 4)
+    _SHAPE_TEXT = "[N, U, h, w] or [N, U]"
+
+    def _check_dtype(self, dtype: np.dtype, what: str) -> None:
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"{what} on the GPU must be float32 or float64 to stay on the GPU, "
+                            f"got {dtype}; convert it on the GPU first (e.g. acts.float()) or "
+                            f"pass a host array")
+
+    def __init__(self, owner, what: str = "acts") -> None:
+        super().__init__(owner, what)
 
     def __repr__(self) -> str:
         return (f"DeviceActivations(shape={self.shape}, dtype={self.dtype}, device={self.device}, "
