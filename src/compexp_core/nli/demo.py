@@ -53,18 +53,19 @@ class NLIDemoConfig:
             it is most active; ``"positive"``: wherever its activation is > 0 (the
             reference's rule).
         quantile: see ``unit_masks``.
-        min_firing_share: units firing on fewer than this share of the probe pairs are
-            skipped (the reference: 500 of 10,000 pairs, 5%).
+        min_firing_share: with ``unit_masks="positive"``, units firing on fewer than this share
+            of the probe pairs are skipped (the reference: 500 of 10,000 pairs, 5%). (With
+            quantile masks every unit fires on about the same share.)
     """
     pairs: Optional[int] = None
     test_fraction: float = 0.35
-    epochs: int = 2
+    epochs: int = 1
     seed: int = 0
     vocab_size: int = 2000
     max_length: int = 5
     beam_size: int = 10
     unit_masks: str = "quantile"
-    quantile: float = 0.05
+    quantile: float = 0.1
     min_firing_share: float = 0.05
 
     def __post_init__(self):
@@ -185,7 +186,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
                             model_name=f"SNLI classifier ({NLIConfig(epochs=config.epochs, seed=config.seed).key()})",
                             dataset_name=f"SNLI, {len(probe)} held-out pairs")
     concepts = sentence_concepts(probe, vocab_size=config.vocab_size)
-    save_concepts(concepts, paths["concepts"])
+    save_concepts(paths["concepts"], concepts)
     seconds["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -194,7 +195,8 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
         values = np.asarray(acts[...], np.float32)
     finally:
         acts.file.close()
-    min_firing = int(np.ceil(config.min_firing_share * len(probe)))
+    min_firing = int(np.ceil(config.min_firing_share * len(probe))) \
+        if config.unit_masks == "positive" else 0
     masks_rule = (dict(threshold=0.0) if config.unit_masks == "positive"
                   else dict(quantile=config.quantile))
     log(f"searching formulas for {values.shape[1]} units of {PROBED_LAYER} over "
@@ -202,7 +204,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
         f"{config.beam_size}; unit masks: "
         + ("activation > 0" if config.unit_masks == "positive"
            else f"the top {config.quantile:.0%} of each unit's activations")
-        + f"; units firing on fewer than {min_firing} pairs skipped)")
+        + (f"; units firing on fewer than {min_firing} pairs skipped)" if min_firing else ")"))
     result = search_formulas(values, concepts, max_length=config.max_length,
                              beam_size=config.beam_size, min_firing=min_firing,
                              progress=progress, **masks_rule)
