@@ -292,3 +292,84 @@ def test_cli_search_optimal(tmp_path, capsys):
     assert main(["search", str(tmp_path / "acts.h5"), str(tmp_path / "concepts.h5"), "-o",
                  str(tmp_path / "x.h5"), "--node-budget", "5", "--no-progress"]) == 2
     assert "method='optimal'" in capsys.readouterr().err
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.booleans())
+def test_last_step_bounds_from_count_rows_are_admissible(inst, dominating):
+    """ParentBound and pair_bound (the last step's bounds from the parent's and the leaf's
+    count rows) are >= the best score of every last step from every child of every prefix."""
+    from compexp_core.engine.beam import SearchParams
+    from compexp_core.engine.optimal import CompletionBound, ParentBound, pair_bound
+
+    unit, masks = inst["unit"], inst["masks"]
+    K, u = masks.shape[1], int(unit.sum())
+    ops = inst["ops"]
+    params = SearchParams(max_length=3, ops=ops, metric=inst["metric"],
+                          complexity_penalty=inst["penalty"])
+    cb = CompletionBound((masks & unit[:, None]).sum(0), masks.sum(0), u, unit.size, params)
+    apply = {"or": lambda f, c: f | c, "and": lambda f, c: f & c,
+             "and_not": lambda f, c: f & ~c, "or_not": lambda f, c: f | ~c}
+
+    def counts(m):
+        return int((m & unit).sum()), int((m & ~unit).sum())
+
+    def row(m):          # |U & M & C_k|, |M & C_k & ~U| for every k
+        return (masks & (m & unit)[:, None]).sum(0), (masks & (m & ~unit)[:, None]).sum(0)
+
+    # Prefixes: single concepts and every length-2 formula (the bounds do not depend on length).
+    prefixes = [masks[:, i].copy() for i in range(K)]
+    prefixes += [apply[o](masks[:, i], masks[:, j]) for i in range(K) for j in range(K)
+                 for o in ops]
+    for F in prefixes:
+        tp_f, fp_f = counts(F)
+        g_f, fp_fk = row(F)
+        pb = ParentBound(cb, (g_f + fp_fk)[None, :], g_f[None, :], np.array([tp_f]),
+                         np.array([fp_f]))
+        for j in range(K):
+            for o in ops:
+                H = apply[o](F, masks[:, j])
+                tp, fp = counts(H)
+                truth = max(_metric(inst["metric"], int((G & unit).sum()), int(G.sum()), u)
+                            for o2 in ops for k in range(K)
+                            for G in [apply[o2](H, masks[:, k])]) * inst["penalty"] ** 2
+                code = np.array([OP_CODES[o]])
+                b = pb.bound(np.array([0]), code, np.array([tp]), np.array([fp]), 2, dominating)
+                assert truth <= b[0], ("parent", o, j)
+                if "or_not" not in ops and o != "or_not":
+                    g_j, fp_jk = row(masks[:, j])
+                    pair = pair_bound(cb, code, np.array([tp]), np.array([fp]), np.array([tp_f]),
+                                      np.array([fp_f]), g_f[None, :], fp_fk[None, :],
+                                      np.array([j]), g_j[None, :], fp_jk[None, :], 2)
+                    assert truth <= pair[0], ("pair", o, j)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_branch_and_bound_without_incumbent_finds_the_maximum(inst):
+    """With no beam incumbent (every pruning decision rests on the bounds alone), the score
+    is still the true maximum, the formula scores it, and the proof is complete."""
+    from compexp_core.engine.backends import get_backend
+    from compexp_core.engine.beam import SearchParams
+    from compexp_core.engine.optimal import OptimalBudget, search_unit_optimal
+    from compexp_core.inputs import concepts_input
+
+    unit, masks = inst["unit"], inst["masks"]
+    K = masks.shape[1]
+    every = enumerate_all(unit, masks, inst["max_length"], inst["ops"], inst["metric"],
+                          inst["allow_repeats"], inst["penalty"])
+    true_max = max(s for s, _, _ in every)
+    params = SearchParams(max_length=inst["max_length"], ops=inst["ops"], metric=inst["metric"],
+                          allow_repeats=inst["allow_repeats"], complexity_penalty=inst["penalty"])
+    backend = get_backend("cpu")
+    cs = concepts_input(masks, [f"c{j}" for j in range(K)])
+    index = backend.prepare(cs)
+    umasks, usize = backend.unit_masks(index, unit[:, None], np.array([0]), cs.grid, None)
+    prim = backend.primitive_counts(index, umasks)[0]
+    res = search_unit_optimal(backend, index, umasks, 0, prim, int(usize[0]), cs.sizes,
+                              cs.n_cells, params, None, OptimalBudget(batch=2))
+    assert res.score == true_max and res.optimality.upper_bound == true_max
+    if true_max > 0:
+        first = min(c for s, c, _ in every if s == true_max)
+        assert res.key == next((k[0],) + tuple((OP_CODES[o], c) for o, c in k[1:])
+                               for s, c, k in every if c == first)

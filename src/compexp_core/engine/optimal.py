@@ -116,6 +116,7 @@ class CompletionBound:
     def __init__(self, prim, sizes, unit_size: int, n_cells: int, params: SearchParams) -> None:
         a = np.asarray(prim, np.int64)
         b = np.asarray(sizes, np.int64) - a
+        self.prim, self.nonunit = a, b
         self.u, self.P, self.params = int(unit_size), int(n_cells), params
         self.ops = {int(c) for c in params.op_codes}
         # The Pareto front of (a high, b low): by b ascending (a descending among equal b),
@@ -129,9 +130,21 @@ class CompletionBound:
         self.nb_min = self.P - self.u - int(b.max())    # fewest non-U cells outside a concept
 
     def metric(self, tp, fp) -> np.ndarray:
-        """m(TP, FP), the metric of a formula with those true and false positives."""
-        tp = np.asarray(tp, np.int64)
-        return metric_values(self.params.metric, tp, tp + np.asarray(fp, np.int64), self.u)
+        """m(TP, FP), the metric of a formula with those true and false positives (integer
+        counts, as int64 or exact float64): the very float64 operations of
+        :func:`~.beam.metric_values`, so a bound computed from counts that dominate a
+        formula's is never below its score."""
+        tp = np.asarray(tp, np.float64)
+        fp = np.asarray(fp, np.float64)
+        if self.params.metric == "iou":
+            denom = self.u + fp              # |U| + S - I
+        elif self.params.metric == "precision":
+            denom = tp + fp
+        else:
+            denom = np.full(np.broadcast(tp, fp).shape, float(self.u))
+        out = np.zeros(np.broadcast(tp, denom).shape)
+        np.divide(tp, denom, out=out, where=denom > 0)
+        return out
 
     def _one_step(self, tp, fp, precise: bool) -> np.ndarray:
         """Bound on m over one more step from every state (tp, fp) (upper TP, lower FP)."""
@@ -178,6 +191,201 @@ class CompletionBound:
             if t < steps:
                 states = [m for s in states for m in self._moves(*s)]
         return out
+
+
+def _front(x: np.ndarray, y: np.ndarray, x_high: bool, y_high: bool, dominating: bool
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``x``, ``y`` ``[n, K]``: the points that matter when a bound grows with x
+    (``x_high``; else with -x) and with y (``y_high``): ``[n, Q]`` arrays holding each row's
+    Pareto front (padded with dominated points of the row, which change no maximum), or,
+    with ``dominating``, ``[n, 1]``: one point at least as good as every point of the row."""
+    if dominating:
+        return ((x.max(1) if x_high else x.min(1))[:, None],
+                (y.max(1) if y_high else y.min(1))[:, None])
+    xs = x if x_high else -x
+    ys = y if y_high else -y
+    order = np.argsort(-ys, axis=1, kind="stable")            # best y first
+    xo = np.take_along_axis(xs, order, 1)
+    prev = np.maximum.accumulate(np.concatenate(
+        [np.full((x.shape[0], 1), np.iinfo(np.int64).min), xo[:, :-1]], axis=1), axis=1)
+    keep = xo > prev                                           # beats every better-y point
+    q = max(int(keep.sum(1).max()), 1)
+    sel = np.take_along_axis(order, np.argsort(~keep, axis=1, kind="stable")[:, :q], 1)
+    return np.take_along_axis(x, sel, 1), np.take_along_axis(y, sel, 1)
+
+
+class ParentBound:
+    """Bounds on the last step from children of expanded prefixes, using the parent's counts.
+
+    For a child H of a prefix F (H = F AND / AND NOT C_j lies inside F; H = F OR / OR NOT C_j
+    contains F) and a last concept k, the parent's row gives g_k = |U & F & C_k| and
+    fp_k = |F & C_k & ~U|, with which (TP_F, FP_F: F's counts; TP_H, FP_H: H's; dT = TP_H -
+    TP_F, the true positives H adds to F; a_k, b_k: C_k's; u = |U|, P: all cells):
+
+    =====================  ========================================  ==========================
+    step                   H inside F                                H contains F
+    =====================  ========================================  ==========================
+    AND C_k      TP <=     min(TP_H, g_k)                            min(TP_H, g_k + dT)
+                 FP >=     FP_H - FP_F + fp_k                        fp_k
+    AND NOT C_k  TP <=     min(TP_H, TP_F - g_k)                     TP_H - g_k
+                 FP >=     FP_H - fp_k                               max(FP_F - fp_k, FP_H - b_k)
+    OR C_k       TP <=     min(u, TP_H + a_k, TP_F + a_k - g_k)      min(u, TP_H + a_k - g_k)
+                 FP >=     FP_H + b_k - fp_k                         max(FP_H, FP_F + b_k - fp_k)
+    OR NOT C_k   TP <=     u                                         u
+                 FP >=     FP_H - FP_F + P - u - b_k + fp_k          max(FP_H, P - u - b_k + fp_k)
+    =====================  ========================================  ==========================
+
+    (each from H's cells inside / outside F: e.g. H & C_k & ~U lies in F & C_k & ~U when H is
+    inside F; docs/OPTIMAL.md). Over k, only Pareto fronts of (g, fp), (a, b - fp) and
+    (a - g, b - fp) matter.
+    """
+
+    def __init__(self, cb: CompletionBound, f: np.ndarray, g: np.ndarray, tp_f: np.ndarray,
+                 fp_f: np.ndarray) -> None:
+        self.cb, self.g, self.fp = cb, g, f - g
+        self.tp_f, self.fp_f = tp_f, fp_f
+        a = np.broadcast_to(np.asarray(cb.prim)[None, :], g.shape)
+        b = np.broadcast_to(np.asarray(cb.nonunit)[None, :], g.shape)
+        self.a, self.b = a, b
+        self._fronts: dict = {}
+
+    def bound(self, parent: np.ndarray, op1: np.ndarray, tp, fp, length: int,
+              dominating: bool) -> np.ndarray:
+        """Bound on every formula ``op2(H, C_k)`` of the children ``H`` (of ``length``
+        leaves; counts ``tp``, ``fp``) of the parents ``parent`` (rows of this batch) born by
+        operator ``op1``; with ``dominating``, one point per front (cheaper, looser)."""
+        inside = (op1 == OP_AND) | (op1 == OP_AND_NOT)
+        out = np.zeros(np.shape(tp))
+        for part, is_inside in ((np.flatnonzero(inside), True), (np.flatnonzero(~inside), False)):
+            if part.size:
+                out[part] = self._bound(parent[part], np.asarray(tp, np.float64)[part],
+                                        np.asarray(fp, np.float64)[part], is_inside, dominating)
+        return out * self.cb.params.factor(length + 1)
+
+    def _front(self, name: str, dominating: bool):
+        """The fronts, computed once per parent batch."""
+        key = (name, dominating)
+        if key not in self._fronts:
+            x, y, x_high, y_high = {
+                "and": (self.g, self.fp, True, False),
+                "and_not": (self.g, self.fp, False, True),
+                "and_not_b": (self.g, self.b, False, True),
+                "or_in": (self.a, self.b - self.fp, True, False),
+                "or_out": (self.a - self.g, self.b - self.fp, True, False)}[name]
+            self._fronts[key] = tuple(v.astype(np.float64) for v in
+                                      _front(x, y, x_high, y_high, dominating))
+        return self._fronts[key]
+
+    def _bound(self, parent, tp, fp, inside: bool, dominating: bool) -> np.ndarray:
+        cb, ops, u, m = self.cb, self.cb.ops, float(self.cb.u), self.cb.metric
+        tp_f, fp_f = self.tp_f[parent].astype(np.float64), self.fp_f[parent].astype(np.float64)
+        out = np.zeros(tp.shape)
+
+        def best_over(name, value, into=out):
+            x, y = self._front(name, dominating)
+            x, y = x[parent], y[parent]
+            for q in range(x.shape[1]):
+                np.maximum(into, value(x[:, q], y[:, q]), out=into)
+            return into
+
+        if OP_AND in ops:
+            if inside:
+                best_over("and", lambda g, fpk: m(np.minimum(tp, g),
+                                                  np.maximum(fp - fp_f + fpk, 0)))
+            else:
+                best_over("and", lambda g, fpk: m(np.minimum(tp, g + (tp - tp_f)), fpk))
+        if OP_AND_NOT in ops:
+            if inside:
+                best_over("and_not", lambda g, fpk: m(np.minimum(tp, tp_f - g),
+                                                      np.maximum(fp - fpk, 0)))
+            else:
+                # FP >= max(FP_F - fp_k, FP_H - b_k): each maximised over k, then the minimum.
+                by_f = best_over("and_not", lambda g, fpk: m(tp - g, fp_f - fpk),
+                                 np.zeros(tp.shape))
+                by_h = best_over("and_not_b", lambda g, b: m(tp - g, np.maximum(fp - b, 0)),
+                                 np.zeros(tp.shape))
+                np.maximum(out, np.minimum(by_f, by_h), out=out)
+        if OP_OR in ops:
+            if inside:
+                # Two bounds on TP, each maximised over k: their minimum is a bound.
+                by_a = best_over("or_in", lambda a, rest: m(np.minimum(u, tp + a), fp + rest),
+                                 np.zeros(tp.shape))
+                by_new = best_over("or_out", lambda a, rest: m(np.minimum(u, tp_f + a),
+                                                               fp + rest), np.zeros(tp.shape))
+                np.maximum(out, np.minimum(by_a, by_new), out=out)
+            else:
+                best_over("or_out", lambda a, rest: m(np.minimum(u, tp + a),
+                                                      np.maximum(fp, fp_f + rest)))
+        if OP_OR_NOT in ops:
+            c = ((self.fp - self.b).min(1)[parent] + (cb.P - cb.u)).astype(np.float64)
+            full = np.full(tp.shape, u)
+            np.maximum(out, m(full, np.maximum(fp - fp_f + c, 0) if inside
+                              else np.maximum(fp, c)), out=out)
+        return out
+
+
+def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j, fp_jk,
+               length: int) -> np.ndarray:
+    """Bound on every formula ``op2(H, C_k)``, op2 in AND / AND NOT / OR, for children
+    ``H = op1(F, C_j)`` (op1 in AND, AND NOT, OR) of ``length`` leaves, from two count rows
+    over k: the parent's (``g_f`` = |U & F & C_k|, ``fp_fk`` = |F & C_k & ~U|) and the leaf
+    C_j's (``g_j`` = |U & C_j & C_k|, ``fp_jk`` = |C_j & C_k & ~U|), all ``[n, K]``, exactly
+    maximised over k (no fronts). Each line of ``docs/OPTIMAL.md`` § pair bounds holds
+    because H's cells are inside (or outside) both F and C_j (or ~C_j) as op1 says."""
+    m, u, ops = cb.metric, float(cb.u), cb.ops
+    a_k = cb.prim[None, :].astype(np.float64)
+    b_k = cb.nonunit[None, :].astype(np.float64)
+    a_j = cb.prim[j][:, None].astype(np.float64)
+    b_j = cb.nonunit[j][:, None].astype(np.float64)
+    tp, fp, tp_f, fp_f = (np.asarray(v, np.float64)[:, None] for v in (tp, fp, tp_f, fp_f))
+    g_f, fp_fk, g_j, fp_jk = (v.astype(np.float64) for v in (g_f, fp_fk, g_j, fp_jk))
+    op1 = np.asarray(op1)[:, None]
+    is_and, is_not = op1 == OP_AND, op1 == OP_AND_NOT
+    out = np.zeros(tp.shape[:1] + (a_k.shape[1],))
+    zero = 0.0
+    if OP_AND in ops:
+        c = np.where(is_and, m(np.minimum(np.minimum(tp, g_f), g_j),
+                               np.maximum.reduce([np.full_like(g_f, zero), fp - (fp_f - fp_fk),
+                                                  fp - (b_j - fp_jk)])),
+                     np.where(is_not, m(np.minimum(np.minimum(tp, g_f), a_k - g_j),
+                                        np.maximum(fp - (fp_f - fp_fk), zero)),
+                              m(np.minimum(np.minimum(tp, g_f + g_j), a_k),
+                                np.maximum(fp_fk, fp_jk))))
+        np.maximum(out, c, out=out)
+    if OP_AND_NOT in ops:
+        c = np.where(is_and, m(np.minimum(np.minimum(tp, tp_f - g_f), a_j - g_j),
+                               np.maximum(np.maximum(fp - fp_fk, fp - fp_jk), zero)),
+                     np.where(is_not, m(np.minimum(tp, tp_f - g_f), np.maximum(fp - fp_fk, zero)),
+                              m(tp - np.maximum(g_f, g_j),
+                                np.maximum.reduce([fp_f - fp_fk, b_j - fp_jk,
+                                                   np.maximum(fp - b_k, zero)]))))
+        np.maximum(out, c, out=out)
+    if OP_OR in ops:
+        shared_in = np.maximum(g_f - (tp_f - tp), zero)   # |U & C_k & H| >= this, H inside F
+        c = np.where(is_and, m(np.minimum(u, tp + a_k - np.maximum(shared_in, g_j - (a_j - tp))),
+                               fp + b_k - np.minimum(fp_fk, fp_jk)),
+                     np.where(is_not, m(np.minimum(u, tp + a_k - np.maximum(shared_in, g_f - g_j)),
+                                        fp + np.maximum(b_k - fp_fk, fp_jk)),
+                              m(np.minimum(u, tp + a_k - np.maximum(g_f, g_j)),
+                                fp + np.maximum(b_k - fp_fk - fp_jk, zero))))
+        np.maximum(out, c, out=out)
+    return out.max(1) * cb.params.factor(length + 1)
+
+
+class _LeafRows:
+    """Count rows of single concepts (``|C_j & C_k|``, ``|U & C_j & C_k|``), kept from the
+    expansion of length-1 prefixes for the pair bounds."""
+
+    LIMIT_BYTES = 1 << 30
+
+    def __init__(self, K: int) -> None:
+        self.f = np.zeros((K, K), np.int64)
+        self.g = np.zeros((K, K), np.int64)
+        self.have = np.zeros(K, bool)
+
+    @classmethod
+    def fits(cls, K: int) -> bool:
+        return 16 * K * K <= cls.LIMIT_BYTES
 
 
 def _canonical(key: tuple) -> tuple:
@@ -258,6 +466,44 @@ def _materialize(backend, index, level: _Level):
     return masks
 
 
+def _bound_children(cb: CompletionBound, best: _Best, f, g, batch: _Level, inter, size,
+                    parent, op1, length: int, steps: int, concept=None,
+                    leaf: Optional[_LeafRows] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The children (of ``length`` leaves) that may still win, as indices, and their bounds:
+    cheap bounds first, the tighter ones only for the survivors; with one step left, the
+    parent's counts tighten them (:class:`ParentBound`; every bound is admissible, so their
+    minimum is)."""
+    tp, fp = inter, size - inter
+    sel = np.arange(tp.size)
+    bound = cb.bound(tp, fp, length, steps, precise=False)
+    pb = ParentBound(cb, f, g, batch.inter, batch.size - batch.inter) if steps == 1 else None
+    stages = [lambda s: cb.bound(tp[s], fp[s], length, steps)]
+    if pb is not None:
+        stages = [lambda s, d=d: pb.bound(parent[s], op1[s], tp[s], fp[s], length, d)
+                  for d in (True, False)] + stages
+    for stage in [None] + stages:
+        if stage is not None:
+            bound = np.minimum(bound, stage(sel))
+        keep = best.keeps(bound, length)
+        sel, bound = sel[keep], bound[keep]
+        if sel.size == 0:
+            break
+    if pb is not None and leaf is not None and OP_OR_NOT not in cb.ops and sel.size:
+        # The pair bounds, on the survivors only ([n, K] work each), in chunks.
+        ok = np.flatnonzero((op1[sel] != OP_OR_NOT) & leaf.have[concept[sel]])
+        fp_all = f - g
+        for start in range(0, ok.size, 1024):
+            part = ok[start:start + 1024]
+            s_, par, j = sel[part], parent[sel[part]], concept[sel[part]]
+            pb_val = pair_bound(cb, op1[s_], tp[s_], fp[s_], batch.inter[par],
+                                batch.size[par] - batch.inter[par], g[par], fp_all[par], j,
+                                leaf.g[j], leaf.f[j] - leaf.g[j], length)
+            bound[part] = np.minimum(bound[part], pb_val)
+        keep = best.keeps(bound, length)
+        sel, bound = sel[keep], bound[keep]
+    return sel, bound
+
+
 def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit_size: int,
                         sizes: np.ndarray, n_cells: int, params: SearchParams,
                         beam_best: Optional[Entry], budget: OptimalBudget) -> OptimalUnit:
@@ -300,6 +546,18 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
     level = _Level(np.arange(K, dtype=np.int32)[:, None], np.zeros((K, 0), np.int8), prim.copy(),
                    sizes.copy(), cb.bound(prim, sizes - prim, 1, L - 1))
     open_bound = 0.0             # the largest bound of a node left open by the budget
+    leaf = _LeafRows(K) if L >= 3 and _LeafRows.fits(K) and OP_OR_NOT not in cb.ops else None
+
+    def counts(batch: _Level):
+        """One kernel call: the count rows of the prefixes of ``batch``."""
+        nonlocal expanded, counted
+        masks = _materialize(backend, index, batch)
+        nb = batch.conc.shape[0]
+        f, g, _ = backend.extension_counts(index, masks, np.full(nb, row, np.int64), umasks)
+        expanded += nb
+        counted += nb * K
+        return f, g
+
     op_codes = p.op_codes
     csize, uc = sizes[None, :], prim[None, :]
     stopped = False
@@ -310,27 +568,41 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
         level = level.take(np.argsort(-level.bound, kind="stable"))     # best bound first
         children: list = []
         pos, n = 0, level.bound.size
+        if length == 1 and leaf is not None:
+            # Expand every length-1 prefix first: the children's pair bounds use their rows.
+            for start in range(0, n, budget.batch):
+                if (budget.nodes is not None and expanded + min(budget.batch, n - start)
+                        > budget.nodes) or (budget.seconds is not None
+                                            and time.perf_counter() - t0 >= budget.seconds):
+                    break
+                part = level.take(np.arange(start, min(n, start + budget.batch)))
+                f, g = counts(part)
+                c = part.conc[:, 0]
+                leaf.f[c], leaf.g[c], leaf.have[c] = f, g, True
         while pos < n:
             if not best.keeps(level.bound[pos:pos + 1], length)[0]:
                 pruned += n - pos            # sorted: every later node fails too
                 break
-            over_nodes = budget.nodes is not None and expanded >= budget.nodes
+            cached = length == 1 and leaf is not None and \
+                leaf.have[level.conc[pos:pos + budget.batch, 0]].all()
+            over_nodes = not cached and budget.nodes is not None and expanded >= budget.nodes
             over_time = budget.seconds is not None and time.perf_counter() - t0 >= budget.seconds
+            over_time = over_time and not cached
             if over_nodes or over_time:
                 stopped = True
                 open_bound = max(open_bound, float(level.bound[pos]))
                 break
-            size_b = budget.batch if budget.nodes is None else min(budget.batch,
-                                                                   budget.nodes - expanded)
+            size_b = budget.batch if budget.nodes is None or cached else min(
+                budget.batch, budget.nodes - expanded)
             idx = np.arange(pos, min(n, pos + size_b))
             idx = idx[best.keeps(level.bound[idx], length)]
             pos += size_b
             batch = level.take(idx)
             nb = idx.size
-            masks = _materialize(backend, index, batch)
-            f, g, _ = backend.extension_counts(index, masks, np.full(nb, row, np.int64), umasks)
-            expanded += nb
-            counted += nb * K
+            if length == 1 and leaf is not None and leaf.have[batch.conc[:, 0]].all():
+                f, g = leaf.f[batch.conc[:, 0]], leaf.g[batch.conc[:, 0]]
+            else:
+                f, g = counts(batch)
             inter_f, size_f = batch.inter[:, None], batch.size[:, None]
             inter = np.empty((nb, K, op_codes.size), np.int64)
             size = np.empty_like(inter)
@@ -356,13 +628,9 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
 
             offer(c_score, child_key, c_inter, c_size)
             if length + 1 < L:
-                steps = L - length - 1
-                loose = cb.bound(c_inter, c_size - c_inter, length + 1, steps, precise=False)
-                keep = best.keeps(loose, length + 1)
-                sel = np.flatnonzero(keep)
-                tight = cb.bound(c_inter[sel], c_size[sel] - c_inter[sel], length + 1, steps)
-                keep2 = best.keeps(tight, length + 1)
-                sel, tight = sel[keep2], tight[keep2]
+                sel, tight = _bound_children(cb, best, f, g, batch, c_inter, c_size, b_i,
+                                             op_codes[o_i], length + 1, L - length - 1,
+                                             j_i, leaf)
                 pruned += flat.size - sel.size
                 bsel = b_i[sel]
                 children.append(_Level(
