@@ -16,6 +16,7 @@ import compexp_core as cx
 from compexp_core.engine.formula import OP_CODES
 
 OPS = ("or", "and", "and_not", "or_not")
+FAMILY = {"and": 0, "and_not": 0, "or": 1, "or_not": 1}
 
 
 def _metric(metric: str, tp: int, size: int, u: int) -> float:
@@ -330,9 +331,13 @@ def test_last_step_bounds_from_count_rows_are_admissible(inst, dominating):
             for o in ops:
                 H = apply[o](F, masks[:, j])
                 tp, fp = counts(H)
-                truth = max(_metric(inst["metric"], int((G & unit).sum()), int(G.sum()), u)
-                            for o2 in ops for k in range(K)
-                            for G in [apply[o2](H, masks[:, k])]) * inst["penalty"] ** 2
+                # Last steps the search forms: within a family (AND / AND NOT, OR / OR NOT),
+                # (operator, concept) pairs in non-decreasing order (the rest are reorderings).
+                formed = [(o2, k) for o2 in ops for k in range(K)
+                          if FAMILY[o2] != FAMILY[o] or (OP_CODES[o2], k) >= (OP_CODES[o], j)]
+                truth = max([_metric(inst["metric"], int((G & unit).sum()), int(G.sum()), u)
+                             for o2, k in formed for G in [apply[o2](H, masks[:, k])]] + [0.0]
+                            ) * inst["penalty"] ** 2
                 code = np.array([OP_CODES[o]])
                 b = pb.bound(np.array([0]), code, np.array([tp]), np.array([fp]), 2, dominating)
                 assert truth <= b[0], ("parent", o, j)

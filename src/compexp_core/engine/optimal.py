@@ -258,7 +258,8 @@ class ParentBound:
         out = np.zeros(np.shape(tp))
         for part, is_inside in ((np.flatnonzero(inside), True), (np.flatnonzero(~inside), False)):
             if part.size:
-                out[part] = self._bound(parent[part], np.asarray(tp, np.float64)[part],
+                out[part] = self._bound(parent[part], np.asarray(op1)[part],
+                                        np.asarray(tp, np.float64)[part],
                                         np.asarray(fp, np.float64)[part], is_inside, dominating)
         return out * self.cb.params.factor(length + 1)
 
@@ -276,7 +277,7 @@ class ParentBound:
                                       _front(x, y, x_high, y_high, dominating))
         return self._fronts[key]
 
-    def _bound(self, parent, tp, fp, inside: bool, dominating: bool) -> np.ndarray:
+    def _bound(self, parent, op1, tp, fp, inside: bool, dominating: bool) -> np.ndarray:
         cb, ops, u, m = self.cb, self.cb.ops, float(self.cb.u), self.cb.metric
         tp_f, fp_f = self.tp_f[parent].astype(np.float64), self.fp_f[parent].astype(np.float64)
         out = np.zeros(tp.shape)
@@ -289,9 +290,11 @@ class ParentBound:
             return into
 
         if OP_AND in ops:
+            # The search never forms AND right after AND NOT (_ordered_steps).
+            no_and = op1 == OP_AND_NOT
             if inside:
-                best_over("and", lambda g, fpk: m(np.minimum(tp, g),
-                                                  np.maximum(fp - fp_f + fpk, 0)))
+                best_over("and", lambda g, fpk: np.where(
+                    no_and, 0.0, m(np.minimum(tp, g), np.maximum(fp - fp_f + fpk, 0))))
             else:
                 best_over("and", lambda g, fpk: m(np.minimum(tp, g + (tp - tp_f)), fpk))
         if OP_AND_NOT in ops:
@@ -314,8 +317,10 @@ class ParentBound:
                                                                fp + rest), np.zeros(tp.shape))
                 np.maximum(out, np.minimum(by_a, by_new), out=out)
             else:
-                best_over("or_out", lambda a, rest: m(np.minimum(u, tp + a),
-                                                      np.maximum(fp, fp_f + rest)))
+                # ... nor OR right after OR NOT.
+                no_or = op1 == OP_OR_NOT
+                best_over("or_out", lambda a, rest: np.where(no_or, 0.0, m(
+                    np.minimum(u, tp + a), np.maximum(fp, fp_f + rest))))
         if OP_OR_NOT in ops:
             c = ((self.fp - self.b).min(1)[parent] + (cb.P - cb.u)).astype(np.float64)
             full = np.full(tp.shape, u)
@@ -343,6 +348,12 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
     is_and, is_not = op1 == OP_AND, op1 == OP_AND_NOT
     out = np.zeros(tp.shape[:1] + (a_k.shape[1],))
     zero = 0.0
+    # Only the last steps the search forms (_ordered_steps): within a family, (op2, k) must
+    # not come before (op1, j).
+    later = np.arange(a_k.shape[1])[None, :] >= np.asarray(j)[:, None]
+    allowed = {OP_AND: np.where(is_and, later, ~is_not),
+               OP_AND_NOT: np.where(is_not, later, True),
+               OP_OR: np.where(op1 == OP_OR, later, True)}
     if OP_AND in ops:
         c = np.where(is_and, m(np.minimum(np.minimum(tp, g_f), g_j),
                                np.maximum.reduce([np.full_like(g_f, zero), fp - (fp_f - fp_fk),
@@ -351,7 +362,7 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
                                         np.maximum(fp - (fp_f - fp_fk), zero)),
                               m(np.minimum(np.minimum(tp, g_f + g_j), a_k),
                                 np.maximum(fp_fk, fp_jk))))
-        np.maximum(out, c, out=out)
+        np.maximum(out, np.where(allowed[OP_AND], c, 0.0), out=out)
     if OP_AND_NOT in ops:
         c = np.where(is_and, m(np.minimum(np.minimum(tp, tp_f - g_f), a_j - g_j),
                                np.maximum(np.maximum(fp - fp_fk, fp - fp_jk), zero)),
@@ -359,7 +370,7 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
                               m(tp - np.maximum(g_f, g_j),
                                 np.maximum.reduce([fp_f - fp_fk, b_j - fp_jk,
                                                    np.maximum(fp - b_k, zero)]))))
-        np.maximum(out, c, out=out)
+        np.maximum(out, np.where(allowed[OP_AND_NOT], c, 0.0), out=out)
     if OP_OR in ops:
         shared_in = np.maximum(g_f - (tp_f - tp), zero)   # |U & C_k & H| >= this, H inside F
         c = np.where(is_and, m(np.minimum(u, tp + a_k - np.maximum(shared_in, g_j - (a_j - tp))),
@@ -368,7 +379,7 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
                                         fp + np.maximum(b_k - fp_fk, fp_jk)),
                               m(np.minimum(u, tp + a_k - np.maximum(g_f, g_j)),
                                 fp + np.maximum(b_k - fp_fk - fp_jk, zero))))
-        np.maximum(out, c, out=out)
+        np.maximum(out, np.where(allowed[OP_OR], c, 0.0), out=out)
     return out.max(1) * cb.params.factor(length + 1)
 
 
@@ -464,6 +475,33 @@ def _materialize(backend, index, level: _Level):
                                     level.ops[:, s - 1].astype(np.int32),
                                     level.conc[:, s].astype(np.int32))
     return masks
+
+
+_FAMILY = {OP_AND: 0, OP_AND_NOT: 0, OP_OR: 1, OP_OR_NOT: 1}
+
+
+def _ordered_steps(batch: _Level, op_codes: np.ndarray, K: int) -> np.ndarray:
+    """``[n, K, n_ops]``: False for children equal to a formula first in canonical order.
+
+    Two consecutive steps of one family (AND / AND NOT, or OR / OR NOT) commute:
+    ``(F op1 A) op2 B`` has the mask of ``(F op2 B) op1 A``, and so has every formula that
+    extends them alike. The search forms only the order whose (operator, concept) pairs are
+    non-decreasing, and ``C1 AND C2`` / ``C1 OR C2`` only with C1 <= C2, so each skipped
+    formula has an equal-scoring one that is earlier in canonical order (and, repeating the
+    argument, one that is not skipped): the optimum and the tie rule are unchanged."""
+    n, length = batch.conc.shape
+    j = np.arange(K)[None, :, None]
+    codes = op_codes[None, None, :].astype(np.int64)
+    if length == 1:
+        c1 = batch.conc[:, 0].astype(np.int64)[:, None, None]
+        symmetric = (codes == OP_AND) | (codes == OP_OR)
+        return ~(symmetric & (j < c1))
+    o1 = batch.ops[:, -1].astype(np.int64)[:, None, None]
+    c1 = batch.conc[:, -1].astype(np.int64)[:, None, None]
+    fam = np.vectorize(_FAMILY.get)
+    same = fam(codes) == fam(o1)
+    earlier = (codes < o1) | ((codes == o1) & (j < c1))
+    return ~(same & earlier)
 
 
 def _bound_children(cb: CompletionBound, best: _Best, f, g, batch: _Level, inter, size,
@@ -618,7 +656,8 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
             valid = np.ones((nb, K), bool)
             if not p.allow_repeats:
                 valid[np.arange(nb)[:, None], batch.conc] = False
-            flat = np.flatnonzero(np.broadcast_to(valid[:, :, None], inter.shape).ravel())
+            valid = valid[:, :, None] & _ordered_steps(batch, op_codes, K)
+            flat = np.flatnonzero(valid.ravel())
             c_inter, c_size = inter.ravel()[flat], size.ravel()[flat]
             c_score = cb.metric(c_inter, c_size - c_inter) * p.factor(length + 1)
             b_i, j_i, o_i = np.unravel_index(flat, inter.shape)
