@@ -378,3 +378,28 @@ def test_branch_and_bound_without_incumbent_finds_the_maximum(inst):
         first = min(c for s, c, _ in every if s == true_max)
         assert res.key == next((k[0],) + tuple((OP_CODES[o], c) for o, c in k[1:])
                                for s, c, k in every if c == first)
+
+
+def test_report_card_shows_beam_and_optimal_formulas(tmp_path):
+    """The images report's card of an optimal search: proven optimal, and the beam's formula
+    beside the optimal one when they differ."""
+    from compexp_core.report import write_report
+    from compexp_core.synthetic import make_planted_dataset
+
+    data = make_planted_dataset(n_samples=60, grid=(8, 8), n_units=3, map_size=(4, 4), seed=1)
+    r = cx.search_formulas(data.acts, data.concepts, max_length=3, beam_size=1,
+                           method="optimal", device="cpu")
+    # One explanation made to differ from its beam, whatever the search found.
+    import dataclasses
+
+    from compexp_core.results import SearchResult
+
+    first = dataclasses.replace(r[0], beam=((cx.Formula.parse(data.concepts.names[0]), -1.0),))
+    r = SearchResult([first] + [r[i] for i in range(1, len(r))], r.params)
+    images = np.zeros((60, 16, 16, 3), np.uint8)
+    index = write_report(r, tmp_path, acts=data.acts, concepts=data.concepts, images=images,
+                         top_images=2)
+    with open(index, encoding="utf-8") as fh:
+        html = fh.read()
+    assert html.count("proven optimal") == len(r)
+    assert html.count("beam search found") == sum(bool(e.beam_suboptimal) for e in r) >= 1
