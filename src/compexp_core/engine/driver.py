@@ -24,7 +24,7 @@ from .beam import OP_COPY, OP_LEAF, Birth, SearchParams, UnitBeam, materializati
 from .concepts import ConceptSet
 from .formula import Formula, formula_key, key_formula
 from .masks import BLOCK_WORDS, MaskSet
-from .optimal import OptimalBudget, search_unit_optimal
+from .optimal import Cooccurrence, OptimalBudget, search_unit_optimal
 from .results import Explanation
 from .units import check_activations, check_quantile, unit_batches
 
@@ -133,6 +133,8 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
             unit_thresholds = backend.thresholds(index, acts, quantile, uniq, progress=progress) \
                 if thresholds is None else np.asarray(thresholds, np.float64)[uniq]
     found: dict[int, Explanation] = {}
+    # Concept pair counts, shared by every unit's optimal search (counted when first needed).
+    cooccurrence = Cooccurrence(concepts.n_concepts) if optimal is not None else None
     for batch in unit_batches(uniq, acts, unit_batch_size):
         pos = np.searchsorted(uniq, batch)
         batch_thresholds = None if unit_thresholds is None else unit_thresholds[pos]
@@ -148,7 +150,8 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
             if optimal is not None and not beam.skipped:
                 with timer("optimal"):
                     found[int(u)] = _optimal_explanation(found[int(u)], beam, backend, index,
-                                                         umasks, k, concepts, params, optimal)
+                                                         umasks, k, concepts, params, optimal,
+                                                         cooccurrence)
                 stats.add_optimal(found[int(u)])
         if progress is not None:
             progress(batch.size)
@@ -160,11 +163,11 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
 
 def _optimal_explanation(e: Explanation, beam: UnitBeam, backend: Backend, index, umasks,
                          row: int, cs: ConceptSet, p: SearchParams,
-                         budget: OptimalBudget) -> Explanation:
+                         budget: OptimalBudget, cooccurrence=None) -> Explanation:
     """The beam's explanation ``e`` with the branch and bound's formula and record (the beam's
     final beam stays in ``beam``)."""
     res = search_unit_optimal(backend, index, umasks, row, beam.prim, beam.unit_size, cs.sizes,
-                              cs.n_cells, p, beam.best, budget)
+                              cs.n_cells, p, beam.best, budget, cooccurrence)
     return dataclasses.replace(
         e, formula=None if res.key is None else key_formula(res.key, cs.names), iou=res.metric,
         score=res.score, by_length=(), optimality=res.optimality)

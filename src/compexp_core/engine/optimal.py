@@ -61,7 +61,8 @@ from .beam import OP_AND, OP_AND_NOT, OP_LEAF, OP_OR, OP_OR_NOT, Entry, SearchPa
 from .masks import MaskSet
 from .results import Optimality
 
-__all__ = ["OptimalBudget", "CompletionBound", "OptimalUnit", "search_unit_optimal"]
+__all__ = ["OptimalBudget", "CompletionBound", "ParentBound", "pair_bound", "Cooccurrence",
+           "OptimalUnit", "search_unit_optimal"]
 
 
 class OptimalBudget:
@@ -383,6 +384,28 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
     return out.max(1) * cb.params.factor(length + 1)
 
 
+class Cooccurrence:
+    """``|C_i & C_j|`` for every pair of concepts, counted once per search (the same for every
+    unit) when the optimal search first needs it: the f rows of length-1 prefixes."""
+
+    def __init__(self, n_concepts: int, batch: int = 256) -> None:
+        self.K, self.batch = n_concepts, batch
+        self.f: Optional[np.ndarray] = None
+
+    def rows(self, backend, index, umasks, concepts: np.ndarray) -> np.ndarray:
+        if self.f is None:
+            K = self.K
+            self.f = np.zeros((K, K), np.int64)
+            for start in range(0, K, self.batch):
+                c = np.arange(start, min(K, start + self.batch), dtype=np.int32)
+                masks = backend.materialize(index, MaskSet.empty(0), np.zeros(c.size, np.int64),
+                                            np.full(c.size, OP_LEAF, np.int32), c)
+                f, _, _ = backend.extension_counts(index, masks, np.zeros(c.size, np.int64),
+                                                   umasks)
+                self.f[c] = f
+        return self.f[concepts]
+
+
 class _LeafRows:
     """Count rows of single concepts (``|C_j & C_k|``, ``|U & C_j & C_k|``), kept from the
     expansion of length-1 prefixes for the pair bounds."""
@@ -544,7 +567,8 @@ def _bound_children(cb: CompletionBound, best: _Best, f, g, batch: _Level, inter
 
 def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit_size: int,
                         sizes: np.ndarray, n_cells: int, params: SearchParams,
-                        beam_best: Optional[Entry], budget: OptimalBudget) -> OptimalUnit:
+                        beam_best: Optional[Entry], budget: OptimalBudget,
+                        cooccurrence: Optional["Cooccurrence"] = None) -> OptimalUnit:
     """Branch and bound for the unit whose mask is row ``row`` of ``umasks`` (on ``backend``).
 
     Args:
@@ -614,8 +638,19 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
                                             and time.perf_counter() - t0 >= budget.seconds):
                     break
                 part = level.take(np.arange(start, min(n, start + budget.batch)))
-                f, g = counts(part)
                 c = part.conc[:, 0]
+                if cooccurrence is not None:
+                    # |C_c & C_k| is the same for every unit: only |U & C_c & C_k| is counted,
+                    # on the small masks U & C_c.
+                    cu = backend.materialize(index, umasks, np.full(c.size, row, np.int64),
+                                             np.full(c.size, OP_AND, np.int32), c.astype(np.int32))
+                    g, _, _ = backend.extension_counts(index, cu, np.full(c.size, row, np.int64),
+                                                       umasks)
+                    f = cooccurrence.rows(backend, index, umasks, c)
+                    expanded += c.size
+                    counted += c.size * K
+                else:
+                    f, g = counts(part)
                 leaf.f[c], leaf.g[c], leaf.have[c] = f, g, True
         while pos < n:
             if not best.keeps(level.bound[pos:pos + 1], length)[0]:
