@@ -81,7 +81,8 @@ def main(argv=None) -> None:
               f"{r['score']:.4f} `{r['optimal']}` | {r['upper_bound']:.4f} | "
               f"{r['seconds']:.1f} | {r['nodes']} |")
     proven = [r for r in rows if r["proven"]]
-    print(f"\nproven optimal: {len(proven)} of {len(rows)} units (budget {args.time_budget} s/unit)")
+    print(f"\nproven optimal: {len(proven)} of {len(rows)} units "
+          f"(budget {args.time_budget} s/unit)")
     for b in ("beam5", "beam10"):
         worse = [r for r in proven if r[f"{b}_score"] < r["score"]]
         gaps = np.array([r["score"] - r[f"{b}_score"] for r in worse])

@@ -102,8 +102,8 @@ class SearchResult(Sequence):
         if searched:
             proven = sum(bool(e.optimal) for e in searched)
             worse = [e for e in searched if e.beam_suboptimal]
-            by = (f", by {np.mean([e.score - (e.beam[0][1] if e.beam else 0.0) for e in worse]):.4f}"
-                  f" on average" if worse else "")
+            gaps = [e.score - (e.beam[0][1] if e.beam else 0.0) for e in worse]
+            by = f", by {np.mean(gaps):.4f} on average" if worse else ""
             lines.append(f"optimal search: {proven} of {len(searched)} units proven optimal; "
                          f"the beam's explanation was suboptimal for {len(worse)} of "
                          f"{len(searched)}{by}")

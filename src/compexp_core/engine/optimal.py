@@ -159,7 +159,8 @@ class CompletionBound:
             for a_j, b_j in pts:
                 out = np.maximum(out, self.metric(np.minimum(u, tp + a_j), np.maximum(fp, b_j)))
         if OP_OR_NOT in self.ops:
-            out = np.maximum(out, self.metric(np.full(np.shape(tp), u), np.maximum(fp, self.nb_min)))
+            out = np.maximum(out, self.metric(np.full(np.shape(tp), u),
+                                              np.maximum(fp, self.nb_min)))
         return out
 
     def _moves(self, tp, fp) -> list:
@@ -450,7 +451,8 @@ class _Best:
     def offer(self, score: float, key: tuple, inter: int, size: int) -> None:
         if score > self.score or (score == self.score and score > 0 and not self.from_beam
                                   and (self.key is None or _canonical(key) < _canonical(self.key))):
-            self.score, self.key, self.inter, self.size, self.from_beam = score, key, inter, size, False
+            self.score, self.key, self.inter, self.size = score, key, inter, size
+            self.from_beam = False
 
 
 class _Level:
