@@ -295,7 +295,7 @@ def test_cli_search_optimal(tmp_path, capsys):
     assert "method='optimal'" in capsys.readouterr().err
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances(), st.booleans())
 def test_last_step_bounds_from_count_rows_are_admissible(inst, dominating):
     """ParentBound and pair_bound (the last step's bounds from the parent's and the leaf's
