@@ -91,11 +91,22 @@ class SearchResult(Sequence):
         return pd.DataFrame(rows, columns=columns)
 
     def summary(self, top: int = 10) -> str:
-        """A text table of the ``top`` units by IoU (and how many units were skipped)."""
+        """A text table of the ``top`` units by IoU (and how many units were skipped; for an
+        optimal search, how many units are proven optimal and how many beam explanations
+        were suboptimal)."""
         best = sorted(self, key=lambda e: -e.iou)[:top]
         lines = [f"{'unit':>6}  {'iou':>7}  {'single':>7}  formula"]
         for e in best:
             lines.append(f"{e.unit:>6}  {e.iou:7.4f}  {e.primitive_iou:7.4f}  {e.formula}")
+        searched = [e for e in self if e.optimality is not None]
+        if searched:
+            proven = sum(bool(e.optimal) for e in searched)
+            worse = [e for e in searched if e.beam_suboptimal]
+            gaps = [e.score - (e.beam[0][1] if e.beam else 0.0) for e in worse]
+            by = f", by {np.mean(gaps):.4f} on average" if worse else ""
+            lines.append(f"optimal search: {proven} of {len(searched)} units proven optimal; "
+                         f"the beam's explanation was suboptimal for {len(worse)} of "
+                         f"{len(searched)}{by}")
         skipped = [e for e in self if e.skipped]
         if skipped:
             lines.append(f"{len(skipped)} of {len(self)} units skipped (no formula): "

@@ -20,11 +20,14 @@ import numpy as np
 from .engine.backends import get_backend
 from .engine.beam import METRICS, OPERATORS, SearchParams, positive_int
 from .engine.driver import run_search
+from .engine.optimal import OptimalBudget
 from .results import SearchResult
 from .engine.units import check_activations, check_quantile
 from .inputs import activations_input, concepts_input
 
-__all__ = ["search_formulas", "OPERATORS", "METRICS"]
+__all__ = ["search_formulas", "OPERATORS", "METRICS", "METHODS"]
+
+METHODS = ("beam", "optimal")
 
 
 def search_formulas(
@@ -47,8 +50,12 @@ def search_formulas(
     device: str = "auto",
     progress: bool = False,
     unit_batch_size: int = 64,
+    method: str = "beam",
+    node_budget: Optional[int] = None,
+    time_budget: Optional[float] = None,
 ) -> SearchResult:
-    """Explain units with logical formulas over concepts, by beam search.
+    """Explain units with logical formulas over concepts, by beam search or, with
+    ``method="optimal"``, by a branch and bound that proves its answer optimal.
 
     Args:
         acts: ``[N, U, h, w]`` or ``[N, U]``: float activations (NumPy array, torch tensor,
@@ -91,6 +98,21 @@ def search_formulas(
             are identical on every device; ``result.params["device"]`` says which ran.
         progress: show a progress bar over units.
         unit_batch_size: units searched together (bounds memory).
+        method: ``"beam"`` (the paper's search), or ``"optimal"``: for each unit, a formula of
+            maximum score over every formula of the beam's grammar (left-deep, at most
+            ``max_length`` leaves, the same ``ops``, ``allow_repeats``, ``metric`` and
+            ``complexity_penalty``, every concept: ``candidate_limit`` only limits the beam
+            search that provides the first incumbent), found by branch and bound on exact
+            counts (:mod:`compexp_core.engine.optimal`, ``docs/OPTIMAL.md``). Ties: the beam's
+            formula if it is optimal, else the first optimal formula in canonical order (fewer
+            leaves, then concept indices and operators OR, AND, AND NOT, OR NOT left to
+            right). ``Explanation.optimality`` records the upper bound and the work done;
+            ``Explanation.beam`` keeps the beam search's final beam. Only with
+            ``semantics="default"``.
+        node_budget: with ``method="optimal"``, most prefixes expanded per unit (None: no
+            limit). When a budget runs out, the unit gets the best formula found and a proven
+            upper bound (``Explanation.gap`` > 0 unless the incumbent was already optimal).
+        time_budget: with ``method="optimal"``, most seconds of branch and bound per unit.
 
     Returns:
         A :class:`SearchResult`; ``result[i]`` explains the i-th requested unit.
@@ -103,9 +125,14 @@ def search_formulas(
         >>> result = cx.search_formulas(unit[:, None], masks, names=["dog", "cat", "not", "red"])
         >>> str(result[0].formula), result[0].iou
         ('((dog OR cat) AND NOT "not")', 1.0)
+        >>> best = cx.search_formulas(unit[:, None], masks, names=["dog", "cat", "not", "red"],
+        ...                           method="optimal")
+        >>> best[0].iou, best[0].optimal, best[0].optimality.upper_bound
+        (1.0, True, 1.0)
     """
     params = SearchParams(max_length, beam_size, ops, metric, allow_repeats, candidate_limit,
                           complexity_penalty, semantics, min_firing)
+    budget = _optimal_budget(method, semantics, node_budget, time_budget)
     check_quantile(quantile)
     backend = get_backend(device)
     # GPU masks are indexed by the backend: on its GPU for a CUDA search, on the host otherwise.
@@ -127,15 +154,33 @@ def search_formulas(
         explanations, stats = run_search(acts, concepts, params, backend, units=ids,
                                          quantile=quantile, thresholds=thresholds,
                                          unit_batch_size=unit_batch_size,
-                                         progress=bar.update if bar is not None else None)
+                                         progress=bar.update if bar is not None else None,
+                                         optimal=budget)
     finally:
         if bar is not None:
             bar.close()
     result = SearchResult(explanations,
                           params={**params.as_dict(), "quantile": quantile, "device": backend.name,
-                                  "names": list(concepts.names)})
+                                  "names": list(concepts.names), "method": method,
+                                  **({} if budget is None else budget.as_dict())})
     result.stats = stats.as_dict()
     return result
+
+
+def _optimal_budget(method, semantics: str, node_budget, time_budget) -> Optional[OptimalBudget]:
+    """The optimal search's budget, None for a beam search; errors for inconsistent options."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if method == "beam":
+        if node_budget is not None or time_budget is not None:
+            raise ValueError("node_budget and time_budget limit the optimal search: pass "
+                             "method='optimal' or leave them None")
+        return None
+    if semantics != "default":
+        raise ValueError(f"method='optimal' searches the default semantics' grammar; "
+                         f"semantics={semantics!r} reproduces the reference beam search only "
+                         f"(use semantics='default')")
+    return OptimalBudget(node_budget, time_budget)
 
 
 def _unit_ids(units, n_units: int) -> np.ndarray:

@@ -228,6 +228,16 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
                         "vision / NLI search")
     p.add_argument("--min-firing", type=int, default=0,
                    help="skip units firing on fewer cells than this (default 0)")
+    p.add_argument("--optimal", action="store_true",
+                   help="prove each unit's formula optimal by branch and bound over every "
+                        "formula of the same grammar (seeded with the beam's answer; "
+                        "default semantics only); the summary says how many beam "
+                        "explanations were suboptimal")
+    p.add_argument("--node-budget", type=positive_int, default=None,
+                   help="with --optimal: most prefixes expanded per unit (then the best found "
+                        "and a proven upper bound are reported)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="with --optimal: most seconds of branch and bound per unit")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--top", type=int, default=15, help="rows in the summary table")
@@ -240,4 +250,6 @@ def search_kwargs(args: argparse.Namespace) -> dict:
                 ops=tuple(o.strip() for o in args.ops.split(",") if o.strip()),
                 metric=args.metric, allow_repeats=args.allow_repeats,
                 candidate_limit=args.candidate_limit, complexity_penalty=args.penalty,
-                semantics=args.semantics, min_firing=args.min_firing, device=args.device)
+                semantics=args.semantics, min_firing=args.min_firing, device=args.device,
+                method="optimal" if args.optimal else "beam", node_budget=args.node_budget,
+                time_budget=args.time_budget)

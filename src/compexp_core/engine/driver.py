@@ -12,6 +12,7 @@ The public entry point, which also accepts file paths, is
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable, Optional, Sequence
@@ -21,8 +22,9 @@ import numpy as np
 from .backends import Backend, ExtensionWork, get_backend
 from .beam import OP_COPY, OP_LEAF, Birth, SearchParams, UnitBeam, materialization_plan
 from .concepts import ConceptSet
-from .formula import Formula, formula_key
+from .formula import Formula, formula_key, key_formula
 from .masks import BLOCK_WORDS, MaskSet
+from .optimal import Cooccurrence, OptimalBudget, search_unit_optimal
 from .results import Explanation
 from .units import check_activations, check_quantile, unit_batches
 
@@ -35,13 +37,14 @@ class SearchStats:
     """Wall time per phase and the work done by the extension kernel, for profiling."""
 
     PHASES = ("thresholds", "unit_masks", "index_upload", "primitive_counts", "extension_counts",
-              "materialize", "driver")
+              "materialize", "optimal", "driver")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.work = ExtensionWork()
         self.steps = 1                  # lengths searched, at most max_length
         self.converged_units = 0        # units whose beam stopped changing before max_length
+        self.optimal: Optional[dict] = None   # totals of the optimal search (method="optimal")
 
     def add_work(self, w: ExtensionWork) -> None:
         self.work = ExtensionWork(self.work.formula_blocks + w.formula_blocks,
@@ -53,7 +56,21 @@ class SearchStats:
         return {"seconds": dict(self.seconds), "steps": self.steps,
                 "converged_units": self.converged_units, "extension_entries": w.partial_entries,
                 "extension_full": w.full_entries, "extension_formula_blocks": w.formula_blocks,
-                "extension_bytes": w.partial_entries * (8 * BLOCK_WORDS + 4)}
+                "extension_bytes": w.partial_entries * (8 * BLOCK_WORDS + 4),
+                **({} if self.optimal is None else {"optimal": dict(self.optimal)})}
+
+    def add_optimal(self, e: Explanation) -> None:
+        """Add one unit's optimal-search record to the totals."""
+        if self.optimal is None:
+            self.optimal = {"units": 0, "proven_optimal": 0, "beam_suboptimal": 0,
+                            "nodes_expanded": 0, "nodes_pruned": 0, "counts_computed": 0}
+        o, r = self.optimal, e.optimality
+        o["units"] += 1
+        o["proven_optimal"] += bool(e.optimal)
+        o["beam_suboptimal"] += bool(e.beam_suboptimal)
+        o["nodes_expanded"] += r.nodes_expanded
+        o["nodes_pruned"] += r.nodes_pruned
+        o["counts_computed"] += r.counts_computed
 
 
 class _Timer:
@@ -76,7 +93,8 @@ class _Timer:
 def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backend, *,
                units: np.ndarray, quantile: float = 0.005,
                thresholds: Optional[np.ndarray] = None, unit_batch_size: int = 64,
-               progress: Optional[Callable[[int], None]] = None
+               progress: Optional[Callable[[int], None]] = None,
+               optimal: Optional[OptimalBudget] = None
                ) -> tuple[list[Explanation], SearchStats]:
     """Search every unit of ``units`` (indices into ``acts``, in the order results are wanted).
 
@@ -92,6 +110,8 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
         unit_batch_size: units searched together (bounds memory).
         progress: called with a number of units whenever that many more are done (thresholds
             count once, searches once).
+        optimal: when given, each unit's beam result seeds a branch and bound
+            (:mod:`.optimal`) under this per-unit budget, and the explanation is its answer.
 
     Returns:
         ``(explanations, stats)``: one :class:`Explanation` per entry of ``units``.
@@ -113,6 +133,8 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
             unit_thresholds = backend.thresholds(index, acts, quantile, uniq, progress=progress) \
                 if thresholds is None else np.asarray(thresholds, np.float64)[uniq]
     found: dict[int, Explanation] = {}
+    # Concept pair counts, shared by every unit's optimal search (counted when first needed).
+    cooccurrence = Cooccurrence(concepts.n_concepts) if optimal is not None else None
     for batch in unit_batches(uniq, acts, unit_batch_size):
         pos = np.searchsorted(uniq, batch)
         batch_thresholds = None if unit_thresholds is None else unit_thresholds[pos]
@@ -125,12 +147,30 @@ def run_search(acts, concepts: ConceptSet, params: SearchParams, backend: Backen
         for k, (u, beam) in enumerate(zip(batch, beams)):
             found[int(u)] = beam.explanation(
                 int(u), concepts.names, None if batch_thresholds is None else float(batch_thresholds[k]))
+            if optimal is not None and not beam.skipped:
+                with timer("optimal"):
+                    found[int(u)] = _optimal_explanation(found[int(u)], beam, backend, index,
+                                                         umasks, k, concepts, params, optimal,
+                                                         cooccurrence)
+                stats.add_optimal(found[int(u)])
         if progress is not None:
             progress(batch.size)
     total = time.perf_counter() - t_start
     stats.seconds["driver"] = total - sum(v for k, v in stats.seconds.items() if k != "driver")
     stats.seconds["total"] = total
     return [found[int(u)] for u in units], stats
+
+
+def _optimal_explanation(e: Explanation, beam: UnitBeam, backend: Backend, index, umasks,
+                         row: int, cs: ConceptSet, p: SearchParams,
+                         budget: OptimalBudget, cooccurrence=None) -> Explanation:
+    """The beam's explanation ``e`` with the branch and bound's formula and record (the beam's
+    final beam stays in ``beam``)."""
+    res = search_unit_optimal(backend, index, umasks, row, beam.prim, beam.unit_size, cs.sizes,
+                              cs.n_cells, p, beam.best, budget, cooccurrence)
+    return dataclasses.replace(
+        e, formula=None if res.key is None else key_formula(res.key, cs.names), iou=res.metric,
+        score=res.score, by_length=(), optimality=res.optimality)
 
 
 def _search_batch(cs: ConceptSet, index, umasks, unit_size: np.ndarray, p: SearchParams,

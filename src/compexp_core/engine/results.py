@@ -17,7 +17,29 @@ from typing import Optional
 
 from .formula import Formula
 
-__all__ = ["Explanation"]
+__all__ = ["Explanation", "Optimality"]
+
+
+@dataclass(frozen=True)
+class Optimality:
+    """The record of an optimal search of one unit (``method="optimal"``).
+
+    Attributes:
+        upper_bound: a proven upper bound on the score of every formula of the search's
+            grammar; equal to the explanation's score when the search finished (the formula
+            is optimal), larger when the per-unit budget ran out first.
+        nodes_expanded: prefixes whose children were counted (rows of extension counts).
+        nodes_pruned: prefixes discarded because their bound could not beat the incumbent.
+        counts_computed: (prefix, concept) pairs counted, each giving ``|F & C|`` and
+            ``|U & F & C|``.
+        seconds: wall-clock time of this unit's branch and bound (after the beam search).
+    """
+
+    upper_bound: float
+    nodes_expanded: int
+    nodes_pruned: int
+    counts_computed: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,9 @@ class Explanation:
             give its last entry (:meth:`at_length`).
         skipped: why the unit was not searched (it fired on fewer cells than the search's
             ``min_firing``), else None. A skipped unit has no formula.
+        optimality: for ``method="optimal"``, the proof's record (:class:`Optimality`); then
+            ``beam`` is the beam search's final beam (``beam[0]`` its answer) and
+            ``by_length`` is empty. None for a beam search.
     """
 
     unit: int
@@ -56,6 +81,29 @@ class Explanation:
     threshold: Optional[float] = None
     by_length: tuple = field(default=())
     skipped: Optional[str] = None
+    optimality: Optional[Optimality] = None
+
+    @property
+    def optimal(self) -> Optional[bool]:
+        """Whether ``formula`` is proven optimal (its score equals the upper bound); None for
+        a beam search, which proves nothing."""
+        if self.optimality is None:
+            return None
+        return self.optimality.upper_bound <= self.score
+
+    @property
+    def gap(self) -> Optional[float]:
+        """``upper_bound - score`` of an optimal search (0.0 when proven optimal), else None."""
+        return None if self.optimality is None else self.optimality.upper_bound - self.score
+
+    @property
+    def beam_suboptimal(self) -> Optional[bool]:
+        """For an optimal search: whether the beam search's answer (``beam[0]``) scores below
+        ``formula``; None for a beam search."""
+        if self.optimality is None:
+            return None
+        beam_score = self.beam[0][1] if self.beam else 0.0
+        return beam_score < self.score
 
     def at_length(self, max_length: int) -> tuple:
         """``(formula, iou)`` that a search with this ``max_length`` finds (from

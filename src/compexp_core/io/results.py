@@ -37,7 +37,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from ..engine.formula import Formula, reference_length, reference_text
-from ..engine.results import Explanation
+from ..engine.results import Explanation, Optimality
 from ..engine.units import is_tensor, tensor_to_numpy
 from . import _h5
 from ._h5 import FORMAT_VERSION, RESULTS_FORMAT, PathLike
@@ -48,10 +48,41 @@ __all__ = ["write_results", "read_results", "results_kind", "check_output_path",
 # Datasets every results file has; files written before the others existed lack them.
 _REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam_formula",
              "beam_score")
-_OPTIONAL = ("threshold", "by_length_formula", "by_length_iou", "skipped")
+# The optimal search's record (Explanation.optimality), written only by optimal searches.
+_OPTIMALITY = ("upper_bound", "nodes_expanded", "nodes_pruned", "counts_computed",
+               "search_seconds")
+_OPTIONAL = ("threshold", "by_length_formula", "by_length_iou", "skipped") + _OPTIMALITY
 _CSV_REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam")
 _CSV_COLUMNS = ["unit", "formula", "iou", "score", "primitive", "primitive_iou", "threshold",
                 "beam", "by_length", "skipped", "row"]
+
+
+def _optimality_columns(explanations: list) -> dict:
+    """The optimality record as columns (upper bound NaN and counters -1 where a unit has
+    none), or {} when no explanation has one (a beam search)."""
+    if all(e.optimality is None for e in explanations):
+        return {}
+    cols = {n: [] for n in _OPTIMALITY}
+    for e in explanations:
+        o = e.optimality
+        cols["upper_bound"].append(np.nan if o is None else o.upper_bound)
+        cols["nodes_expanded"].append(-1 if o is None else o.nodes_expanded)
+        cols["nodes_pruned"].append(-1 if o is None else o.nodes_pruned)
+        cols["counts_computed"].append(-1 if o is None else o.counts_computed)
+        cols["search_seconds"].append(np.nan if o is None else o.seconds)
+    return {n: np.array(v, np.float64 if n in ("upper_bound", "search_seconds") else np.int64)
+            for n, v in cols.items()}
+
+
+def _optimality(values: dict, i: int) -> Optional[Optimality]:
+    """Row ``i`` of the optimality columns (None where absent: older files, beam searches)."""
+    if any(values.get(n) is None for n in _OPTIMALITY):
+        return None
+    bound = float(values["upper_bound"][i])
+    if math.isnan(bound):
+        return None
+    return Optimality(bound, int(values["nodes_expanded"][i]), int(values["nodes_pruned"][i]),
+                      int(values["counts_computed"][i]), float(values["search_seconds"][i]))
 
 
 def results_kind(path: PathLike) -> str:
@@ -201,7 +232,11 @@ def _write_csv(path: PathLike, explanations: list, params_text: str) -> None:
         "skipped": e.skipped or "",
         "row": i,
     } for i, e in enumerate(explanations)]
-    df = pd.DataFrame(rows, columns=_CSV_COLUMNS)
+    optimality = _optimality_columns(explanations)
+    for name, values in optimality.items():
+        for row, v in zip(rows, values.tolist()):
+            row[name] = v
+    df = pd.DataFrame(rows, columns=_CSV_COLUMNS[:-1] + list(optimality) + ["row"])
     header = ('{"format": %s, "version": %d, "rows": %d, "params": %s}'
               % (json.dumps(RESULTS_FORMAT), FORMAT_VERSION, len(rows), params_text))
     with _h5.atomic_path(path) as tmp:
@@ -230,6 +265,8 @@ def _write_h5(path: PathLike, explanations: list, params_text: str) -> None:
         _h5.write_strings(h5, "by_length_formula", by_length_text)
         _h5.write_array(h5, "by_length_iou", by_length_iou)
         _h5.write_strings(h5, "skipped", [e.skipped or "" for e in explanations])
+        for name, values in _optimality_columns(explanations).items():
+            _h5.write_array(h5, name, values)
 
 
 # =============================================================================== reference CSV
@@ -400,11 +437,12 @@ def read_results(path: PathLike) -> tuple[list[Explanation], dict]:
 
 def _explanation(unit: Any, formula: str, iou: Any, score: Any, primitive: str,
                  primitive_iou: Any, beam: tuple, threshold: Optional[float],
-                 by_length: tuple, skipped: Any = None) -> Explanation:
+                 by_length: tuple, skipped: Any = None,
+                 optimality: Optional[Optimality] = None) -> Explanation:
     skipped = None if skipped is None or (isinstance(skipped, float) and math.isnan(skipped)) \
         else (_str(skipped) or None)
     return Explanation(int(unit), _parse(formula), float(iou), float(score), _parse(primitive),
-                       float(primitive_iou), beam, threshold, by_length, skipped)
+                       float(primitive_iou), beam, threshold, by_length, skipped, optimality)
 
 
 def _read_csv(path: str) -> tuple[list[Explanation], dict]:
@@ -454,6 +492,7 @@ def _read_csv(path: str) -> tuple[list[Explanation], dict]:
                              f"{len(df)} complete rows; it may be truncated (an interrupted "
                              f"copy or write)")
     out = []
+    has_optimality = all(n in df.columns for n in _OPTIMALITY)
     for i, row in enumerate(df.to_dict("records")):
         try:
             beam = tuple((Formula.parse(f), float(s)) for f, s in json.loads(row["beam"]))
@@ -462,7 +501,9 @@ def _read_csv(path: str) -> tuple[list[Explanation], dict]:
             threshold = float(row["threshold"]) if row.get("threshold", "") != "" else None
             out.append(_explanation(row["unit"], row["formula"], row["iou"], row["score"],
                                     row["primitive"], row["primitive_iou"], beam, threshold,
-                                    by_length, row.get("skipped")))
+                                    by_length, row.get("skipped"),
+                                    _optimality({n: [float(row[n])] for n in _OPTIMALITY}, 0)
+                                    if has_optimality else None))
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"'{path}', data row {i + 1}: {e}; the file may be corrupt") \
                 from None
@@ -510,7 +551,8 @@ def _read_h5(path: str) -> tuple[list[Explanation], dict]:
             out.append(_explanation(d["unit"][i], _str(d["formula"][i]), d["iou"][i],
                                     d["score"][i], _str(d["primitive"][i]), d["primitive_iou"][i],
                                     beam, threshold, by_length,
-                                    None if d["skipped"] is None else d["skipped"][i]))
+                                    None if d["skipped"] is None else d["skipped"][i],
+                                    _optimality(d, i)))
     except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise ValueError(f"'{path}' is not a readable results file: {e}; it may be "
                          f"corrupt") from None

@@ -35,7 +35,7 @@ from .overlays import FORMULA_COLOR, UNIT_ALPHA, UNIT_COLOR
 from .plots import PLOT_SIZE
 
 __all__ = ["card", "card_shell", "facts_list", "primitive_text", "figure", "page",
-           "metric_label", "summary_line", "write_html", "links_html"]
+           "optimality_facts", "metric_label", "summary_line", "write_html", "links_html"]
 
 _BY_LENGTH_SHOWN = 10     # cards list the IoU at each length up to this many lengths
 
@@ -92,6 +92,23 @@ def card_shell(e, categories: list[str], metric: str, body: str) -> str:
             f'<span class="score">{metric} {e.iou:.4f}</span></header>{body}</article>')
 
 
+def optimality_facts(e, metric: str) -> list[tuple[str, str]]:
+    """Facts of an optimal search (``method="optimal"``): proven or the gap, and the beam
+    search's formula when it differs from the optimal one; none for a beam search."""
+    o = getattr(e, "optimality", None)
+    if o is None:
+        return []
+    status = ("proven optimal" if e.optimal else
+              f"best found; upper bound {o.upper_bound:.4f} (gap {e.gap:.4f})")
+    facts = [("optimal search", f"{status}; {o.nodes_expanded} prefixes expanded, "
+                                f"{o.seconds:.1f} s")]
+    if e.beam_suboptimal:
+        beam = (f"<code>{_e(e.beam[0][0])}</code> (score {e.beam[0][1]:.4f})" if e.beam
+                else '<span class="none">none</span>')
+        facts.append(("beam search found", beam))
+    return facts
+
+
 def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) -> str:
     """The card of an explanation ``e``: its formula and facts, and its ``figures``, whose
     images load lazily when ``lazy``."""
@@ -100,7 +117,7 @@ def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) 
     threshold = ("n/a (boolean activations)" if e.threshold is None
                  else f"{e.threshold:.6g}")
     facts = [("best primitive", primitive_text(e, metric)), ("formula length", str(e.length)),
-             ("threshold", _e(threshold))]
+             ("threshold", _e(threshold))] + optimality_facts(e, metric)
     if 1 < len(e.by_length) <= _BY_LENGTH_SHOWN:
         items = "".join(f"<li><span>{i + 1}:</span> {v:.3f}</li>"
                         for i, (_, v) in enumerate(e.by_length))

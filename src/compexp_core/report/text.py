@@ -50,7 +50,8 @@ from ..engine.units import is_tensor, tensor_to_numpy
 from ..inputs import activations_input
 from .inputs import (as_concepts, as_result, file_attr, input_label, is_path, length_means,
                      provenance, select_units)
-from .page import (_BY_LENGTH_SHOWN, _e, _fmt, card_shell, facts_list, metric_label, page,
+from .page import (_BY_LENGTH_SHOWN, _e, _fmt, card_shell, facts_list, metric_label,
+                   optimality_facts, page,
                    primitive_text, summary_line, write_html)
 from .plots import report_plots
 
@@ -432,7 +433,8 @@ def _card(e, categories, metric, column, holds, top, formula_samples, premises, 
         formula = f"<code>{_e(e.formula)}</code>"
     threshold = "n/a (boolean activations)" if e.threshold is None else f"{e.threshold:.6g}"
     facts = [("best primitive", primitive_text(e, metric)), ("formula length", str(e.length)),
-             ("threshold", f"{_e(threshold)} (fires on {fires} of {n} pairs)")]
+             ("threshold", f"{_e(threshold)} (fires on {fires} of {n} pairs)")] \
+        + optimality_facts(e, metric)
     if 1 < len(e.by_length) <= _BY_LENGTH_SHOWN:
         items = "".join(f"<li><span>{i + 1}:</span> {v:.3f}</li>"
                         for i, (_, v) in enumerate(e.by_length))
