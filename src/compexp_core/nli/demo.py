@@ -56,6 +56,15 @@ class NLIDemoConfig:
         min_firing_share: with ``unit_masks="positive"``, units firing on fewer than this share
             of the probe pairs are skipped (the reference: 500 of 10,000 pairs, 5%). (With
             quantile masks every unit fires on about the same share.)
+
+    Examples:
+        >>> config = NLIDemoConfig(pairs=900, epochs=1)      # a quick run
+        >>> config.max_length, config.beam_size, config.unit_masks, config.quantile
+        (5, 10, 'quantile', 0.1)
+        >>> NLIDemoConfig(unit_masks="median")
+        Traceback (most recent call last):
+        ...
+        ValueError: unit_masks must be 'quantile' or 'positive', got 'median'
     """
     pairs: Optional[int] = None
     test_fraction: float = 0.35
