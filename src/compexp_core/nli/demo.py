@@ -270,7 +270,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
     return summary
 
 
-_EDITED_PAIRS = 300    # pairs edited per edit (and per control)
+_EDITED_PAIRS = 150    # pairs edited per edit (and per control): 6 edits x 300 forward passes
 
 
 def _word_edit_experiment(model, vocab, probe, predicted, concepts, result, out_dir: str,
