@@ -54,11 +54,21 @@ def test_cli_runs_end_to_end_at_a_small_size(tmp_path, capsys, monkeypatch):
                  "--epochs", "1", "--no-progress"]) == 0
     text = capsys.readouterr().out
     for phrase in ("training the NLI classifier", "hypothesis-only bag of words",
-                   "mean IoU by maximum formula length", "Pearson r =", "units pushing towards"):
+                   "mean IoU by maximum formula length", "Pearson r =", "units pushing towards",
+                   "word insertions beat their frequency-matched controls"):
         assert phrase in text, phrase
     for name in ("acts.h5", "concepts.h5", "explanations.h5", "result.csv",
-                 "concept_classes.csv", "report/index.html"):
+                 "concept_classes.csv", "report/index.html", "contributions.csv",
+                 "adversarial.csv", "report/contributions.html"):
         assert (out / name).exists(), name
+    assert "contributions.html" in (out / "report" / "index.html").read_text()
+    adv = pd.read_csv(out / "adversarial.csv", keep_default_na=False)
+    assert len(adv) >= 1 and set(adv["domain"]) == {"nli"}
+    # Only hypothesis words are inserted; every edit's line is in the headline.
+    assert all(c.startswith("hyp:tok:") for term in adv["concept"] for c in term.split("+"))
+    assert text.count("to hypotheses moves") == len(adv)
+    contributions = pd.read_csv(out / "contributions.csv", keep_default_na=False)
+    assert set(contributions.iloc[:, 0]) <= {"entailment", "neutral", "contradiction"}
     result = cx.load_results(out / "explanations.h5")
     assert len(result) == 1024 and result.params["max_length"] == 5
     assert result.params["beam_size"] == 10

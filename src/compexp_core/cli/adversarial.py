@@ -5,7 +5,12 @@ from the explanations of a user's own model, measured against frequency-matched 
 Vision: the images (a compexp-images file or a Broden directory) are both the inputs that are
 edited and, with their segmentations (the concepts file the search used), the source of the
 pasted regions. Writes ``contributions.csv`` and ``adversarial.csv`` into the output folder and
-prints the headline. (Sentence pairs, ``--domain nli``, come with the NLI model.)
+prints the headline.
+
+Sentence pairs (``--snli PAIRS``): MODEL is an NLI classifier checkpoint as
+:func:`compexp_core.nli.model.load_or_train_nli` writes it, PAIRS the SNLI pairs the search
+used (in order); the words the explanations ask for are inserted into hypotheses, and the
+contributions are the read-out weights of the probed layer.
 """
 from __future__ import annotations
 
@@ -18,13 +23,19 @@ from .args import Subcommand, image_size, positive_int, rgb_triple
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, or "
                                  "module:function / file.py:function returning the model "
-                                 "(its output: logits [B, K])")
+                                 "(its output: logits [B, K]); with --snli, an NLI classifier "
+                                 "checkpoint (.pt, as compexp demo nli caches it)")
     p.add_argument("results", help="the explanations of the layer (compexp search output)")
-    p.add_argument("--images", required=True,
+    p.add_argument("--images", default=None,
                    help="the images the search used: a compexp-images file or a Broden "
-                        "directory (with index.csv)")
-    p.add_argument("--layer", required=True,
-                   help="module path of the layer the results explain (e.g. layer4)")
+                        "directory (with index.csv); vision only, required there")
+    p.add_argument("--layer", default=None,
+                   help="module path of the layer the results explain (e.g. layer4); vision "
+                        "only, required there")
+    p.add_argument("--snli", default=None,
+                   help="sentence pairs instead of images: the SNLI pairs the search used, in "
+                        "order (a folder or file read_snli reads); MODEL is then an NLI "
+                        "checkpoint and the layer is its probed layer (mlp.relu)")
     p.add_argument("--concepts", default=None,
                    help="the concepts file the search used (its segmentations supply the "
                         "pasted regions; default: the one recorded in RESULTS)")
@@ -43,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images the gradient x activation contributions average over "
                         "(default 200)")
     p.add_argument("--n-inputs", type=positive_int, default=200,
-                   help="images edited per edit (default 200)")
+                   help="images (or pairs) edited per edit (default 200)")
     p.add_argument("--top-units", type=positive_int, default=5)
     p.add_argument("--max-edits", type=positive_int, default=2)
     p.add_argument("--size", type=image_size, default=None,
@@ -99,9 +110,73 @@ def _images(args: argparse.Namespace):
     return array, meta["label_names"]
 
 
+def _run_nli(args: argparse.Namespace) -> int:
+    """The sentence-pair path of ``compexp adversarial`` (``--snli``)."""
+    from ..adversarial import run_experiment, save_tables
+    from ..analysis import contribution_table, unit_class_weights
+    from ..io import load_concepts
+    from ..nli.concepts import sentence_concepts
+    from ..nli.data import LABELS, read_snli
+    from ..nli.demo import nli_headline
+    from ..nli.model import (HypothesisInsert, load_nli_checkpoint, pair_classifier, predict,
+                             readout_weight)
+    from ..results import load_results
+
+    if args.images is not None or args.layer is not None:
+        raise ValueError("--snli takes neither --images nor --layer (the layer is the NLI "
+                         "model's probed layer, mlp.relu)")
+    result = load_results(args.results)
+    model, vocab = load_nli_checkpoint(args.model)
+    pairs = read_snli(args.snli)
+    concepts_path = args.concepts or result.params.get("concepts_path")
+    concepts = None
+    if concepts_path and os.path.exists(concepts_path):
+        concepts = load_concepts(concepts_path)
+        if concepts.n_samples != len(pairs):
+            print(f"note: {concepts_path} describes {concepts.n_samples} pairs but --snli "
+                  f"{args.snli} has {len(pairs)}: word frequencies are counted on the given "
+                  f"pairs instead")
+            concepts = None
+    elif args.concepts:
+        raise FileNotFoundError(f"concepts file not found: {args.concepts}")
+    if concepts is None:
+        concepts = sentence_concepts(pairs, tags=False)
+    n = min(len(pairs), args.max_images)
+    pairs = pairs.subset(list(range(n)))
+    weight = readout_weight(model)
+    if weight.shape[1] != len(result):
+        raise ValueError(f"{args.results} explains {len(result)} units but the model's probed "
+                         f"layer has {weight.shape[1]}: they must belong together")
+    contributions = unit_class_weights(weight)
+    table = contribution_table(result, contributions, LABELS)
+    predictions, _ = predict(model, vocab, pairs)
+    targets = None
+    if args.target:
+        targets = [int(t) if t.isdigit() else t for t in args.target]
+    os.makedirs(args.output, exist_ok=True)
+    outcomes = run_experiment(pair_classifier(model, vocab),
+                              list(zip(pairs.premises, pairs.hypotheses)), result, contributions,
+                              HypothesisInsert(concepts), class_names=LABELS, targets=targets,
+                              top_units=args.top_units, max_edits=args.max_edits,
+                              max_inputs=args.n_inputs, seed=args.seed, predictions=predictions)
+    for path in save_tables(args.output, table, outcomes):
+        print(f"wrote {path}")
+    for line in nli_headline(outcomes):
+        print(line)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``compexp adversarial``; print the headline and the files written."""
     import numpy as np
+
+    if args.snli is not None:
+        return _run_nli(args)
+    missing = [flag for flag, value in (("--images", args.images), ("--layer", args.layer))
+               if value is None]
+    if missing:
+        raise ValueError(f"compexp adversarial needs {' and '.join(missing)} for images (or "
+                         f"--snli for sentence pairs)")
 
     from ..adversarial import (RegionPaste, headline, image_tensor, run_experiment,
                                save_tables, torch_classifier)

@@ -15,8 +15,11 @@ set as the only data (SNLI's training set is not available offline):
    and run the paper's analyses: mean IoU by maximum length, explanation IoU against the
    model's accuracy where each unit fires, the concepts of the explanations against the class
    each unit pushes towards;
-6. write the results (the project's HDF5, and a CSV in the reference code's columns) and the
-   HTML report.
+6. copy-paste edits (:mod:`compexp_core.adversarial`): for each class, insert the hypothesis
+   words that the explanations of its most contributing units (read-out weights) ask for
+   into pairs predicted as other classes, against frequency-matched control words;
+7. write the results (the project's HDF5, and a CSV in the reference code's columns) and the
+   HTML report (with its contributions page).
 
 The findings are this small model's own, whatever they are: nothing here is tuned to match
 the paper.
@@ -33,7 +36,8 @@ import numpy as np
 from .._optional import require
 from .data import LABELS
 
-__all__ = ["NLIDemoConfig", "NLIDemoSummary", "run_nli_demo", "snli_location", "SNLI_URL"]
+__all__ = ["NLIDemoConfig", "NLIDemoSummary", "run_nli_demo", "snli_location", "SNLI_URL",
+           "nli_headline"]
 
 SNLI_URL = "https://nlp.stanford.edu/projects/snli/"
 
@@ -104,6 +108,9 @@ class NLIDemoSummary:
     # uses quantile masks), so that the choice of rule is visible in the finding.
     other_rule: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    adversarial: list = field(default_factory=list)    # the copy-paste experiment: EditOutcomes
+    edits_beating_controls: int = 0                    # outcomes with more flips, p < 0.05
+    headline: list = field(default_factory=list)       # the experiment's summary lines
 
 
 def snli_location(path: Optional[str] = None) -> str:
@@ -136,7 +143,9 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
     ``explanations.h5`` (the project's results), ``result.csv`` (the reference code's columns:
     ``neuron, feature, category, iou, feature_length, w_entail, w_neutral, w_contra``),
     ``concept_classes.csv`` (concepts of the explanations against the class their units push
-    towards) and ``report/index.html``.
+    towards), ``contributions.csv`` (each class's most contributing units and their formulas),
+    ``adversarial.csv`` (the word insertions against their controls) and
+    ``report/index.html`` (with ``report/contributions.html``).
 
     Args:
         snli: the SNLI files (see :func:`~compexp_core.nli.data.read_snli`).
@@ -239,22 +248,40 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
                         iou_accuracy_correlation)
     seconds["other_rule"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    contributions, outcomes, verdict = _word_edit_experiment(model, vocab, probe, predicted,
+                                                             concepts, result, out_dir, config,
+                                                             log)
+    seconds["adversarial"] = time.perf_counter() - t
+
     index = None
     if report:
-        from ..report import write_text_report
+        from ..adversarial import outcome_rows
+        from ..report import write_contributions_page, write_text_report
 
         t = time.perf_counter()
-        index = write_text_report(result, os.path.join(out_dir, "report"), acts=values,
+        report_dir = os.path.join(out_dir, "report")
+        index = write_text_report(result, report_dir, acts=values,
                                   concepts=concepts, premises=probe.premises,
                                   hypotheses=probe.hypotheses, gold=probe.labels,
                                   predicted=predicted, class_names=LABELS, weights=weight,
-                                  title="compexp demo nli: an SNLI sentence-pair classifier")
+                                  title="compexp demo nli: an SNLI sentence-pair classifier",
+                                  links=[("contributions.html", "contributions of units to "
+                                                                "classes and word insertions")])
+        write_contributions_page(
+            report_dir, contributions, adversarial=outcome_rows(outcomes),
+            verdict=verdict + _text_examples(outcomes),
+            title="compexp demo nli: contributions and word insertions",
+            method=f"Contribution: the read-out weight from the unit ({PROBED_LAYER}, which "
+                   f"feeds the classifier's last linear layer through dropout only) to the "
+                   f"class.")
         seconds["report"] = time.perf_counter() - t
 
     top = _top_concepts(table)
     summary = NLIDemoSummary(out_dir, index, len(train), len(probe), acc, base_acc, majority_acc,
                              len(result), sum(1 for e in result if e.skipped), curve,
-                             stats.pearson, stats.spearman, stats.p_value, top, other, seconds)
+                             stats.pearson, stats.spearman, stats.p_value, top, other, seconds,
+                             outcomes, sum(o.beats_control for o in outcomes), verdict)
     _log_findings(summary, result, table, stats, log)
     return summary
 
@@ -277,6 +304,96 @@ def _other_rule(values, concepts, config: NLIDemoConfig, n_pairs: int, labelled,
             "mean_iou": float(np.mean([e.iou for e in explained])) if explained else float("nan"),
             "mean_primitive_iou": float(np.mean([e.primitive_iou for e in explained]))
             if explained else float("nan")}
+
+
+_EDITED_PAIRS = 150    # pairs edited per edit (and per control): 6 edits x 300 forward passes
+
+
+def _word_edit_experiment(model, vocab, probe, predicted, concepts, result, out_dir: str,
+                          config: NLIDemoConfig, log: Callable[[str], None]):
+    """The copy-paste experiment for the three classes: the words the explanations of each
+    class's top units ask for, inserted into hypotheses of pairs predicted as other classes,
+    against frequency-matched control words; writes ``contributions.csv`` and
+    ``adversarial.csv``. Returns (contribution table, outcomes, headline lines)."""
+    from ..adversarial import headline, run_experiment, save_tables
+    from ..analysis import contribution_table, unit_class_weights
+    from .model import HypothesisInsert, pair_classifier, readout_weight
+
+    contributions = unit_class_weights(readout_weight(model))
+    table = contribution_table(result, contributions, LABELS, top=5)
+    inputs = list(zip(probe.premises, probe.hypotheses))
+    outcomes = run_experiment(pair_classifier(model, vocab), inputs, result, contributions,
+                              HypothesisInsert(concepts), class_names=LABELS,
+                              targets=range(len(LABELS)), max_edits=2,
+                              max_inputs=_EDITED_PAIRS, seed=config.seed, predictions=predicted,
+                              log=log)
+    save_tables(out_dir, table, outcomes)
+    return table, outcomes, nli_headline(outcomes)
+
+
+def nli_headline(outcomes) -> list:
+    """The experiment's summary lines for sentence pairs: per edit, "adding 'W' to
+    hypotheses moves N% of <other classes> pairs to <target>; frequency-matched controls
+    M%", then the count of edits that beat their controls (or that none did).
+
+    Examples:
+        >>> import numpy as np
+        >>> from compexp_core.adversarial import Edit, EditOutcome
+        >>> e = Edit(2, "contradiction", ("hyp:tok:sleeping",), (7,), 1.0)
+        >>> o = EditOutcome("nli", e, ("hyp:tok:tall",), np.arange(4),
+        ...                 np.array([1, 1, 1, 0], bool), np.zeros(4, bool), np.zeros(4, int),
+        ...                 np.zeros(4, int), np.array([0, 1, 0, 1]), 0.3, 0.125)
+        >>> print("\\n".join(nli_headline([o])))
+        adding 'sleeping' to hypotheses moves 75% of 4 entailment/neutral pairs to
+        contradiction (95% CI 30-95%); frequency-matched control 'tall': 0% (p = 0.125): not
+        beaten
+        0 of 1 word insertions beat their frequency-matched controls (more flips, p < 0.05):
+        on this run, words read from the explanations do not move predictions more than
+        control words
+    """
+    from ..adversarial import wilson_interval
+
+    lines = []
+    for o in outcomes:
+        words = " ".join(n.split(":", 2)[-1] for n in o.edit.concepts)
+        others = "/".join(LABELS[c] for c in sorted(set(o.original_predicted.tolist())))
+        lo, hi = wilson_interval(int(o.flipped.sum()), int(o.flipped.size))
+        text = (f"adding '{words}' to hypotheses moves {o.flip_rate:.0%} of {o.flipped.size} "
+                f"{others} pairs to {o.edit.target_name} (95% CI {lo:.0%}-{hi:.0%})"
+                .replace("%-", "-"))
+        if o.control is None:
+            text += "; no frequency-matched control word was available"
+        else:
+            control = " ".join(n.split(":", 2)[-1] for n in o.control)
+            p = "< 0.001" if o.p_value < 0.001 else f"= {o.p_value:.3g}"
+            text += (f"; frequency-matched control '{control}': {o.control_flip_rate:.0%} "
+                     f"(p {p})" + ("" if o.beats_control else ": not beaten"))
+        lines.append(text)
+    beat = sum(o.beats_control for o in outcomes)
+    if not outcomes:
+        lines.append("word insertions: no class had a word to insert (see above)")
+    else:
+        last = (f"{beat} of {len(outcomes)} word insertions beat their frequency-matched "
+                f"controls (more flips, p < 0.05)")
+        if not beat:
+            last += (": on this run, words read from the explanations do not move predictions "
+                     "more than control words")
+        lines.append(last)
+    return lines
+
+
+def _text_examples(outcomes, per_outcome: int = 2) -> list:
+    """A few edited hypotheses before/after, with the predictions, as lines of text."""
+    lines = []
+    for o in outcomes:
+        for (orig, edited, control), row in list(zip(o.examples, o.example_rows))[:per_outcome]:
+            text = (f"example: {' '.join(orig[0])} / {' '.join(orig[1])} "
+                    f"[{LABELS[o.original_predicted[row]]}] -> {' '.join(edited[1])} "
+                    f"[{LABELS[o.predicted[row]]}]")
+            if control is not None:
+                text += f"; control {' '.join(control[1])} [{LABELS[o.control_predicted[row]]}]"
+            lines.append(text)
+    return lines
 
 
 def _top_concepts(table, per_class: int = 6) -> dict:
@@ -321,5 +438,8 @@ def _log_findings(s: NLIDemoSummary, result, table, stats, log) -> None:
             f"single concept alone already reaches {o['mean_primitive_iou']:.3f}")
     log(f"classifier accuracy {s.accuracy:.1%} vs hypothesis-only baseline "
         f"{s.baseline_accuracy:.1%} and majority class {s.majority_accuracy:.1%}")
+    log("")
+    for line in s.headline:
+        log(line)
     if s.report:
         log(f"report: {s.report}")

@@ -55,7 +55,8 @@ from .data import LABELS, SNLIPairs
 __all__ = ["PROBED_LAYER", "PAD", "UNK", "Vocab", "build_vocab", "build_classifier",
            "train_classifier", "predict", "accuracy", "extract_nli_activations",
            "nli_activations", "HypothesisBaseline", "train_hypothesis_baseline",
-           "split_by_premise", "NLIConfig", "load_or_train_nli", "training_data_hash"]
+           "split_by_premise", "NLIConfig", "load_or_train_nli", "training_data_hash",
+           "load_nli_checkpoint", "pair_classifier", "readout_weight", "HypothesisInsert"]
 
 PROBED_LAYER = "mlp.relu"
 PAD = "<pad>"     # index 0: padding (its embedding stays zero)
@@ -756,8 +757,56 @@ def load_or_train_nli(pairs_train: SNLIPairs, config: NLIConfig = NLIConfig(), *
     return model, vocab
 
 
-def _load_cached(torch: Any, path: str, config: NLIConfig) -> tuple:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_nli_checkpoint(path: PathLike) -> tuple:
+    """A classifier saved by :func:`load_or_train_nli` (a torch file holding ``state_dict``,
+    ``vocab``, ``min_count`` and ``config``), for ``compexp adversarial --snli``.
+
+    Args:
+        path: the ``.pt`` file (in the cache folder, ``nli-classifier-<key>-<hash>.pt``).
+
+    Returns:
+        ``(model, vocab)``, the model in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not such a checkpoint (not a torch file, other keys, weights of
+            another shape); the message names the file.
+
+    Examples:
+        >>> import os, tempfile, torch
+        >>> from compexp_core.nli.data import SNLIPairs
+        >>> p = SNLIPairs([["a"]], [["b"]], [0])
+        >>> m = build_classifier(4, embedding_dim=2, hidden_dim=2, mlp_dim=2)
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.pt")
+        >>> torch.save({"state_dict": m.state_dict(), "vocab": ["<pad>", "<unk>", "a", "b"],
+        ...             "min_count": 1, "config": {"embedding_dim": 2, "hidden_dim": 2,
+        ...                                        "mlp_dim": 2}}, path)
+        >>> model, vocab = load_nli_checkpoint(path)
+        >>> len(vocab), tuple(model.mlp.out.weight.shape)
+        (4, (3, 2))
+    """
+    torch = require("torch", "the NLI classifier")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"NLI checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:   # noqa: BLE001 - any unreadable file gets one clear message
+        raise ValueError(f"{path} is not an NLI classifier checkpoint (torch.load failed: "
+                         f"{type(err).__name__})") from None
+    settings = state.get("config") if isinstance(state, dict) else None
+    fields = {k: v for k, v in (settings or {}).items() if k in NLIConfig.__dataclass_fields__}
+    try:
+        return _load_cached(torch, path, NLIConfig(**fields), state=state)
+    except (ValueError, TypeError, RuntimeError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not an NLI classifier checkpoint as written by "
+                         f"load_or_train_nli: {reason[:300]}") from None
+
+
+def _load_cached(torch: Any, path: str, config: NLIConfig, state: Any = None) -> tuple:
+    if state is None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not {"state_dict", "vocab", "min_count"} <= set(state):
         raise ValueError("not an NLI classifier checkpoint (no state_dict, vocab, min_count)")
     vocab = Vocab(tuple(state["vocab"]), int(state["min_count"]))
@@ -766,3 +815,105 @@ def _load_cached(torch: Any, path: str, config: NLIConfig) -> tuple:
                              dropout=config.dropout)
     model.load_state_dict(state["state_dict"])
     return model.eval(), vocab
+
+
+# ================================================================= copy-paste edits (adapters)
+
+def pair_classifier(model: Any, vocab: Vocab, *, batch_size: int = 256) -> Callable:
+    """The classifier as the ``model`` argument of
+    :func:`compexp_core.adversarial.evaluate_edits` for sentence pairs: a batch of
+    ``(premise_tokens, hypothesis_tokens)`` pairs in, the predicted label index of each out.
+
+    Args:
+        model, vocab: as for :func:`predict`.
+        batch_size: pairs per forward pass.
+
+    Returns:
+        ``classify(pairs) -> int64 [B]`` (indices of :data:`~compexp_core.nli.data.LABELS`).
+
+    Examples:
+        >>> m = build_classifier(4, embedding_dim=2, hidden_dim=2, mlp_dim=2)
+        >>> classify = pair_classifier(m, Vocab(("<pad>", "<unk>", "a", "b")))
+        >>> classify([(("a",), ("b", ".")), (("b",), ("a",))]).shape
+        (2,)
+    """
+    def classify(pairs) -> np.ndarray:
+        pairs = list(pairs)
+        if not pairs:
+            return np.zeros(0, np.int64)
+        premises, hypotheses = zip(*pairs)
+        batch = SNLIPairs([list(p) for p in premises], [list(h) for h in hypotheses],
+                          np.full(len(pairs), -1, np.int64))
+        return predict(model, vocab, batch, batch_size=batch_size)[0]
+
+    return classify
+
+
+def readout_weight(model: Any) -> np.ndarray:
+    """The read-out weight ``[3, U]`` of the probed layer (``model.mlp.out``): the layer
+    feeds it directly (through dropout only), so these are the units' class contributions
+    (pass them to :func:`compexp_core.analysis.unit_class_weights`).
+
+    Raises:
+        ValueError: the model has no ``mlp.out`` linear layer with 3 outputs.
+    """
+    out = getattr(getattr(model, "mlp", None), "out", None)
+    weight = getattr(out, "weight", None)
+    if weight is None or tuple(weight.shape)[:1] != (len(LABELS),) or weight.ndim != 2:
+        raise ValueError(f"the NLI model needs a read-out mlp.out with weight [{len(LABELS)}, U] "
+                         f"(the architecture of build_classifier)")
+    return weight.detach().cpu().numpy().astype(np.float64)
+
+
+def _word_insert_base():
+    from ..adversarial import WordInsert
+
+    return WordInsert
+
+
+class HypothesisInsert:
+    """The sentence-pair renderer restricted to hypotheses: like
+    :class:`compexp_core.adversarial.WordInsert` (words before the final punctuation; tag
+    and overlap concepts refused), and premise words (``pre:tok:*``) refused too, as the
+    experiment edits hypotheses only.
+
+    Examples:
+        >>> from compexp_core.nli.concepts import sentence_concepts
+        >>> words = HypothesisInsert(sentence_concepts([["A", "dog", "."]], [["Nobody", "."]],
+        ...                                            tags=False))
+        >>> words.apply([(("A", "dog", "."), ("He", "runs", "."))], ("hyp:tok:nobody",))
+        [(('A', 'dog', '.'), ('He', 'runs', 'nobody', '.'))]
+        >>> words.check(("pre:tok:dog",))
+        'pre:tok:dog is a premise word (edits go into hypotheses only)'
+    """
+    domain = "nli"
+
+    def __init__(self, concepts: Any) -> None:
+        self._words = _word_insert_base()(concepts)
+        self.concepts = concepts
+
+    def candidates(self) -> list:
+        return [(n, c) for n, c in self._words.candidates() if n.startswith("hyp:tok:")]
+
+    def check(self, term) -> Optional[str]:
+        reason = self._words.check(term)
+        if reason is None:
+            for name in tuple(term):
+                if name.startswith("pre:"):
+                    return f"{name} is a premise word (edits go into hypotheses only)"
+        return reason
+
+    def frequency(self, term) -> float:
+        return self._words.frequency(term)
+
+    def apply(self, inputs, term, seed: int = 0) -> list:
+        """See :meth:`compexp_core.adversarial.WordInsert.apply`.
+
+        Raises:
+            ValueError: the term cannot be inserted (:meth:`check` says why).
+        """
+        term = tuple(term)
+        reason = self.check(term)
+        if reason is not None:
+            raise ValueError(f"cannot render the edit {' AND '.join(term)!r}: {reason}")
+        return self._words.apply(inputs, term, seed)

@@ -66,7 +66,8 @@ def write_text_report(result, out_dir: PathLike, *, acts, concepts, premises, hy
                       gold, predicted, class_names: Sequence[str] = CLASS_NAMES, weights=None,
                       units: Optional[Sequence[int]] = None, top_k: int = 8,
                       formula_samples: int = 4, lengths=None,
-                      title: Optional[str] = None) -> str:
+                      title: Optional[str] = None,
+                      links: Sequence[tuple] = ()) -> str:
     """Write an HTML report of units explained on sentence pairs: one card per unit.
 
     Args:
@@ -94,6 +95,8 @@ def write_text_report(result, out_dir: PathLike, *, acts, concepts, premises, hy
             (default: ``result``).
         title: the page title (default: "Compositional explanations of text units", with the
             layer when the activations file records it).
+        links: (href, text) of other pages of the report to link from the index (such as
+            the contributions page).
 
     Returns:
         The absolute path of ``index.html``.
@@ -213,7 +216,7 @@ def write_text_report(result, out_dir: PathLike, *, acts, concepts, premises, hy
     if title is None:
         title = "Compositional explanations of text units" + (f" of {layer}" if layer else "")
     text = page(title, subtitle, plots, sorted(category_set), cards, len(units),
-                legend="legend_text.html", extra_css="text.css")
+                legend="legend_text.html", extra_css="text.css", links=links)
     index = os.path.join(out_dir, "index.html")
     write_html(index, text)
     return os.path.abspath(index)
