@@ -167,7 +167,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
     from .concepts import sentence_concepts
     from .data import read_snli
     from .model import (NLIConfig, PROBED_LAYER, accuracy, extract_nli_activations,
-                        load_or_train_nli, predict, split_by_premise,
+                        load_or_train_nli, predict, readout_weight, split_by_premise,
                         train_hypothesis_baseline)
 
     if not isinstance(config, NLIDemoConfig):
@@ -232,7 +232,7 @@ def run_nli_demo(snli: str, out_dir: str = "compexp-demo-nli",
     result.params.update(acts_path=os.path.abspath(paths["acts"]),
                          concepts_path=os.path.abspath(paths["concepts"]))
     result.save(paths["explanations"])
-    weight = model.mlp.out.weight.detach().cpu().numpy()          # the read-out: [3, U]
+    weight = readout_weight(model)                                 # the read-out: [3, U]
     result.to_reference_csv(os.path.join(out_dir, "result.csv"),
                             weights=unit_class_weights(weight))
     seconds["search"] = time.perf_counter() - t
