@@ -45,7 +45,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .analysis import _class_names, _contribution_matrix, positive_terms
+from .analysis import _class_names, _contribution_matrix, explained_units, positive_terms
 from .engine.concepts import ConceptSet
 from .engine.formula import Formula, Leaf
 from .results import SearchResult
@@ -107,14 +107,8 @@ def _target_index(target, names: tuple) -> int:
 def _explained(result: SearchResult) -> list:
     if not isinstance(result, SearchResult):
         raise TypeError(f"result must be a SearchResult, got {type(result).__name__}")
-    if len(result) == 0:
-        raise ValueError("the result has no explanations: search the layer's units first")
-    explained = [e for e in result if e.formula is not None]
-    if not explained:
-        raise ValueError(f"none of the result's {len(result)} units has a formula (no concept "
-                         f"overlaps them, or the search skipped them): there is nothing to "
-                         f"read edits from")
-    return explained
+    return explained_units(result, "there is nothing to read edits from",
+                           empty_hint=": search the layer's units first")
 
 
 def _default_names(c: np.ndarray, class_names) -> tuple:

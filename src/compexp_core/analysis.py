@@ -41,7 +41,24 @@ __all__ = ["mean_iou_by_length", "IouAccuracy", "iou_accuracy_correlation", "fir
            "top_activating_samples", "unit_mask_images", "formula_mask_images",
            "unit_class_weights", "ConceptClassTable", "concept_class_table",
            "gradient_contributions", "ContributionTable", "contribution_table",
-           "positive_terms"]
+           "positive_terms", "explained_units"]
+
+
+def explained_units(result: SearchResult, need: str, empty_hint: str = "") -> list:
+    """The explanations of ``result`` that have a formula (units no concept overlaps, and units
+    the search skipped, have none).
+
+    Raises:
+        ValueError: the result is empty (the message ends in ``empty_hint``), or none of its
+            units has a formula (the message ends in ``need``: what was wanted of them).
+    """
+    if len(result) == 0:
+        raise ValueError(f"the result has no explanations{empty_hint}")
+    explained = [e for e in result if e.formula is not None]
+    if not explained:
+        raise ValueError(f"none of the result's {len(result)} units has a formula (no concept "
+                         f"overlaps them, or the search skipped them): {need}")
+    return explained
 
 
 def mean_iou_by_length(result: SearchResult) -> np.ndarray:
@@ -70,13 +87,7 @@ def mean_iou_by_length(result: SearchResult) -> np.ndarray:
         >>> mean_iou_by_length(result).round(2).tolist()
         [0.5, 1.0, 1.0]
     """
-    if len(result) == 0:
-        raise ValueError("the result has no explanations")
-    explained = [e for e in result if e.formula is not None]
-    if not explained:
-        raise ValueError(f"none of the result's {len(result)} units has a formula (no concept "
-                         f"overlaps them, or the search skipped them): there is no IoU to "
-                         f"average")
+    explained = explained_units(result, "there is no IoU to average")
     lengths = {len(e.by_length) for e in explained}
     if 0 in lengths:
         raise ValueError("the result's explanations carry no per-length IoUs (by_length); it "
