@@ -6,7 +6,7 @@ import pytest
 
 MODULES = ["compexp_core", "compexp_core.search", "compexp_core.engine.beam", "compexp_core.engine.masks",
            "compexp_core.engine.backends", "compexp_core.engine.concepts", "compexp_core.engine.results",
-           "compexp_core.engine.units", "compexp_core.engine.formula", "compexp_core.results",
+           "compexp_core.engine.units", "compexp_core.engine.formula", "compexp_core.engine.optimal", "compexp_core.results",
            "compexp_core.io", "compexp_core.io._h5", "compexp_core.io.activations", "compexp_core.io.concepts",
            "compexp_core.io.images", "compexp_core.io.info", "compexp_core.io.results", "compexp_core.analysis",
            "compexp_core.world", "compexp_core.nli", "compexp_core.nli.data",

@@ -44,8 +44,8 @@ Examples:
     >>> from compexp_core.engine.beam import SearchParams
     >>> cb = CompletionBound(np.array([3, 1]), np.array([4, 5]), 4, 20,
     ...                      SearchParams(max_length=2))
-    >>> float(cb.bound(np.array([3]), np.array([1]), 1, 1)[0])   # (C0 OR C1) at best 4 / 4
-    1.0
+    >>> float(cb.bound(np.array([3]), np.array([1]), 1, 1)[0])   # OR: TP <= 4, FP >= 1
+    0.8
     >>> float(cb.bound(np.array([3]), np.array([1]), 2, 0)[0])   # nothing left to add
     0.0
 """
@@ -490,6 +490,32 @@ class OptimalUnit:
     optimality: Optimality
 
 
+def pair_rows(ops, f_a, g_a, f_b, g_b, f_ab, g_ab, sizes, prim) -> tuple:
+    """Count rows ``f = |F & C_k|``, ``g = |U & F & C_k|`` of two-leaf formulas F = A op B,
+    by inclusion and exclusion from the rows of A, of B and of A AND B (``[n, K]`` each;
+    ``sizes`` = |C_k|, ``prim`` = |U & C_k|): exact integer identities, e.g.
+    |(A OR B) & C| = |A & C| + |B & C| - |A & B & C| and
+    |(A OR NOT B) & C| = |C| - |B & C| + |A & B & C|.
+
+    Examples:
+        >>> import numpy as np
+        >>> A, B, C = np.array([1, 1, 0, 0], bool), np.array([0, 1, 1, 0], bool), np.ones(4, bool)
+        >>> U = np.array([1, 0, 1, 1], bool)
+        >>> n = lambda m: np.array([[int(m.sum())]])
+        >>> f, g = pair_rows(np.array([OP_OR]), n(A & C), n(U & A & C), n(B & C), n(U & B & C),
+        ...                  n(A & B & C), n(U & A & B & C), np.array([4]), np.array([3]))
+        >>> int(f[0, 0]) == int(((A | B) & C).sum()), int(g[0, 0]) == int((U & (A | B) & C).sum())
+        (True, True)
+    """
+    op = np.asarray(ops)[:, None]
+    size_k, prim_k = np.asarray(sizes)[None, :], np.asarray(prim)[None, :]
+    f = np.select([op == OP_AND, op == OP_AND_NOT, op == OP_OR],
+                  [f_ab, f_a - f_ab, f_a + f_b - f_ab], size_k - f_b + f_ab)
+    g = np.select([op == OP_AND, op == OP_AND_NOT, op == OP_OR],
+                  [g_ab, g_a - g_ab, g_a + g_b - g_ab], prim_k - g_b + g_ab)
+    return f.astype(np.int64), g.astype(np.int64)
+
+
 def _materialize(backend, index, level: _Level):
     """The masks of ``level``'s prefixes, built leaf by leaf with the materialisation kernel."""
     n, length = level.conc.shape
@@ -615,6 +641,23 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
     def counts(batch: _Level):
         """One kernel call: the count rows of the prefixes of ``batch``."""
         nonlocal expanded, counted
+        if leaf is not None and batch.conc.shape[1] == 2 and leaf.have[batch.conc].all():
+            # Only A AND B is built (never larger than A or B; A OR B of two scenes can
+            # cover most cells): the rows of A op B follow from it and A's and B's rows.
+            # AND commutes: the smaller concept is copied first, the larger only read.
+            conc = np.take_along_axis(batch.conc, np.argsort(sizes[batch.conc], axis=1,
+                                                             kind="stable"), 1)
+            pair = _Level(conc, np.full((conc.shape[0], 1), OP_AND, np.int8),
+                          batch.inter, batch.size, batch.bound)
+            masks = _materialize(backend, index, pair)
+            nb = batch.conc.shape[0]
+            f_ab, g_ab, _ = backend.extension_counts(index, masks, np.full(nb, row, np.int64),
+                                                     umasks)
+            expanded += nb
+            counted += nb * K
+            return pair_rows(batch.ops[:, 0], leaf.f[batch.conc[:, 0]], leaf.g[batch.conc[:, 0]],
+                             leaf.f[batch.conc[:, 1]], leaf.g[batch.conc[:, 1]], f_ab, g_ab,
+                             sizes, prim)
         masks = _materialize(backend, index, batch)
         nb = batch.conc.shape[0]
         f, g, _ = backend.extension_counts(index, masks, np.full(nb, row, np.int64), umasks)
