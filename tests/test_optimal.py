@@ -403,3 +403,29 @@ def test_report_card_shows_beam_and_optimal_formulas(tmp_path):
         html = fh.read()
     assert html.count("proven optimal") == len(r)
     assert html.count("beam search found") == sum(bool(e.beam_suboptimal) for e in r) >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 60), st.integers(2, 6))
+def test_pair_rows_equal_direct_counts(seed, n, K):
+    """Two-leaf prefixes are expanded from the rows of A, B and A AND B (inclusion and
+    exclusion): the rows must equal the counts of the formula's own mask, for every operator."""
+    from compexp_core.engine.optimal import pair_rows
+
+    rng = np.random.default_rng(seed)
+    masks = rng.random((n, K)) < rng.random(K)
+    unit = rng.random(n) < 0.4
+    a, b = rng.integers(0, K, 2)
+    apply = {"or": lambda f, c: f | c, "and": lambda f, c: f & c,
+             "and_not": lambda f, c: f & ~c, "or_not": lambda f, c: f | ~c}
+
+    def rows(m):
+        return ((m[:, None] & masks).sum(0)[None], (m[:, None] & masks & unit[:, None]).sum(0)[None])
+
+    A, B = masks[:, a], masks[:, b]
+    for op in OPS:
+        f, g = pair_rows(np.array([OP_CODES[op]]), *rows(A), *rows(B), *rows(A & B),
+                         masks.sum(0), (masks & unit[:, None]).sum(0))
+        want_f, want_g = rows(apply[op](A, B))
+        np.testing.assert_array_equal(f, want_f, err_msg=op)
+        np.testing.assert_array_equal(g, want_g, err_msg=op)
