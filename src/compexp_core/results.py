@@ -260,10 +260,10 @@ class SearchResult(Sequence):
         recorded = self.params.get(f"{key}_path")
         if not recorded:
             raise ValueError(f"the result does not record its {key} file (params"
-                             f"[{key + '_path'!r}]): pass {key}")
+                             f"[{key + '_path'!r}]): pass {key} (compexp export: --{key})")
         if not os.path.exists(recorded):
             raise FileNotFoundError(f"the {key} file recorded in the result does not exist: "
-                                    f"{recorded} (pass {key})")
+                                    f"{recorded} (pass {key}; compexp export: --{key})")
         return recorded
 
     def export(self, path: str | os.PathLike, format: str, *, acts=None, concepts=None,
