@@ -491,3 +491,25 @@ def test_check_export_path_refuses_unknown_formats(tmp_path):
     (tmp_path / "d.jsonl").mkdir()
     with pytest.raises(IsADirectoryError):
         check_export_path(tmp_path / "d.jsonl", "jsonl")
+
+
+def test_cli_parquet_without_pyarrow_is_an_error_message(searched, capsys, monkeypatch):
+    d, out = searched
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    assert main(["export", str(out), "--format", "tidy", "-o", str(d / "t.parquet")]) == 2
+    assert "writing Parquet needs pyarrow" in capsys.readouterr().err
+
+
+def test_tally_best_overall_is_the_searchs_primitive():
+    # The engine's counts behind the tally agree with the search's own first step: the best
+    # single concept over all categories is the unit's primitive, with the same IoU.
+    from compexp_core.synthetic import make_planted_dataset
+
+    data = make_planted_dataset(n_samples=200, grid=(16, 16), n_units=6, seed=2)
+    result = cx.search_formulas(data.acts, data.concepts, max_length=2, beam_size=3)
+    tally = result.best_single_concepts(data.acts, data.concepts)
+    assert len(tally.categories) > 1
+    for i, e in enumerate(result):
+        c = tally.best_category(i)
+        assert tally.labels[i][c] == str(e.primitive)
+        assert tally.iou[i, c] == e.primitive_iou
