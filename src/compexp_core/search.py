@@ -13,6 +13,7 @@ inputs, picks the backend, and wraps the explanations in a :class:`SearchResult`
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -115,7 +116,9 @@ def search_formulas(
         time_budget: with ``method="optimal"``, most seconds of branch and bound per unit.
 
     Returns:
-        A :class:`SearchResult`; ``result[i]`` explains the i-th requested unit.
+        A :class:`SearchResult`; ``result[i]`` explains the i-th requested unit. When ``acts``
+        is the path of an activations file, the result records the file's ``model`` and
+        ``layer`` (``SearchResult.model``, ``.layer``).
 
     Examples:
         >>> import numpy as np, compexp_core as cx
@@ -137,6 +140,7 @@ def search_formulas(
     backend = get_backend(device)
     # GPU masks are indexed by the backend: on its GPU for a CUDA search, on the host otherwise.
     concepts = concepts_input(masks, names, backend=backend)
+    acts_source = acts
     # On a CUDA backend, float activations already on the GPU stay there (no host copy).
     acts = activations_input(acts, on_device=backend.name.startswith("cuda"))
     check_activations(acts, concepts.n_samples, concepts.grid)
@@ -164,7 +168,17 @@ def search_formulas(
                                   "names": list(concepts.names), "method": method,
                                   **({} if budget is None else budget.as_dict())})
     result.stats = stats.as_dict()
+    if isinstance(acts_source, (str, os.PathLike)):
+        _record_provenance(result, acts_source)
     return result
+
+
+def _record_provenance(result: SearchResult, acts_path) -> None:
+    """The activations file's ``model`` and ``layer`` (when it records them) into the result."""
+    from .io import read_activations_metadata
+
+    meta = read_activations_metadata(acts_path)
+    result.model, result.layer = meta["model"], meta["layer"]
 
 
 def _optimal_budget(method, semantics: str, node_budget, time_budget) -> Optional[OptimalBudget]:

@@ -1,10 +1,11 @@
 """The ``compexp`` parser: one subparser per subcommand module, and the error handling.
 
 Each subcommand module (:mod:`.search`, :mod:`.info`, :mod:`.demo`, :mod:`.extract`,
-:mod:`.convert_broden`, :mod:`.report`, :mod:`.adversarial`) describes itself in ``COMMAND``, a
-:class:`~.args.Subcommand` (name, help, ``add_arguments(parser)``, ``run(args) -> int``), and
-imports the library modules it runs (and so h5py, torch or Pillow) only inside ``run``:
-building the parser imports none of them, so ``compexp --help`` stays fast.
+:mod:`.convert_broden`, :mod:`.report`, :mod:`.adversarial`, :mod:`.export`) describes itself
+in ``COMMAND``, a :class:`~.args.Subcommand` (name, help, ``add_arguments(parser)``,
+``run(args) -> int``), and imports the library modules it runs (and so h5py, torch or
+Pillow) only inside ``run``: building the parser imports none of them, so ``compexp --help``
+stays fast.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Optional, Sequence
 from .adversarial import COMMAND as ADVERSARIAL
 from .convert_broden import COMMAND as CONVERT_BRODEN
 from .demo import COMMAND as DEMO
+from .export import COMMAND as EXPORT
 from .extract import COMMAND as EXTRACT
 from .info import COMMAND as INFO
 from .report import COMMAND as REPORT
@@ -23,7 +25,7 @@ from .search import COMMAND as SEARCH
 __all__ = ["build_parser", "main"]
 
 # In the order ``compexp --help`` lists them.
-SUBCOMMANDS = (SEARCH, INFO, DEMO, EXTRACT, CONVERT_BRODEN, REPORT, ADVERSARIAL)
+SUBCOMMANDS = (SEARCH, INFO, DEMO, EXTRACT, CONVERT_BRODEN, REPORT, ADVERSARIAL, EXPORT)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..search import search_formulas
-    from ..io import load_concepts, open_activations
+    from ..io import load_concepts, open_activations, read_activations_metadata
     from ..io.results import check_output_path
 
     # Before any work: a search whose results cannot be written is not started.
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     # Where the inputs were, so that `compexp report` finds them by default.
     result.params["acts_path"] = os.path.abspath(args.acts)
     result.params["concepts_path"] = os.path.abspath(args.concepts)
+    meta = read_activations_metadata(args.acts)         # what the activations explain
+    result.model, result.layer = meta["model"], meta["layer"]
     result.save(args.output)
     print(result.summary(args.top))
     print(f"{len(result)} units in {elapsed:.2f} s ({1000 * elapsed / len(result):.1f} ms/unit); "

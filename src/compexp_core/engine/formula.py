@@ -264,6 +264,65 @@ class Formula(ABC):
         """
         return _Parser(text).parse()
 
+    def to_tree(self, index_of: Callable[[str], int] | None = None) -> dict:
+        """The formula's parse tree as nested dicts of JSON types (for programs: ``json.dumps``
+        writes it as it is; :meth:`from_tree` is the inverse).
+
+        A leaf is ``{"concept": name}``, with ``"index": index_of(name)`` added when
+        ``index_of`` is given (e.g. ``ConceptSet.index``); ``NOT x`` is
+        ``{"op": "not", "args": [x]}``; ``(l AND r)`` and ``(l OR r)`` are
+        ``{"op": "and", "args": [l, r]}`` and ``{"op": "or", "args": [l, r]}``. So the
+        search's ``F AND NOT C`` is an ``and`` whose second argument is a ``not``.
+
+        Args:
+            index_of: maps a concept name to its index (must return an int), or None.
+
+        Returns:
+            The tree (a new dict).
+
+        Raises:
+            TypeError: ``index_of`` returns something other than an int.
+
+        Examples:
+            >>> f = Formula.parse("((water OR river) AND NOT blue)")
+            >>> f.to_tree() == {"op": "and", "args": [
+            ...     {"op": "or", "args": [{"concept": "water"}, {"concept": "river"}]},
+            ...     {"op": "not", "args": [{"concept": "blue"}]}]}
+            True
+            >>> Leaf("blue").to_tree(["water", "river", "blue"].index)
+            {'concept': 'blue', 'index': 2}
+            >>> Formula.from_tree(f.to_tree()) == f
+            True
+        """
+        return _to_tree(self, index_of)
+
+    @staticmethod
+    def from_tree(tree: Any) -> Formula:
+        """The formula of a parse tree written by :meth:`to_tree` (leaves' ``"index"`` keys
+        are ignored: the names decide).
+
+        Args:
+            tree: nested dicts as :meth:`to_tree` returns them (e.g. read with ``json.loads``).
+
+        Returns:
+            The formula.
+
+        Raises:
+            ValueError: a node that is not a dict with either a str ``"concept"`` or an
+                ``"op"`` of ``"and"``, ``"or"``, ``"not"`` with a list of 2, 2 or 1
+                ``"args"``; the message gives the node's path, e.g. ``tree.args[1]``.
+
+        Examples:
+            >>> str(Formula.from_tree({"op": "or", "args": [{"concept": "a"},
+            ...                                            {"concept": "living room"}]}))
+            '(a OR "living room")'
+            >>> Formula.from_tree({"op": "xor", "args": []})
+            Traceback (most recent call last):
+            ...
+            ValueError: invalid formula tree at tree: unknown op 'xor' (expected 'and', 'or' or 'not')
+        """
+        return _from_tree(tree)
+
     def evaluate(self, masks: Any, names: Sequence[str] | None = None) -> np.ndarray:
         """Compute the formula's boolean mask (AND/OR/NOT are elementwise).
 
@@ -588,6 +647,85 @@ _STEP_OPS: dict[str, Callable[[Formula, str], Formula]] = {
     "and_not": Formula.and_not,
     "or_not": Formula.or_not,
 }
+
+
+# ------------------------------------------------------------------------------ parse trees
+# Formula.to_tree / from_tree, without recursion like the rest of this module.
+
+_TREE_OPS = {"and": 2, "or": 2, "not": 1}
+
+
+def _to_tree(root: Formula, index_of: Callable[[str], int] | None) -> dict:
+    """Post-order over ``root``: a node's dict is built once its children's are."""
+    built: list[dict] = []          # finished subtrees, in post-order
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        kind = node._KIND
+        if kind == _LEAF:
+            leaf: dict = {"concept": node.name}
+            if index_of is not None:
+                index = index_of(node.name)
+                if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+                    raise TypeError(f"index_of must return an int; it returned "
+                                    f"{type(index).__name__} for the concept {node.name!r}")
+                leaf["index"] = int(index)
+            built.append(leaf)
+        elif not children_done:
+            stack.append((node, True))
+            if kind == _NOT:
+                stack.append((node.operand, False))
+            else:
+                stack.append((node.right, False))
+                stack.append((node.left, False))
+        elif kind == _NOT:
+            built.append({"op": "not", "args": [built.pop()]})
+        else:
+            right = built.pop()
+            built.append({"op": "and" if isinstance(node, And) else "or",
+                          "args": [built.pop(), right]})
+    return built[0]
+
+
+def _from_tree(tree: Any) -> Formula:
+    """Post-order over the dicts, checking each node; ``where`` paths name bad nodes."""
+    built: list[Formula] = []
+    stack: list[tuple[Any, str, bool]] = [(tree, "tree", False)]
+    while stack:
+        node, where, children_done = stack.pop()
+        if children_done:
+            if node["op"] == "not":
+                built.append(Not(built.pop()))
+            else:
+                right = built.pop()
+                left = built.pop()
+                built.append(And(left, right) if node["op"] == "and" else Or(left, right))
+            continue
+        if not isinstance(node, dict):
+            raise ValueError(f"invalid formula tree at {where}: expected a dict node, got "
+                             f"{type(node).__name__}")
+        if "concept" in node:
+            if "op" in node or "args" in node:
+                raise ValueError(f"invalid formula tree at {where}: a node has either "
+                                 f"'concept' or 'op' and 'args', not both")
+            name = node["concept"]
+            if not isinstance(name, str):
+                raise ValueError(f"invalid formula tree at {where}: 'concept' must be a str, "
+                                 f"got {type(name).__name__}")
+            built.append(Leaf(name))
+            continue
+        op = node.get("op")
+        if op not in _TREE_OPS:
+            raise ValueError(f"invalid formula tree at {where}: unknown op {op!r} (expected "
+                             f"'and', 'or' or 'not')")
+        args = node.get("args")
+        if not isinstance(args, list) or len(args) != _TREE_OPS[op]:
+            raise ValueError(f"invalid formula tree at {where}: op {op!r} needs a list of "
+                             f"{_TREE_OPS[op]} args, got {args!r:.80}")
+        stack.append((node, where, True))
+        for i in reversed(range(len(args))):
+            stack.append((args[i], f"{where}.args[{i}]", False))
+    return built[0]
 
 
 class _Parser:

@@ -43,7 +43,8 @@ from . import _h5
 from ._h5 import FORMAT_VERSION, RESULTS_FORMAT, PathLike
 
 __all__ = ["write_results", "read_results", "results_kind", "check_output_path",
-           "params_json", "write_reference_csv", "REFERENCE_COLUMNS", "REFERENCE_CLASS_COLUMNS"]
+           "check_not_input", "params_json", "write_reference_csv", "REFERENCE_COLUMNS",
+           "REFERENCE_CLASS_COLUMNS"]
 
 # Datasets every results file has; files written before the others existed lack them.
 _REQUIRED = ("unit", "formula", "iou", "score", "primitive", "primitive_iou", "beam_formula",
@@ -125,6 +126,15 @@ def check_output_path(path: PathLike, *, inputs: Iterable[Any] = ()) -> str:
     _h5.check_writable(p, probe=True)
     if os.path.exists(p) and not os.path.isfile(p):
         raise ValueError(f"cannot write results to '{p}': it exists and is not a regular file")
+    check_not_input(p, inputs)
+    return p
+
+
+def check_not_input(path: PathLike, inputs: Iterable[Any]) -> None:
+    """Raise ValueError when ``path`` is one of ``inputs`` (compared with
+    :func:`os.path.samefile`, so through symbolic and hard links too; entries that are not
+    paths, and paths that do not exist, are ignored)."""
+    p = os.fspath(path)
     for source in inputs:
         if not isinstance(source, (str, os.PathLike)):
             continue
@@ -136,7 +146,6 @@ def check_output_path(path: PathLike, *, inputs: Iterable[Any] = ()) -> str:
             raise ValueError(f"the output '{p}' is the input file '{os.fspath(source)}': "
                              f"writing the results there would replace it; choose another "
                              f"output path")
-    return p
 
 
 def _json_default(x: Any) -> Any:
