@@ -973,7 +973,8 @@ def read_state_dict(path: PathLike) -> dict:
             if isinstance(checkpoint.get(key), dict):
                 state = checkpoint[key]
                 break
-    if not isinstance(state, dict) or not state:
+    if (not isinstance(state, dict) or not state
+            or not any(isinstance(v, torch.Tensor) for v in state.values())):
         what = (f"a dict with keys {', '.join(map(repr, list(checkpoint)[:10]))}"
                 if isinstance(checkpoint, dict) and checkpoint else
                 f"an empty dict" if isinstance(checkpoint, dict) else
