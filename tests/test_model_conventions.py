@@ -14,7 +14,6 @@ and skip where they are not installed.
 import os
 import shutil
 import sys
-import textwrap
 
 import numpy as np
 import pytest

@@ -16,8 +16,10 @@ turns a list of dataset items into the model's arguments (:mod:`compexp_core.nli
 
 :class:`ImageDataset` turns a ``compexp-images`` file (or a uint8 array) into normalised float
 tensors; :func:`load_model` builds a model from a TorchScript file, a ``torch.export``
-program or a ``module:function`` spec. ``compexp extract`` (:mod:`compexp_core.cli.extract`)
-wraps the three.
+program, a ``torchvision:NAME`` / ``timm:NAME`` model or a ``module:function`` spec, and loads
+a checkpoint into it (:func:`read_state_dict`: a state dict, ``{"state_dict": ...}``, a
+``module.`` prefix, as the Places365 models ship). ``compexp extract``
+(:mod:`compexp_core.cli.extract`) wraps them.
 
 torch is imported inside the functions only, so importing this module (and ``compexp --help``)
 stays fast.
@@ -882,6 +884,10 @@ def _family_constructor(package: str, name: str, spec: str) -> Callable:
     module = _import_package(package, spec)
     if package == "torchvision":
         models = module.models
+        if not hasattr(models, "get_model"):
+            raise RuntimeError(f"model '{spec}': torchvision "
+                               f"{getattr(module, '__version__', '?')} has no models.get_model; "
+                               f"torchvision >= 0.14 is needed (pip install -U torchvision)")
         known = list(models.list_models())
         if name not in known:
             raise _unknown_model(spec, package, name, known)
