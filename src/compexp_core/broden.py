@@ -17,6 +17,10 @@ compositional-explanations paper. A Broden directory holds:
 * ``c_<category>.csv`` (optional here): ``code,number,name,frequency,coverage``, the
   category-local code of each global label number.
 * ``images/``: the images and the segmentation PNGs.
+* other index files (optional): a subset of the images, in ``index.csv``'s columns, such as
+  real Broden's ``index_ade20k.csv`` (the ADE20k images the paper probes with). Every
+  function here takes ``index=`` to read one instead of ``index.csv``; image and PNG paths
+  stay relative to the directory's ``images/``.
 
 Label numbers are *global* (the ``number`` column of ``label.csv``) everywhere: a segmentation
 PNG stores label ``R + 256·G`` at each pixel, and image-level columns hold the same global
@@ -68,12 +72,16 @@ __all__ = [
     "read_index_csv",
     "read_broden_index",
     "convert_broden",
+    "resolve_index_path",
+    "DEFAULT_INDEX",
     "MAX_GRID_CELLS",
     "MAX_LABEL",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+#: The index file of a Broden directory unless ``index=`` names another one.
+DEFAULT_INDEX = "index.csv"
 # The index.csv columns that describe the image; every other column is a category.
 INDEX_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 PIXEL, IMAGE = "pixel", "image"
@@ -153,6 +161,8 @@ class BrodenIndex:
         categories: the category names of ``category.csv``, in file order.
         category_codes: category -> {code: global label number}, from the ``c_<category>.csv``
             files that exist.
+        index_path: the index file the rows come from (``<directory>/index.csv`` unless
+            another index was chosen).
     """
     directory: str
     rows: tuple
@@ -160,6 +170,11 @@ class BrodenIndex:
     labels: Mapping[int, BrodenLabel]
     categories: tuple
     category_codes: Mapping[str, Mapping[int, int]]
+    index_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.index_path:
+            object.__setattr__(self, "index_path", os.path.join(self.directory, DEFAULT_INDEX))
 
     def select(self, split: Optional[str] = None) -> tuple:
         """The rows of one split (all rows when ``split`` is None), in file order.
@@ -167,7 +182,7 @@ class BrodenIndex:
         Raises:
             ValueError: no row has that split (the message lists the splits there are).
         """
-        return _select_rows(self.rows, split, os.path.join(self.directory, "index.csv"))
+        return _select_rows(self.rows, split, self.index_path)
 
     def members(self, category: str) -> set:
         """Label numbers that belong to ``category``: those whose ``label.csv`` category field
@@ -433,25 +448,73 @@ def _check_directory(directory: PathLike) -> str:
     return d
 
 
-def read_broden_index(directory: PathLike) -> BrodenIndex:
-    """Read the metadata of a Broden directory: ``index.csv``, ``label.csv``, ``category.csv``
-    and the ``c_<category>.csv`` files that exist. No image or PNG is opened.
+def resolve_index_path(directory: PathLike, index: Optional[PathLike] = None) -> str:
+    """The index file of a Broden directory: ``index.csv``, or the one ``index`` names.
 
     Args:
         directory: the Broden directory.
+        index: None for ``<directory>/index.csv``; otherwise an absolute path, or a relative
+            one, looked up in ``directory`` first and, when not there, in the current
+            directory (so a path typed relative to where the command runs works too).
+
+    Returns:
+        The absolute path of the index file (checked to exist).
+
+    Raises:
+        FileNotFoundError: the directory or the index file does not exist (the message names
+            the path looked up in ``directory``).
+        TypeError: ``index`` is not a path.
+
+    Examples:
+        >>> import os, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> open(os.path.join(d, "index_ade20k.csv"), "w").close()
+        >>> resolve_index_path(d, "index_ade20k.csv") == os.path.join(d, "index_ade20k.csv")
+        True
+    """
+    d = _check_directory(directory)
+    if index is None:
+        path = os.path.join(d, DEFAULT_INDEX)
+    else:
+        if not isinstance(index, (str, os.PathLike)) or not os.fspath(index):
+            raise TypeError(f"index must be the path of an index file such as "
+                            f"'index_ade20k.csv', got {index!r}")
+        given = os.fspath(index)
+        path = os.path.join(d, given)                       # an absolute path stays as it is
+        if not os.path.exists(path) and os.path.exists(given):
+            path = os.path.abspath(given)
+    if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory, expected a Broden index file",
+                                    path)
+        what = "a Broden index.csv" if index is None else "the Broden index file given as index"
+        raise _missing(path, what)
+    return path
+
+
+def read_broden_index(directory: PathLike, index: Optional[PathLike] = None) -> BrodenIndex:
+    """Read the metadata of a Broden directory: ``index.csv`` (or another index file),
+    ``label.csv``, ``category.csv`` and the ``c_<category>.csv`` files that exist. No image or
+    PNG is opened.
+
+    Args:
+        directory: the Broden directory.
+        index: an index file to read instead of ``index.csv``, such as ``"index_ade20k.csv"``
+            (see :func:`resolve_index_path`); it has ``index.csv``'s columns.
 
     Returns:
         A :class:`BrodenIndex`.
 
     Raises:
-        FileNotFoundError: the directory, ``index.csv``, ``label.csv`` or ``category.csv`` does
-            not exist (the exception names the path).
+        FileNotFoundError: the directory, the index file, ``label.csv`` or ``category.csv``
+            does not exist (the exception names the path).
         ValueError: a malformed CSV file (a missing column, a non-integer where an integer is
             expected, a malformed category field, a label listed twice); the message names the
             file, the line and the column.
     """
     d = _check_directory(directory)
-    rows, kinds = read_index_csv(os.path.join(d, "index.csv"))
+    index_path = resolve_index_path(d, index)
+    rows, kinds = read_index_csv(index_path)
     labels = _read_labels(os.path.join(d, "label.csv"))
     categories = _read_category_names(os.path.join(d, "category.csv"))
     codes = {}
@@ -460,7 +523,7 @@ def read_broden_index(directory: PathLike) -> BrodenIndex:
         if os.path.isfile(p):
             codes[cat] = _read_category_codes(p)
     return BrodenIndex(directory=d, rows=tuple(rows), column_kinds=kinds, labels=labels,
-                       categories=categories, category_codes=codes)
+                       categories=categories, category_codes=codes, index_path=index_path)
 
 
 def _select_rows(rows: Sequence[BrodenRow], split: Optional[str], index_path: str) -> tuple:
@@ -567,7 +630,7 @@ def _check_sizes(rows: Sequence[BrodenRow], grid: tuple, layers: Mapping[str, in
 
 def _choose_categories(index: BrodenIndex, rows: Sequence[BrodenRow],
                        categories: Optional[Sequence[str]]) -> list:
-    index_path = os.path.join(index.directory, "index.csv")
+    index_path = index.index_path
     if categories is None:
         # Every category column with data in the chosen rows, in index.csv order.
         used = {c for r in rows for c in list(r.pixel) + list(r.labels)}
@@ -641,12 +704,13 @@ def _png_path(directory: str, rel: str) -> str:
     return os.path.join(directory, "images", rel)
 
 
-def _decode_png(path: str, row: BrodenRow, grid: tuple, valid: np.ndarray) -> np.ndarray:
+def _decode_png(path: str, row: BrodenRow, grid: tuple, valid: np.ndarray,
+                index_name: str = DEFAULT_INDEX) -> np.ndarray:
     """The label map of one segmentation PNG (R + 256·G), checked, at the grid size."""
     from PIL import Image
 
     if not os.path.isfile(path):
-        raise _missing(path, f"a segmentation PNG named by index.csv line {row.line}")
+        raise _missing(path, f"a segmentation PNG named by {index_name} line {row.line}")
     rgb = None
     try:
         with Image.open(path) as im:
@@ -661,7 +725,8 @@ def _decode_png(path: str, row: BrodenRow, grid: tuple, valid: np.ndarray) -> np
                          f"(label = R + 256·G)")
     if size != (row.sw, row.sh):
         raise ValueError(f"segmentation PNG '{path}' is {size[1]}x{size[0]} (height x width), "
-                         f"but index.csv line {row.line} gives sh x sw = {row.sh}x{row.sw}")
+                         f"but {index_name} line {row.line} gives sh x sw = "
+                         f"{row.sh}x{row.sw}")
     labels = rgb[:, :, 0].astype(np.uint16) | (rgb[:, :, 1].astype(np.uint16) << 8)
     ok = valid[labels]
     if not ok.all():
@@ -684,7 +749,7 @@ def convert_broden(directory: PathLike, output: PathLike, *,
                    grid: Optional[Union[int, Sequence[int]]] = None, min_frequency: float = 0,
                    chunk_samples: Optional[int] = None,
                    compression: Optional[Union[str, int]] = None, with_index: bool = False,
-                   progress: bool = True) -> BrodenConversion:
+                   progress: bool = True, index: Optional[PathLike] = None) -> BrodenConversion:
     """Convert a Broden-format directory into a ``compexp-concepts`` file.
 
     Concepts are the labels of ``label.csv`` (by number, ascending) that belong to a chosen
@@ -715,13 +780,16 @@ def convert_broden(directory: PathLike, output: PathLike, *,
         compression: HDF5 compression of the label maps in the output (``"gzip"``, ``"lzf"``).
         with_index: also store the built concept index (faster loading later).
         progress: show a progress bar over the images.
+        index: an index file to read instead of ``index.csv``, such as Broden's
+            ``"index_ade20k.csv"`` (relative to ``directory``, or absolute; see
+            :func:`resolve_index_path`): its rows, in its order, are the samples.
 
     Returns:
         A :class:`BrodenConversion` summary.
 
     Raises:
-        FileNotFoundError: the directory, ``index.csv``, ``label.csv``, ``category.csv`` or a
-            segmentation PNG does not exist.
+        FileNotFoundError: the directory, the index file (``index.csv`` or ``index``),
+            ``label.csv``, ``category.csv`` or a segmentation PNG does not exist.
         ValueError: a malformed CSV file (file, line and column named); an unknown category
             or split; rows of different segmentation sizes without ``grid`` (the first
             offending image named); a PNG that cannot be read, whose size differs from its
@@ -771,12 +839,13 @@ def convert_broden(directory: PathLike, output: PathLike, *,
     chunk_samples = _check_chunk_samples(chunk_samples)
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, (int, float, np.number)):
         raise TypeError(f"min_frequency must be a number, got {min_frequency!r}")
-    index = read_broden_index(directory)
-    d = index.directory
-    index_path = os.path.join(d, "index.csv")
-    rows = index.select(split)
-    chosen = _choose_categories(index, rows, categories)
-    numbers, names, cats = _concepts(index, chosen, float(min_frequency))
+    broden = read_broden_index(directory, index)
+    d = broden.directory
+    index_path = broden.index_path
+    index_name = os.path.basename(index_path)
+    rows = broden.select(split)
+    chosen = _choose_categories(broden, rows, categories)
+    numbers, names, cats = _concepts(broden, chosen, float(min_frequency))
     if not numbers:
         raise ValueError(f"no concepts: no label of '{os.path.join(d, 'label.csv')}' (with "
                          f"frequency >= {min_frequency}) belongs to the categories "
@@ -795,8 +864,8 @@ def convert_broden(directory: PathLike, output: PathLike, *,
     n = len(rows)
     h, w = grid
 
-    pixel_cats = [c for c in chosen if index.column_kinds.get(c) == PIXEL]
-    image_cats = [c for c in chosen if index.column_kinds.get(c) == IMAGE]
+    pixel_cats = [c for c in chosen if broden.column_kinds.get(c) == PIXEL]
+    image_cats = [c for c in chosen if broden.column_kinds.get(c) == IMAGE]
     layers = {c: max(len(r.pixel.get(c, ())) for r in rows) for c in pixel_cats}
     layers = {c: nl for c, nl in layers.items() if nl > 0}
     _check_sizes(rows, grid, layers, index_path)
@@ -804,7 +873,7 @@ def convert_broden(directory: PathLike, output: PathLike, *,
     # ---- one label -> concept mapping for every category. Label maps hold PNG labels
     # (< 65536), so the array covers those; image-level labels are looked up in a dict.
     concept_of = {number: j for j, number in enumerate(numbers)}
-    known = np.array([v for v in index.labels if v <= _MAX_PNG_LABEL], np.int64)
+    known = np.array([v for v in broden.labels if v <= _MAX_PNG_LABEL], np.int64)
     concept_of_label = np.full(int(known.max()) + 1 if known.size else 1, -1, np.int32)
     png_numbers = [v for v in numbers if v <= _MAX_PNG_LABEL]
     concept_of_label[png_numbers] = [concept_of[v] for v in png_numbers]
@@ -821,7 +890,7 @@ def convert_broden(directory: PathLike, output: PathLike, *,
                 for v in r.labels.get(c, ()):
                     if v == 0:
                         continue                               # 0 = no label
-                    if v not in index.labels:
+                    if v not in broden.labels:
                         raise ValueError(f"'{index_path}', line {r.line}, column '{c}': label "
                                          f"{v} is not listed in "
                                          f"'{os.path.join(d, 'label.csv')}'")
@@ -858,7 +927,8 @@ def convert_broden(directory: PathLike, output: PathLike, *,
                     block = np.zeros((len(part), nl, h, w), np.uint16)
                     for i, r in enumerate(part):
                         for layer, rel in enumerate(r.pixel.get(c, ())):
-                            block[i, layer] = _decode_png(_png_path(d, rel), r, grid, valid)
+                            block[i, layer] = _decode_png(_png_path(d, rel), r, grid, valid,
+                                                          index_name)
                     maps[c][s:s + len(part)] = block
                 if bar is not None:
                     bar.update(len(part))
@@ -913,9 +983,10 @@ def _check_triple(values: Any, what: str, positive: bool) -> np.ndarray:
 class BrodenDataset:
     """The images of a Broden directory, normalised for a model (a PyTorch-style dataset).
 
-    Rows are those of ``index.csv`` in file order, filtered by ``split`` exactly as
-    :func:`convert_broden` filters them, so sample i here is sample i of the concepts file
-    converted with the same ``split``. It needs only ``index.csv`` and ``images/``.
+    Rows are those of ``index.csv`` (or of the ``index`` file) in file order, filtered by
+    ``split`` exactly as :func:`convert_broden` filters them, so sample i here is sample i of
+    the concepts file converted with the same ``index`` and ``split``. It needs only the index
+    file and ``images/``.
 
     The class does not subclass ``torch.utils.data.Dataset`` (so importing this module does
     not import torch); a ``DataLoader`` only needs ``__len__`` and ``__getitem__``.
@@ -923,6 +994,8 @@ class BrodenDataset:
     Args:
         directory: the Broden directory.
         split: keep only the rows of this split; default all rows.
+        index: an index file to read instead of ``index.csv``, such as Broden's
+            ``"index_ade20k.csv"`` (see :func:`resolve_index_path`).
         size: resize images to this (height, width) (or size x size) with bilinear
             interpolation; default: keep the index's ``ih×iw``.
         mean, std: per-channel normalisation of the [0, 1] RGB values (ImageNet's by default).
@@ -931,11 +1004,13 @@ class BrodenDataset:
         directory: the directory (absolute path).
         rows: the :class:`BrodenRow` of each sample.
         names: the image paths (relative to ``images/``), one per sample.
-        description: ``"broden:<directory>"`` (plus ``":<split>"``), for provenance.
+        index_path: the index file the rows come from.
+        description: ``"broden:<directory>"`` (``"broden:<index file>"`` when the index is
+            not the directory's ``index.csv``), plus ``":<split>"``, for provenance.
 
     Raises:
-        FileNotFoundError: the directory or its ``index.csv`` does not exist.
-        ValueError: a malformed ``index.csv``; no row of ``split``; a bad ``size``/``mean``/
+        FileNotFoundError: the directory or its index file does not exist.
+        ValueError: a malformed index file; no row of ``split``; a bad ``size``/``mean``/
             ``std``.
 
     Examples:
@@ -952,6 +1027,7 @@ class BrodenDataset:
     """
 
     def __init__(self, directory: PathLike, *, split: Optional[str] = None,
+                 index: Optional[PathLike] = None,
                  size: Optional[Union[int, Sequence[int]]] = None,
                  mean: Sequence[float] = (0.485, 0.456, 0.406),
                  std: Sequence[float] = (0.229, 0.224, 0.225)) -> None:
@@ -959,12 +1035,15 @@ class BrodenDataset:
         self.size = _check_size(size)
         self.mean = _check_triple(mean, "mean", positive=False)
         self.std = _check_triple(std, "std", positive=True)
-        index_path = os.path.join(self.directory, "index.csv")
-        rows, _ = read_index_csv(index_path)
+        self.index_path = resolve_index_path(self.directory, index)
+        rows, _ = read_index_csv(self.index_path)
         self.split = split
-        self.rows = _select_rows(rows, split, index_path)
+        self.rows = _select_rows(rows, split, self.index_path)
         self.names = tuple(r.image for r in self.rows)
-        self.description = f"broden:{self.directory}" + (f":{split}" if split else "")
+        # The directory alone means its index.csv; another index is named by its path.
+        default = self.index_path == os.path.join(self.directory, DEFAULT_INDEX)
+        where = self.directory if default else self.index_path
+        self.description = f"broden:{where}" + (f":{split}" if split else "")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -997,7 +1076,8 @@ class BrodenDataset:
         row = self.rows[self._index(i)]
         path = self.image_path(i)
         if not os.path.isfile(path):
-            raise _missing(path, f"an image named by index.csv line {row.line}")
+            raise _missing(path, f"an image named by {os.path.basename(self.index_path)} "
+                                 f"line {row.line}")
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
@@ -1005,7 +1085,8 @@ class BrodenDataset:
             raise ValueError(f"image '{path}' is not a readable image ({e})") from None
         if img.size != (row.iw, row.ih):
             raise ValueError(f"image '{path}' is {img.size[1]}x{img.size[0]} (height x width), "
-                             f"but index.csv line {row.line} gives ih x iw = {row.ih}x{row.iw}")
+                             f"but {os.path.basename(self.index_path)} line {row.line} gives "
+                             f"ih x iw = {row.ih}x{row.iw}")
         if self.size is not None and img.size != (self.size[1], self.size[0]):
             img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8)

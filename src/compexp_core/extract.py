@@ -16,8 +16,10 @@ turns a list of dataset items into the model's arguments (:mod:`compexp_core.nli
 
 :class:`ImageDataset` turns a ``compexp-images`` file (or a uint8 array) into normalised float
 tensors; :func:`load_model` builds a model from a TorchScript file, a ``torch.export``
-program or a ``module:function`` spec. ``compexp extract`` (:mod:`compexp_core.cli.extract`)
-wraps the three.
+program, a ``torchvision:NAME`` / ``timm:NAME`` model or a ``module:function`` spec, and loads
+a checkpoint into it (:func:`read_state_dict`: a state dict, ``{"state_dict": ...}``, a
+``module.`` prefix, as the Places365 models ship). ``compexp extract``
+(:mod:`compexp_core.cli.extract`) wraps them.
 
 torch is imported inside the functions only, so importing this module (and ``compexp --help``)
 stays fast.
@@ -47,6 +49,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -56,7 +59,8 @@ from .engine.backends import parse_device
 from .io import open_images
 from .io.activations import PARTIAL_SUFFIX, ActivationsWriter
 
-__all__ = ["ImageDataset", "extract_activations", "load_model", "PARTIAL_SUFFIX"]
+__all__ = ["ImageDataset", "extract_activations", "load_model", "read_state_dict",
+           "MODEL_PACKAGES", "PARTIAL_SUFFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -727,8 +731,18 @@ def _is_spec_with_function(spec: str) -> bool:
     return bool(sep and head and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", tail))
 
 
-def load_model(spec: str) -> Any:
-    """Build a model from a saved file or a ``module:function`` spec.
+# Model families named as "<package>:<model name>", built without downloading any weights.
+MODEL_PACKAGES = ("torchvision", "timm")
+# Shown when a checkpoint holds more than tensors: how to keep only its weights.
+_RESAVE_HINT = ("if you trust the file, keep only its tensors: torch.save(torch.load(path, "
+                "weights_only=False)['state_dict'], 'weights.pth')")
+# Missing / unexpected keys named in an error message.
+_KEYS_SHOWN = 5
+
+
+def load_model(spec: str, *, weights: Optional[PathLike] = None,
+               num_classes: Optional[int] = None) -> Any:
+    """Build a model from a saved file, a model family's name or a ``module:function`` spec.
 
     Args:
         spec: one of
@@ -737,34 +751,163 @@ def load_model(spec: str) -> Any:
             * a ``torch.export`` program written by ``torch.export.save`` (a ``.pt2`` file,
               exported with a dynamic batch dimension); it is unflattened
               (``torch.export.unflatten``) so that its layers keep their module paths;
+            * ``"torchvision:NAME"``: ``torchvision.models.get_model(NAME, weights=None)``
+              (torchvision's model names: ``resnet18``, ``alexnet``, ``densenet161``, ...);
+            * ``"timm:NAME"``: ``timm.create_model(NAME, pretrained=False)``;
             * ``"package.module:function"``: imports the module and calls ``function()``;
             * ``"path/to/file.py:function"``: runs the file as a module (its directory is on
               ``sys.path`` meanwhile, so it can import its neighbours) and calls ``function()``.
 
-            The function takes no arguments and returns a :class:`torch.nn.Module` (it may load
-            weights, e.g. ``torchvision.models:resnet18`` where torchvision is installed).
+            The function takes no arguments (or ``num_classes=``, see below) and returns a
+            :class:`torch.nn.Module`. Nothing is downloaded: a model family's architecture
+            comes without weights unless ``weights`` gives them.
+        weights: a checkpoint file to load into the model built from a family name or a
+            function (see :func:`read_state_dict` for the checkpoint shapes accepted:
+            a plain state dict, ``{"state_dict": ...}``, a ``module.`` prefix). Saved model
+            files hold their weights already and take none.
+        num_classes: the number of outputs of the final layer, passed to the constructor
+            (``num_classes=``). Default: the constructor's default, unless ``weights`` has a
+            final layer of another size: then the model is built with the checkpoint's
+            number (the last weight tensor of the model, e.g. ``fc.weight``, is compared
+            with the checkpoint's; the Places365 ResNet-18 has 365 outputs, torchvision's
+            default 1000).
 
     Returns:
-        The model.
+        The model, with the weights loaded when ``weights`` is given.
 
     Raises:
-        FileNotFoundError: the model file or the ``.py`` file does not exist.
+        FileNotFoundError: the model file, the ``.py`` file or the weights file does not
+            exist.
+        ImportError: torchvision or timm is not installed (the message says how to install
+            it).
         ValueError: a file that is neither TorchScript nor a torch.export program; the module
-            cannot be imported; it has no such function.
-        RuntimeError: the function raised an exception.
-        TypeError: the function did not return a ``torch.nn.Module``.
+            cannot be imported; it has no such function; an unknown torchvision/timm model
+            (near matches named); ``weights`` or ``num_classes`` with a saved model file;
+            weights that do not fit the model (the first missing/unexpected keys and the
+            mismatched shapes named); a checkpoint that cannot be read safely.
+        RuntimeError: the function raised an exception; torchvision or timm fails to import.
+        TypeError: the function did not return a ``torch.nn.Module``; a bad argument.
 
     Examples:
         >>> m = load_model("torch.nn:Identity")
         >>> type(m).__name__
         'Identity'
+        >>> import os, tempfile, torch
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(folder, "nets.py"), "w") as fh:
+        ...     _ = fh.write("import torch\\n"
+        ...                  "def head(num_classes=10):\\n"
+        ...                  "    return torch.nn.Linear(3, num_classes)\\n")
+        >>> ckpt = os.path.join(folder, "ckpt.pth")     # 4 classes, saved from DataParallel
+        >>> torch.save({"epoch": 1, "state_dict": {"module.weight": torch.ones(4, 3),
+        ...                                        "module.bias": torch.zeros(4)}}, ckpt)
+        >>> m = load_model(os.path.join(folder, "nets.py") + ":head", weights=ckpt)
+        >>> m.out_features, m.weight.detach().sum().item()
+        (4, 12.0)
     """
     torch = require("torch", "loading a model")
 
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"a model spec must be a non-empty string, got {spec!r}")
-    if not _is_spec_with_function(spec) or os.path.isfile(spec):
+    if weights is not None and (not isinstance(weights, (str, os.PathLike))
+                                or not os.fspath(weights)):
+        raise TypeError(f"weights must be the path of a checkpoint file, got {weights!r}")
+    if num_classes is not None:
+        num_classes = _check_int(num_classes, "num_classes", 1)
+    family, _, name = spec.partition(":")
+    if family in MODEL_PACKAGES and name and not os.path.isfile(spec):
+        build = _family_constructor(family, name, spec)
+    elif not _is_spec_with_function(spec) or os.path.isfile(spec):
+        if weights is not None or num_classes is not None:
+            given = "weights" if weights is not None else "num_classes"
+            raise ValueError(f"model '{spec}' is a saved model file, which holds its weights "
+                             f"and classes already: {given} applies to torchvision:NAME, "
+                             f"timm:NAME and module:function / file.py:function models")
         return _load_model_file(spec)
+    else:
+        build = _function_constructor(spec)
+
+    state = read_state_dict(weights) if weights is not None else None
+    model = build(num_classes)
+    if state is not None and num_classes is None:
+        found = _checkpoint_classes(model, state)
+        if found is not None:
+            model = build(found)
+    if state is not None:
+        _load_state(model, state, spec, os.fspath(weights))
+    return model
+
+
+def _build(function: Callable, name: str, spec: str, num_classes: Optional[int]) -> Any:
+    """``function()`` or ``function(num_classes=...)``, checked to give an ``nn.Module``."""
+    import torch
+
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    call = f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+    try:
+        model = function(**kwargs)
+    except TypeError as e:
+        if kwargs and "num_classes" in str(e):
+            raise ValueError(f"model spec '{spec}': {call} failed: {name} takes no "
+                             f"num_classes argument ({_brief(e)}); give a function that builds "
+                             f"the model with the checkpoint's number of classes") from e
+        raise RuntimeError(f"model spec '{spec}': {call} failed: {_brief(e)}") from e
+    except Exception as e:
+        raise RuntimeError(f"model spec '{spec}': {call} failed: {_brief(e)}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model spec '{spec}': {call} returned a {type(model).__name__}, not a "
+                        f"torch.nn.Module")
+    return model
+
+
+def _import_package(package: str, spec: str) -> Any:
+    """torchvision or timm, with an install hint when absent and the cause when broken."""
+    try:
+        return require(package, f"model '{spec}'")
+    except ImportError:
+        raise
+    except Exception as e:
+        # A torchvision built for another torch (or CUDA) fails here, not with ImportError.
+        raise RuntimeError(f"model '{spec}': importing {package} failed: {_brief(e)} (is it "
+                           f"built for the installed torch? reinstall it to match)") from e
+
+
+def _unknown_model(spec: str, package: str, name: str, known: Sequence[str]) -> ValueError:
+    close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.6)
+    hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+            else f" ({len(known)} models there)")
+    return ValueError(f"model spec '{spec}': {package} has no model '{name}'{hint}")
+
+
+def _family_constructor(package: str, name: str, spec: str) -> Callable:
+    """A function of ``num_classes`` building the named torchvision/timm model (no weights)."""
+    module = _import_package(package, spec)
+    if package == "torchvision":
+        models = module.models
+        if not hasattr(models, "get_model"):
+            raise RuntimeError(f"model '{spec}': torchvision "
+                               f"{getattr(module, '__version__', '?')} has no models.get_model; "
+                               f"torchvision >= 0.14 is needed (pip install -U torchvision)")
+        known = list(models.list_models())
+        if name not in known:
+            raise _unknown_model(spec, package, name, known)
+
+        def function(**kwargs: Any) -> Any:
+            return models.get_model(name, weights=None, **kwargs)
+        label = f"torchvision.models.get_model('{name}')"
+    else:
+        # is_model accepts pretrained tags too ("resnet18.a1_in1k"); list_models has no tags.
+        if not module.is_model(name):
+            raise _unknown_model(spec, package, name, module.list_models())
+
+        def function(**kwargs: Any) -> Any:
+            return module.create_model(name, pretrained=False, **kwargs)
+        label = f"timm.create_model('{name}')"
+    return lambda num_classes: _build(function, label, spec, num_classes)
+
+
+def _function_constructor(spec: str) -> Callable:
+    """A function of ``num_classes`` calling the spec's ``module:function``."""
     where, _, name = spec.rpartition(":")
     if where.endswith(".py") or os.sep in where:
         module = _import_file(where, spec)
@@ -783,14 +926,125 @@ def load_model(spec: str) -> Any:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"model spec '{spec}': '{name}' is not callable")
+    return lambda num_classes: _build(obj, name, spec, num_classes)
+
+
+def read_state_dict(path: PathLike) -> dict:
+    """Read a checkpoint file's weights as a state dict, safely (``weights_only=True``).
+
+    Accepted shapes: a plain state dict (``torch.save(model.state_dict(), path)``), or a dict
+    holding one under ``"state_dict"`` (as the Places365 models ship, with the epoch and the
+    architecture beside it) or ``"model"``. When every key starts with ``module.`` (a model
+    saved from ``torch.nn.DataParallel``), the prefix is removed.
+
+    Args:
+        path: the checkpoint file (tensors are loaded onto the CPU).
+
+    Returns:
+        The state dict: parameter name -> tensor, in the file's order (its ``_metadata``, the
+        module versions that ``load_state_dict`` reads, kept with the same keys).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it cannot be read by ``torch.load(weights_only=True)`` (a whole pickled
+            model, or other Python objects), or it holds no state dict (the message lists its
+            top-level keys).
+
+    Examples:
+        >>> import os, tempfile, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), "resnet_places365.pth.tar")
+        >>> torch.save({"epoch": 90, "arch": "resnet18",
+        ...             "state_dict": {"module.fc.bias": torch.zeros(365)}}, path)
+        >>> {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+        {'fc.bias': (365,)}
+    """
+    torch = require("torch", "reading a checkpoint")
+
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TypeError(f"a checkpoint must be a file path, got {path!r}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "No such checkpoint file (weights)", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory, not a checkpoint file", path)
     try:
-        model = obj()
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f"model spec '{spec}': {name}() failed: {_brief(e)}") from e
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model spec '{spec}': {name}() returned a {type(model).__name__}, not a "
-                        f"torch.nn.Module")
-    return model
+        raise ValueError(f"weights '{path}': torch.load(weights_only=True) cannot read it "
+                         f"({_brief(e)}); a checkpoint must hold tensors in dicts (a state "
+                         f"dict), not pickled Python objects; {_RESAVE_HINT}") from e
+    state = checkpoint
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(checkpoint.get(key), dict):
+                state = checkpoint[key]
+                break
+    if (not isinstance(state, dict) or not state
+            or not any(isinstance(v, torch.Tensor) for v in state.values())):
+        what = (f"a dict with keys {', '.join(map(repr, list(checkpoint)[:10]))}"
+                if isinstance(checkpoint, dict) and checkpoint else
+                f"an empty dict" if isinstance(checkpoint, dict) else
+                f"a {type(checkpoint).__name__}")
+        raise ValueError(f"weights '{path}' holds {what}, not a state dict (parameter name -> "
+                         f"tensor, or {{'state_dict': ...}})")
+    odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ValueError(f"weights '{path}' is not a state dict: {len(odd)} entries are not "
+                         f"name -> tensor (first: {odd[0]!r} -> {type(state[odd[0]]).__name__})")
+    prefix = "module."
+    if all(k.startswith(prefix) for k in state):
+        metadata = getattr(state, "_metadata", None)
+        state = OrderedDict((k[len(prefix):], v) for k, v in state.items())
+        if metadata is not None:
+            # Module versions by module path: the wrapper "module" itself becomes the root "".
+            state._metadata = OrderedDict(  # type: ignore[attr-defined]
+                ("" if k == "module" else k[len(prefix):] if k.startswith(prefix) else k, v)
+                for k, v in metadata.items())
+    return state
+
+
+def _head_key(model: Any) -> Optional[str]:
+    """The model's final layer: the last weight of two or more dimensions in its state dict
+    (``fc.weight`` of a ResNet, ``classifier.6.weight`` of a VGG, ``head.weight`` of a ViT)."""
+    last = None
+    for key, value in model.state_dict().items():
+        if key.endswith("weight") and getattr(value, "ndim", 0) >= 2:
+            last = key
+    return last
+
+
+def _checkpoint_classes(model: Any, state: dict) -> Optional[int]:
+    """The checkpoint's number of classes when its final layer differs from the model's only in
+    the number of outputs; None otherwise (including when they agree)."""
+    key = _head_key(model)
+    if key is None or key not in state:
+        return None
+    mine, theirs = model.state_dict()[key].shape, state[key].shape
+    if len(mine) == len(theirs) and mine[1:] == theirs[1:] and mine[0] != theirs[0]:
+        return int(theirs[0])
+    return None
+
+
+def _load_state(model: Any, state: dict, spec: str, path: str) -> None:
+    """``model.load_state_dict(state)``, with an error that names what does not fit."""
+    own = model.state_dict()
+    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:_KEYS_SHOWN])}"
+                        f"{', ...' if len(shapes) > _KEYS_SHOWN else ''})")
+    else:
+        # strict=False reports the keys instead of raising; BatchNorm's num_batches_tracked,
+        # absent from checkpoints of old PyTorch versions, is filled in by the module itself.
+        result = model.load_state_dict(state, strict=False)
+        for what, keys in (("missing", result.missing_keys),
+                           ("unexpected", result.unexpected_keys)):
+            if keys:
+                problems.append(f"{len(keys)} {what} key(s) ({', '.join(keys[:_KEYS_SHOWN])}"
+                                f"{', ...' if len(keys) > _KEYS_SHOWN else ''})")
+    if problems:
+        raise ValueError(f"weights '{path}' do not fit model '{spec}': {'; '.join(problems)}")
 
 
 def _load_model_file(path: str) -> Any:

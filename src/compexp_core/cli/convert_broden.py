@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categories", default=None,
                         help="comma-separated categories, e.g. color,object,part,scene "
                              "(default: every category column with data)")
+    parser.add_argument("--index", default=None, metavar="FILE",
+                        help="an index file to read instead of index.csv, with its columns, "
+                             "e.g. index_ade20k.csv (relative to DIRECTORY, or a path)")
     parser.add_argument("--split", default=None, help="keep only this split (train, val)")
     parser.add_argument("--grid", type=grid_size, default=None,
                         help="mask grid H,W; label maps are resized with nearest neighbour "
@@ -37,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     summary = convert_broden(args.directory, args.output, categories=categories,
                              split=args.split, grid=args.grid,
                              min_frequency=args.min_frequency, compression=args.compression,
-                             with_index=args.with_index, progress=not args.no_progress)
+                             with_index=args.with_index, progress=not args.no_progress,
+                             index=args.index)
     print(summary)
     return 0
 

@@ -8,21 +8,34 @@ import sys
 import time
 from typing import Any
 
-from .args import Subcommand, image_size, rgb_triple
+from .args import Subcommand, image_size, positive_int, rgb_triple
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, or "
-                                      "module:function / file.py:function that returns a "
-                                      "torch.nn.Module")
+    parser.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, "
+                                      "torchvision:NAME or timm:NAME (e.g. torchvision:resnet18; "
+                                      "no weights unless --weights), or module:function / "
+                                      "file.py:function that returns a torch.nn.Module")
     parser.add_argument("images", help="a compexp-images HDF5 file, or a Broden-format dataset "
-                                       "directory (with index.csv)")
+                                       "directory (with index.csv, or --index)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="a checkpoint to load into a torchvision:/timm:/module:function "
+                             "model: a state dict, or {'state_dict': ...} as the Places365 "
+                             "models ship (a 'module.' prefix is removed); read with "
+                             "torch.load(weights_only=True)")
+    parser.add_argument("--num-classes", type=positive_int, default=None,
+                        help="outputs of the model's final layer (default: the checkpoint's, "
+                             "e.g. 365 for resnet18_places365.pth.tar, else the model's own)")
+    parser.add_argument("--index", default=None, metavar="FILE",
+                        help="for a Broden directory: an index file to read instead of "
+                             "index.csv, e.g. index_ade20k.csv (use the same one with "
+                             "convert-broden, so that samples line up)")
     parser.add_argument("-o", "--output", required=True,
                         help="activations file to write; with several --layer it must contain "
                              "{layer}, e.g. acts_{layer}.h5")
     parser.add_argument("--layer", action="append", required=True, dest="layers",
-                        help="module path of a layer (e.g. layer4 or layer4.1.conv2); repeat "
-                             "for several layers")
+                        help="module path of a layer (e.g. layer4 or layer4.1.conv2); repeat, "
+                             "or separate with commas (layer3,layer4), for several layers")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--float16", action="store_true", help="store float16 (default float32)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -43,12 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_dataset(images: str, args: argparse.Namespace) -> Any:
     normalise = {k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None}
     if os.path.isdir(images):
-        if not os.path.isfile(os.path.join(images, "index.csv")):
+        if args.index is None and not os.path.isfile(os.path.join(images, "index.csv")):
             raise ValueError(f"'{images}' is a directory without index.csv: give a "
-                             f"compexp-images HDF5 file or a Broden-format dataset directory")
+                             f"compexp-images HDF5 file or a Broden-format dataset directory "
+                             f"(or its index file with --index)")
         from ..broden import BrodenDataset
 
-        return BrodenDataset(images, size=args.size, **normalise)
+        return BrodenDataset(images, index=args.index, size=args.size, **normalise)
+    if args.index is not None:
+        raise ValueError(f"--index applies to a Broden directory, but '{images}' is not a "
+                         f"directory")
     from ..extract import ImageDataset
 
     return ImageDataset(images, size=args.size, **normalise)
@@ -60,21 +77,29 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_activations_metadata
 
     t0 = time.perf_counter()
+    # "--layer layer3,layer4" and "--layer layer3 --layer layer4" name the same layers.
+    layers = [layer for value in args.layers for layer in value.split(",")]
     dataset = _open_dataset(args.images, args)
-    model = load_model(args.model)
-    print(f"model: {args.model}; images: {args.images} ({len(dataset)} samples)")
+    try:
+        model = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    except ImportError as e:  # torchvision or timm is not installed: say so, no traceback
+        raise RuntimeError(str(e)) from e
+    model_name = args.model
+    if args.weights is not None:
+        model_name += f" (weights {os.path.abspath(args.weights)})"
+    print(f"model: {model_name}; images: {args.images} ({len(dataset)} samples)")
     try:
         paths = extract_activations(
-            model, dataset, args.layers, args.output, batch_size=args.batch_size,
+            model, dataset, layers, args.output, batch_size=args.batch_size,
             device=args.device, dtype="float16" if args.float16 else "float32",
             num_workers=args.workers, resume=args.resume, progress=not args.no_progress,
-            model_name=args.model)
+            model_name=model_name)
     except KeyboardInterrupt:
         print("compexp extract: interrupted; run the same command with --resume to continue",
               file=sys.stderr)
         return 130
     elapsed = time.perf_counter() - t0
-    for path, layer in zip(paths, args.layers):
+    for path, layer in zip(paths, layers):
         meta = read_activations_metadata(path)
         print(f"wrote {path}: layer {layer}, shape {meta['shape']}, {meta['dtype']}")
     print(f"{len(dataset)} samples in {elapsed:.1f} s")
