@@ -27,7 +27,7 @@ import numpy as np
 
 from ..engine.concepts import ConceptSet
 from ..results import SearchResult
-from .build import write_report
+from .build import formula_categories, write_report
 from .inputs import as_concepts, as_result, is_path, recorded_path
 from .page import layers_page, metric_label, write_html
 from .plots import category_bars_svg
@@ -107,7 +107,7 @@ def summarize_layer(result: SearchResult, concepts: ConceptSet, threshold: float
             raise ValueError(f"the formula {str(e.formula)!r} of unit {e.unit} of layer {name!r} "
                              f"names the concept {missing[0]!r}, which is not in its concepts: "
                              f"are these the concepts the search used?")
-        for category in {category_of[n] for n in leaves} - {""}:
+        for category in formula_categories(e.formula, category_of):
             counts[category] += 1
     explanations = list(result)
     return LayerSummary(
