@@ -13,7 +13,6 @@
 """
 import doctest
 import html.parser
-import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
