@@ -1,5 +1,7 @@
 """``compexp report RESULTS --images IMAGES``: the HTML report of a search (see
-:mod:`compexp_core.report`)."""
+:mod:`compexp_core.report`). With several results files (one per layer), or ``--names``, the
+reports of the layers and an index page across them
+(:func:`compexp_core.report.write_layers_report`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,14 +12,19 @@ from .args import Subcommand, unit_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", help="results file written by compexp search (.h5 or .csv)")
+    parser.add_argument("results", nargs="+",
+                        help="results file written by compexp search (.h5 or .csv); several "
+                             "files (one per layer) write a report per layer and an index "
+                             "page across them")
     parser.add_argument("--images", required=True,
                         help="the input images: a compexp-images file, or a Broden directory "
                              "(with index.csv)")
-    parser.add_argument("--acts", default=None,
-                        help="activations file (default: the one recorded by compexp search)")
-    parser.add_argument("--concepts", default=None,
-                        help="concepts file (default: the one recorded by compexp search)")
+    parser.add_argument("--acts", action="append", default=None,
+                        help="activations file (default: the one recorded by compexp search); "
+                             "with several results files, give it once per file, in order")
+    parser.add_argument("--concepts", action="append", default=None,
+                        help="concepts file (default: the one recorded by compexp search); "
+                             "with several results files, once for all or once per file")
     parser.add_argument("-o", "--output", default="report",
                         help="output folder (default: ./report)")
     parser.add_argument("--lengths", default=None,
@@ -28,43 +35,104 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--units", type=unit_list, default=None,
                         help="units to report, e.g. 0-9,15 (default: all)")
     parser.add_argument("--title", default=None, help="page title")
+    parser.add_argument("--names", type=_name_list, default=None,
+                        help="the layers' names, comma-separated, one per results file "
+                             "(default: the layer each records, else the file's name)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="with several layers: the IoU at which the index counts a unit "
+                             "in 'N of M units have IoU >= t' (default 0.04, Network "
+                             "Dissection's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _recorded_path(args: argparse.Namespace, result, key: str, option: str) -> str:
+def _name_list(text: str) -> list[str]:
+    """``--names a,b``: the comma-separated names, each non-empty."""
+    names = [n.strip() for n in text.split(",")]
+    if any(not n for n in names):
+        raise argparse.ArgumentTypeError(f"an empty name in {text!r} (give names as a,b,c)")
+    return names
+
+
+def _recorded_path(given, path: str, result, key: str, option: str) -> str:
     """The ``--acts`` or ``--concepts`` given, else the path ``compexp search`` recorded."""
-    given = getattr(args, key)
     if given is not None:
         return given
-    recorded = result.params.get(f"{key}_path")
-    if not recorded:
-        raise ValueError(f"{args.results} does not record its {key} file: pass {option}")
-    if not os.path.exists(recorded):
-        raise FileNotFoundError(f"the {key} file recorded in {args.results} does not exist: "
-                                f"{recorded} (pass {option})")
-    return recorded
+    from ..report.inputs import recorded_path
+
+    return recorded_path(result, key, path, f"pass {option}")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``compexp report``: write the report and print the path of its index page."""
-    from ..results import load_results
-    from ..report import write_report
+def _one(values, option: str):
+    """The value of an option given at most once (None when not given)."""
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise ValueError(f"{option} is given {len(values)} times for one results file")
+    return values[0]
 
-    result = load_results(args.results)
-    acts = _recorded_path(args, result, "acts", "--acts")
-    concepts = _recorded_path(args, result, "concepts", "--concepts")
-    images: Any = args.images
+
+def _images(images: str) -> Any:
+    """The --images path, or the Broden dataset of a Broden directory."""
     if os.path.isdir(images):
         if not os.path.exists(os.path.join(images, "index.csv")):
             raise ValueError(f"--images {images} is a directory without index.csv (not a Broden "
                              f"directory); pass a compexp-images file or a Broden directory")
         from ..broden import BrodenDataset
 
-        images = BrodenDataset(images)
-    path = write_report(result, args.output, acts=acts, concepts=concepts, images=images,
-                        lengths=args.lengths, top_images=args.top_images, units=args.units,
-                        title=args.title, progress=not args.no_progress)
-    print(path)
+        return BrodenDataset(images)
+    return images
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``compexp report``: write the report and print the path of its index page."""
+    if len(args.results) > 1 or args.names is not None:
+        return _run_layers(args)
+    from ..results import load_results
+    from ..report import write_report
+
+    if args.threshold is not None:
+        raise ValueError("--threshold is for the index across layers: give several results "
+                         "files (or --names)")
+    path = args.results[0]
+    result = load_results(path)
+    acts = _recorded_path(_one(args.acts, "--acts"), path, result, "acts", "--acts")
+    concepts = _recorded_path(_one(args.concepts, "--concepts"), path, result, "concepts",
+                              "--concepts")
+    images = _images(args.images)
+    index = write_report(result, args.output, acts=acts, concepts=concepts, images=images,
+                         lengths=args.lengths, top_images=args.top_images, units=args.units,
+                         title=args.title, progress=not args.no_progress)
+    print(index)
+    return 0
+
+
+def _run_layers(args: argparse.Namespace) -> int:
+    """``compexp report`` of several layers: their reports and the index across them."""
+    from ..report import write_layers_report
+
+    n = len(args.results)
+    for option, value in (("--lengths", args.lengths), ("--units", args.units)):
+        if value is not None:
+            raise ValueError(f"{option} applies to one results file, not to a report of "
+                             f"several layers")
+    if args.acts is not None and len(args.acts) != n:
+        raise ValueError(f"--acts is given {len(args.acts)} times for {n} results files: give "
+                         f"it once per file, in order (or not at all)")
+    concepts = args.concepts
+    if concepts is not None and len(concepts) not in (1, n):
+        raise ValueError(f"--concepts is given {len(concepts)} times for {n} results files: "
+                         f"give it once for all, once per file, or not at all")
+    if concepts is not None and len(concepts) == 1:
+        concepts = concepts[0]
+    if args.names is not None and len(args.names) != n:
+        raise ValueError(f"--names has {len(args.names)} names for {n} results files: give "
+                         f"one per file, in order")
+    given = {} if args.threshold is None else {"threshold": args.threshold}
+    index = write_layers_report(args.results, args.output, images=_images(args.images),
+                                names=args.names, acts=args.acts, concepts=concepts,
+                                top_images=args.top_images, title=args.title,
+                                progress=not args.no_progress, **given)
+    print(index)
     return 0
 
 

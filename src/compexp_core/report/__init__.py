@@ -24,29 +24,39 @@ lines of inline JavaScript and no external resources. The state can be given in 
 page is ready, ``<body>`` carries ``data-ready="1"``. An image that fails to load is reported
 with ``console.error``.
 
+Several layers in one report: :func:`write_layers_report` (:mod:`.layers`) writes each layer's
+report into a folder of its own and an index page across the layers (units, explained units,
+mean IoU and Network Dissection's "N of M units have IoU >= t" per layer, and a chart of
+explained units per concept category and layer, each bar linking to the layer's filtered cards).
+
 Units explained on sentence pairs (NLI) get a report of their own, :func:`write_text_report`
 (:mod:`.text`): the same page, controls and plots, with each unit's top activating pairs (the
 formula's words highlighted), its weight to each class, and the model's accuracy and confusion
 matrix where the formula holds.
 
 The package: :mod:`.build` assembles the report (:func:`write_report`), :mod:`.text` the text
-report, :mod:`.inputs` checks their inputs, :mod:`.overlays` draws the masks over the images,
-:mod:`.plots` draws the plots, :mod:`.contributions` writes the page of contributions of units to
-classes and of copy-paste edits (``contributions.html``), and :mod:`.page` fills the HTML, CSS and JavaScript of
+report, :mod:`.layers` the reports of several layers and their index, :mod:`.inputs` checks
+their inputs, :mod:`.overlays` draws the masks over the images, :mod:`.plots` draws the plots,
+:mod:`.contributions` writes the page of contributions of units to classes and of copy-paste
+edits (``contributions.html``), and :mod:`.page` fills the HTML, CSS and JavaScript of
 ``templates/`` (package data).
 
 Command line: ``compexp report RESULTS --images IMAGES [--acts ACTS] [--concepts CONCEPTS]
-[-o OUT_DIR] [--lengths RESULTS2] [--top-images 6] [--units 0-9,15]``.
+[-o OUT_DIR] [--lengths RESULTS2] [--top-images 6] [--units 0-9,15]``; several layers:
+``compexp report LAYER3 LAYER4 --images IMAGES [--names layer3,layer4] [--threshold 0.04]``.
 """
 from .build import write_report
 from .contributions import CONTRIBUTIONS_PAGE, write_contributions_page
+from .layers import write_layers_report
 from .overlays import FORMULA_COLOR, THUMB_SIZE, UNIT_COLOR, overlay
 from .text import highlight_words, write_text_report
 
-__all__ = ["write_report", "write_text_report", "highlight_words", "write_contributions_page",
-           "CONTRIBUTIONS_PAGE", "overlay", "UNIT_COLOR", "FORMULA_COLOR", "THUMB_SIZE"]
+__all__ = ["write_report", "write_layers_report", "write_text_report", "highlight_words",
+           "write_contributions_page", "CONTRIBUTIONS_PAGE", "overlay", "UNIT_COLOR",
+           "FORMULA_COLOR", "THUMB_SIZE"]
 
 # ``doctest.testmod`` of this package also runs the examples of what it re-exports.
-__test__ = {"write_report": write_report, "overlay": overlay,
+__test__ = {"write_report": write_report, "write_layers_report": write_layers_report,
+            "overlay": overlay,
             "write_text_report": write_text_report, "highlight_words": highlight_words,
             "write_contributions_page": write_contributions_page}

@@ -15,11 +15,33 @@ from .overlays import overlay, save_png, thumbnail
 from .page import card, figure, metric_label, page, summary_line, write_html
 from .plots import report_plots
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "formula_categories"]
 
 _EAGER_CARDS = 12         # cards whose images load at once; the rest load lazily
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def formula_categories(formula, category_of: dict) -> list[str]:
+    """The categories of a formula's concepts, sorted, without the empty category: what a card
+    lists and the page's category filter matches (none for no formula).
+
+    Args:
+        formula: a :class:`~compexp_core.Formula` or None.
+        category_of: concept name -> category (every concept of the formula must be in it).
+
+    Returns:
+        The distinct categories, sorted.
+
+    Examples:
+        >>> from compexp_core import Formula
+        >>> formula_categories(Formula.parse("((sky OR sea) AND NOT blue)"),
+        ...                    {"sky": "object", "sea": "object", "blue": "color"})
+        ['color', 'object']
+    """
+    if formula is None:
+        return []
+    return sorted({category_of[n] for n in formula.leaves()} - {""})
 
 
 def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=None,
@@ -103,7 +125,7 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
         plots = report_plots(ious, means, metric, img_dir, n_length_units=len(lengths),
                              same_result=lengths is result)
 
-        index_of = {name: j for j, name in enumerate(concepts.names)}
+        category_of = dict(zip(concepts.names, concepts.categories))
         samples, peaks = top_activating_samples(acts, units, top_images, return_peaks=True)
         grid = concepts.grid
         thumbs: dict[int, np.ndarray] = {}       # a few recent thumbnails: units share images
@@ -116,8 +138,7 @@ def write_report(result, out_dir: PathLike, *, acts, concepts, images, lengths=N
         category_set: set[str] = set()
         for i in order:
             e, unit = explanations[i], units[i]
-            categories = [] if e.formula is None else sorted(
-                {concepts.categories[index_of[n]] for n in e.formula.leaves()} - {""})
+            categories = formula_categories(e.formula, category_of)
             category_set.update(categories)
             rows = samples[i]
             umask = unit_mask_images(acts, unit, rows, grid, e.threshold)

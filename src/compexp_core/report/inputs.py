@@ -11,8 +11,8 @@ from ..analysis import mean_iou_by_length
 from ..engine.concepts import ConceptSet
 from ..results import SearchResult, load_results
 
-__all__ = ["is_path", "input_label", "as_result", "as_concepts", "select_units", "unit_ranges",
-           "length_means", "file_attr", "provenance", "Images", "check_inputs"]
+__all__ = ["is_path", "input_label", "as_result", "as_concepts", "recorded_path", "select_units",
+           "unit_ranges", "length_means", "file_attr", "provenance", "Images", "check_inputs"]
 
 
 def is_path(x: Any) -> bool:
@@ -50,6 +50,24 @@ def as_concepts(x: Any) -> ConceptSet:
         raise TypeError(f"concepts must be a ConceptSet or the path of a concepts file, got "
                         f"{type(x).__name__}")
     return x
+
+
+def recorded_path(result: SearchResult, key: str, source: str, hint: str) -> str:
+    """The path of the ``key`` input (``"acts"`` or ``"concepts"``) that ``compexp search``
+    recorded in ``result.params[key + "_path"]``.
+
+    Raises:
+        ValueError: the result records none (``source`` names the result, ``hint`` says what to
+            pass instead).
+        FileNotFoundError: the recorded file does not exist.
+    """
+    recorded = result.params.get(f"{key}_path")
+    if not recorded:
+        raise ValueError(f"{source} does not record its {key} file: {hint}")
+    if not os.path.exists(recorded):
+        raise FileNotFoundError(f"the {key} file recorded in {source} does not exist: "
+                                f"{recorded} ({hint})")
+    return str(recorded)
 
 
 def select_units(result: SearchResult, units: Optional[Sequence[int]]) -> list[int]:

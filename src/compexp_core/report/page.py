@@ -12,7 +12,10 @@ The page is one self-contained file. Its markup, style and scripts are package d
   ``text.css``: the text report's further style rules;
 * ``errors.js``: runs first, so that an image that fails to load is reported with
   ``console.error``;
-* ``report.js``: sorting and filtering, which reorders and hides the server-rendered cards.
+* ``report.js``: sorting and filtering, which reorders and hides the server-rendered cards;
+* ``layers.html`` / ``layers.css``: the index page across layers (:func:`layers_page`, ``$title``,
+  ``$style``, ``$errors_js``, ``$subtitle``, ``$table``, ``$table_note``, ``$chart``,
+  ``$chart_note``), with ``style.css`` before its own rules.
 
 A template file's final newline is not part of what is inlined. Every text that comes from the
 data (titles, concept and category names, image names) is escaped with :func:`_e`; values are
@@ -35,7 +38,8 @@ from .overlays import FORMULA_COLOR, UNIT_ALPHA, UNIT_COLOR
 from .plots import PLOT_SIZE
 
 __all__ = ["card", "card_shell", "facts_list", "primitive_text", "figure", "page",
-           "optimality_facts", "metric_label", "summary_line", "write_html", "links_html"]
+           "optimality_facts", "metric_label", "summary_line", "write_html", "links_html",
+           "style_sheet", "layers_page"]
 
 _BY_LENGTH_SHOWN = 10     # cards list the IoU at each length up to this many lengths
 
@@ -139,6 +143,17 @@ def links_html(links: Sequence[tuple[str, str]]) -> str:
         f'<a href="{_e(href)}">{_e(text)}</a>' for href, text in links) + "</p>")
 
 
+def style_sheet(extra_css: Optional[str] = None) -> str:
+    """``style.css`` with the overlay colours filled in, followed by the rules of the template
+    ``extra_css`` when given."""
+    style = Template(_template("style.css")).substitute(
+        unit_rgb=f"rgb{UNIT_COLOR}", formula_rgb=f"rgb{FORMULA_COLOR}",
+        unit_fill=f"rgba{UNIT_COLOR + (UNIT_ALPHA,)}")
+    if extra_css is not None:
+        style += "\n" + _template(extra_css)
+    return style
+
+
 def page(title: str, subtitle: list[str], plots: list[tuple[str, str, str]],
          category_options: list[str], cards: list[str], n_units: int, *,
          legend: str = "legend_images.html", extra_css: Optional[str] = None,
@@ -147,11 +162,7 @@ def page(title: str, subtitle: list[str], plots: list[tuple[str, str, str]],
     cards in their initial order; ``legend`` names the legend's template and ``extra_css``
     a template of style rules added after ``style.css``; ``links`` are (href, text) of the
     report's other pages."""
-    style = Template(_template("style.css")).substitute(
-        unit_rgb=f"rgb{UNIT_COLOR}", formula_rgb=f"rgb{FORMULA_COLOR}",
-        unit_fill=f"rgba{UNIT_COLOR + (UNIT_ALPHA,)}")
-    if extra_css is not None:
-        style += "\n" + _template(extra_css)
+    style = style_sheet(extra_css)
     figs = "".join(f'<figure><img src="{_e(src)}" width="{PLOT_SIZE[0]}" '
                    f'height="{PLOT_SIZE[1]}" alt="{_e(alt)}"><figcaption>{_e(cap)}</figcaption>'
                    f'</figure>' for src, alt, cap in plots)
@@ -188,3 +199,42 @@ def write_html(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _count_cell(css: str, count: int, total: int) -> str:
+    share = f" ({100 * count / total:.0f}%)" if total else ""
+    return f'<td class="{css}" data-count="{count}">{count} of {total}{share}</td>'
+
+
+def layers_page(title: str, subtitle: list[str], layers, metric: str, threshold: float,
+                chart: str, chart_note: str) -> str:
+    """The index page across layers: a table with a row per layer (name linking to its cards
+    page, units, explained units, mean score, the Network Dissection count and the formulas'
+    count at ``threshold``) and the bar chart ``chart`` (SVG) with ``chart_note`` under it.
+
+    ``layers`` are :class:`~compexp_core.report.layers.LayerSummary` objects, in table order.
+    """
+    t = f"{threshold:g}"
+    head = ("<tr><th>layer</th><th>units</th><th>explained</th>"
+            f"<th>mean {metric}</th><th>best single concept {metric} &ge; {t}</th>"
+            f"<th>formula {metric} &ge; {t}</th></tr>")
+    rows = [f'<tr data-layer="{_e(s.name)}"><th scope="row"><a href="{_e(s.href)}">'
+            f'{_e(s.name)}</a></th><td class="units">{s.units}</td>'
+            f'<td class="explained">{s.explained}</td>'
+            f'<td class="mean" data-value="{s.mean_iou!r}">{s.mean_iou:.4f}</td>'
+            + _count_cell("netdissect", s.primitive_at_threshold, s.units)
+            + _count_cell("formulas", s.formula_at_threshold, s.units) + "</tr>"
+            for s in layers]
+    table = (f'<table class="layers"><thead>{head}</thead><tbody>{"".join(rows)}</tbody>'
+             f'</table>')
+    table_note = (
+        f"Explained: units with a formula (some concept overlaps them). Mean {metric}: over all "
+        f"of the layer's units, the formula's {metric} (0 for a unit without one), as on the "
+        f"layer's page. Best single concept {metric} &ge; {t}: Network Dissection's count of "
+        f"detector units, by the {metric} of each unit's best single concept (its Network "
+        f"Dissection label). Formula {metric} &ge; {t}: the same count by the {metric} of the "
+        f"unit's best formula.")
+    return Template(_template("layers.html") + "\n").substitute(
+        title=_e(title), style=style_sheet("layers.css"), errors_js=_template("errors.js"),
+        subtitle="".join(f"<p>{_e(s)}</p>" for s in subtitle), table=table,
+        table_note=table_note, chart=chart, chart_note=_e(chart_note))

@@ -1,14 +1,18 @@
-"""The report's plots, drawn with Pillow: the histogram of the units' IoUs and the mean IoU
-against the maximum formula length, and :func:`report_plots`, which draws both for a report.
-Pillow is imported inside the functions."""
+"""The report's plots. Drawn with Pillow: the histogram of the units' IoUs and the mean IoU
+against the maximum formula length, and :func:`report_plots`, which draws both for a report
+(Pillow is imported inside the functions). Written as inline SVG: the bar chart of explained
+units per concept category and layer of the index across layers (:func:`category_bars_svg`),
+whose bars are links."""
 from __future__ import annotations
 
+import html
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["plot_histogram", "plot_by_length", "report_plots", "PLOT_SIZE"]
+__all__ = ["plot_histogram", "plot_by_length", "report_plots", "category_bars_svg",
+           "PLOT_SIZE", "SERIES_COLORS"]
 
 PLOT_SIZE = (560, 340)    # plot images, pixels
 _PLOT_SUPERSAMPLE = 2     # plots are drawn this much larger and scaled down (antialiasing)
@@ -158,3 +162,84 @@ def report_plots(ious: np.ndarray, means: Optional[np.ndarray], metric: str, img
                       f"Mean {metric} of the best formula found with a maximum length of "
                       f"1 to {means.size}, over the {n_length_units} units of {source}."))
     return plots
+
+
+#: Bar colours of the layers in :func:`category_bars_svg`, in order (repeated past ten).
+SERIES_COLORS = ("#3b75af", "#ef8636", "#519e3e", "#c53a32", "#8d69b8", "#84584e", "#d57dbf",
+                 "#7f7f7f", "#bcbc45", "#58bbcc")
+
+
+def category_bars_svg(categories: Sequence[str],
+                      series: Sequence[tuple[str, Sequence[int], Sequence[str]]],
+                      *, title: str, ylabel: str) -> str:
+    """A grouped bar chart as inline SVG: one group per category, one bar per series in it.
+
+    Each bar is a ``<rect class="bar">`` that carries ``data-series``, ``data-category`` and
+    ``data-count``, inside a link (``<a href>``) unless its count is 0; its count is written
+    above it and in its tooltip. Bars are drawn for zero counts too (no height, count "0").
+
+    Args:
+        categories: the groups, in order.
+        series: (name, count per category, link per category) of each series, in order.
+        title: the chart's title; ylabel: the y axis label.
+
+    Returns:
+        The ``<svg>`` element's text.
+
+    Examples:
+        >>> svg = category_bars_svg(["color", "object"], [("layer4", [2, 5], ["a", "b"])],
+        ...                         title="t", ylabel="units")
+        >>> svg.count('class="bar"'), 'data-count="5"' in svg
+        (2, True)
+    """
+    e = lambda x: html.escape(str(x), quote=True)   # noqa: E731
+    n_series = max(len(series), 1)
+    bar, gap = (22 if n_series <= 4 else 14), 28
+    group = n_series * bar + gap
+    left, top, right, bottom = 56, 64, 16, 46
+    width = max(left + len(categories) * group + right, left + n_series * 150 + right, 420)
+    plot_h = 220
+    height = top + plot_h + bottom
+    top_count = max((max(c, default=0) for _, c, _ in series), default=0)
+    ticks = _nice_ticks(float(top_count), 5, integer=True)
+    y_max = ticks[-1]
+
+    def y(v: float) -> float:
+        return top + plot_h - v / y_max * plot_h
+
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+           f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="{e(title)}">',
+           f'<text x="{width / 2:.1f}" y="18" text-anchor="middle" class="title">{e(title)}'
+           f'</text>']
+    for i, (name, _, _) in enumerate(series):        # the legend, in one row under the title
+        x = left + i * 150
+        color = SERIES_COLORS[i % len(SERIES_COLORS)]
+        out.append(f'<rect x="{x}" y="30" width="12" height="12" fill="{color}"/>'
+                   f'<text x="{x + 16}" y="40" class="legend">{e(name)}</text>')
+    for v in ticks:
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                   f'class="grid"/><text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">'
+                   f'{int(v)}</text>')
+    out.append(f'<text transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" '
+               f'text-anchor="middle">{e(ylabel)}</text>')
+    for j, category in enumerate(categories):
+        x0 = left + j * group + gap / 2
+        for i, (name, counts, links) in enumerate(series):
+            count = int(counts[j])
+            x = x0 + i * bar
+            color = SERIES_COLORS[i % len(SERIES_COLORS)]
+            tip = f"{name}: {count} explained units with a {category} concept"
+            rect = (f'<rect class="bar" x="{x:.1f}" y="{y(count):.1f}" width="{bar - 2}" '
+                    f'height="{y(0) - y(count):.1f}" fill="{color}" data-series="{e(name)}" '
+                    f'data-category="{e(category)}" data-count="{count}">'
+                    f'<title>{e(tip)}</title></rect>')
+            if count:
+                rect = f'<a href="{e(links[j])}">{rect}</a>'
+            out.append(f'{rect}<text x="{x + (bar - 2) / 2:.1f}" y="{y(count) - 3:.1f}" '
+                       f'text-anchor="middle" class="count">{count}</text>')
+        out.append(f'<text x="{x0 + n_series * bar / 2:.1f}" y="{top + plot_h + 18}" '
+                   f'text-anchor="middle">{e(category)}</text>')
+    out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" '
+               f'class="axis"/></svg>')
+    return "".join(out)
