@@ -663,3 +663,46 @@ def test_real_timm(tmp_path):
     assert_same_weights(model, reference)
     with pytest.raises(ValueError, match="did you mean 'resnet18'"):
         load_model("timm:resnet81")
+
+
+def test_cli_search_report_adversarial_with_the_same_index(fake_packages, broden_dir,
+                                                           tmp_path, capsys):
+    """The whole pipeline on a subset index: report and adversarial read the images through
+    the same --index (else they would see 5 images for 3 samples), adversarial loads the
+    torchvision:NAME model with --weights."""
+    concepts, acts = tmp_path / "concepts.h5", tmp_path / "acts.h5"
+    results = tmp_path / "results.h5"
+    ckpt = save_checkpoint(fake_model("resnet18", 365), tmp_path / "w.pth.tar", "places365")
+    assert main(["convert-broden", str(broden_dir), str(concepts), "--index", "index_sub.csv",
+                 "--no-progress"]) == 0
+    assert main(["extract", "torchvision:resnet18", str(broden_dir), "-o", str(acts),
+                 "--index", "index_sub.csv", "--weights", str(ckpt), "--layer", "layer2",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert main(["search", str(acts), str(concepts), "-o", str(results), "--length", "2",
+                 "--quantile", "0.2", "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    report = tmp_path / "report"
+    assert main(["report", str(results), "--images", str(broden_dir), "--index",
+                 "index_sub.csv", "-o", str(report), "--no-progress"]) == 0
+    assert (report / "index.html").is_file()
+    # Without the index, the report sees all 5 images and says they do not match.
+    assert main(["report", str(results), "--images", str(broden_dir), "-o",
+                 str(tmp_path / "r2"), "--no-progress"]) == 2
+    assert "5" in capsys.readouterr().err
+    # adversarial: the subset's 3 images line up with the results only through --index, and
+    # --weights is loaded (a checkpoint of another architecture is refused by name). On 3
+    # tiny images no unit gets a formula, so the run ends at the edits, past both.
+    adversarial = ["adversarial", "torchvision:resnet18", str(results), "--images",
+                   str(broden_dir), "--layer", "layer2", "--size", "8", "-o",
+                   str(tmp_path / "adv"), "--device", "cpu"]
+    assert main(adversarial + ["--weights", str(ckpt)]) == 2
+    assert "has 5 images but the concepts file" in capsys.readouterr().err
+    other = save_checkpoint(fake_model("resnet34", 365), tmp_path / "o.pth.tar", "plain")
+    assert main(adversarial + ["--index", "index_sub.csv", "--weights", str(other)]) == 2
+    assert "weights" in capsys.readouterr().err
+    assert main(adversarial + ["--index", "index_sub.csv", "--weights", str(ckpt)]) == 2
+    assert "nothing to read edits from" in capsys.readouterr().err
+    # --index and --weights are for images: the sentence-pair path refuses them.
+    assert main(["adversarial", "model.pt", str(results), "--snli", str(tmp_path),
+                 "--weights", str(ckpt)]) == 2
+    assert "--snli does not take --weights" in capsys.readouterr().err

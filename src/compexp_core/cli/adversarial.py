@@ -17,18 +17,22 @@ from __future__ import annotations
 import argparse
 import os
 
-from .args import Subcommand, image_size, positive_int, rgb_triple
+from .args import (Subcommand, add_index_option, add_weights_options, broden_dataset,
+                   image_size, positive_int, rgb_triple)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, or "
+    p.add_argument("model", help="a TorchScript file, a torch.export .pt2 file, "
+                                 "torchvision:NAME or timm:NAME (with --weights), or "
                                  "module:function / file.py:function returning the model "
                                  "(its output: logits [B, K]); with --snli, an NLI classifier "
                                  "checkpoint (.pt, as compexp demo nli caches it)")
     p.add_argument("results", help="the explanations of the layer (compexp search output)")
     p.add_argument("--images", default=None,
                    help="the images the search used: a compexp-images file or a Broden "
-                        "directory (with index.csv); vision only, required there")
+                        "directory (with index.csv, or --index); vision only, required there")
+    add_index_option(p)
+    add_weights_options(p)
     p.add_argument("--layer", default=None,
                    help="module path of the layer the results explain (e.g. layer4); vision "
                         "only, required there")
@@ -87,13 +91,9 @@ def _images(args: argparse.Namespace):
     """(source with raw_image and len, label names or None)."""
     import numpy as np
 
-    if os.path.isdir(args.images):
-        if not os.path.isfile(os.path.join(args.images, "index.csv")):
-            raise ValueError(f"--images {args.images} is a directory without index.csv: give a "
-                             f"compexp-images file or a Broden directory")
-        from ..broden import BrodenDataset
-
-        return BrodenDataset(args.images, size=args.size), None
+    dataset = broden_dataset(args.images, args.index, size=args.size)
+    if dataset is not None:
+        return dataset, None
     from ..io import open_images, read_images_metadata
 
     meta = read_images_metadata(args.images)
@@ -125,6 +125,12 @@ def _run_nli(args: argparse.Namespace) -> int:
     if args.images is not None or args.layer is not None:
         raise ValueError("--snli takes neither --images nor --layer (the layer is the NLI "
                          "model's probed layer, mlp.relu)")
+    image_only = [flag for flag, value in (("--index", args.index), ("--weights", args.weights),
+                                           ("--num-classes", args.num_classes))
+                  if value is not None]
+    if image_only:
+        raise ValueError(f"--snli does not take {', '.join(image_only)} (MODEL is an NLI "
+                         f"checkpoint as compexp demo nli caches it)")
     result = load_results(args.results)
     model, vocab = load_nli_checkpoint(args.model)
     pairs = read_snli(args.snli)
@@ -200,7 +206,10 @@ def run(args: argparse.Namespace) -> int:
     n = min(len(source), args.max_images)
     inputs = source[:n] if hasattr(source, "shape") else np.stack(
         [source.raw_image(i) for i in range(n)])
-    model = load_model(args.model)
+    try:
+        model = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    except ImportError as e:  # torchvision or timm is not installed: say so, no traceback
+        raise RuntimeError(str(e)) from e
     classify = torch_classifier(model, mean=args.mean, std=args.std, device=args.device)
     x = image_tensor(inputs[:args.contribution_images], mean=args.mean, std=args.std)
     contributions = gradient_contributions(model, x, args.layer, device=args.device)

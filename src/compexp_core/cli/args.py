@@ -253,3 +253,42 @@ def search_kwargs(args: argparse.Namespace) -> dict:
                 semantics=args.semantics, min_firing=args.min_firing, device=args.device,
                 method="optimal" if args.optimal else "beam", node_budget=args.node_budget,
                 time_budget=args.time_budget)
+
+
+def add_index_option(p: argparse.ArgumentParser) -> None:
+    """``--index FILE``: a Broden directory's subset index (the same one for every command)."""
+    p.add_argument("--index", default=None, metavar="FILE",
+                   help="for a Broden directory: an index file to read instead of index.csv, "
+                        "e.g. index_ade20k.csv (use the same one with convert-broden, extract, "
+                        "report and adversarial, so that samples line up)")
+
+
+def add_weights_options(p: argparse.ArgumentParser) -> None:
+    """``--weights FILE`` and ``--num-classes N`` for models built from code or a package."""
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="a checkpoint to load into a torchvision:/timm:/module:function model: "
+                        "a state dict, or {'state_dict': ...} as the Places365 models ship (a "
+                        "'module.' prefix is removed); read with torch.load(weights_only=True)")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="outputs of the model's final layer (default: the checkpoint's, e.g. "
+                        "365 for resnet18_places365.pth.tar, else the model's own)")
+
+
+def broden_dataset(images: str, index: Optional[str], option: str = "--images", **kwargs):
+    """The Broden dataset of the directory ``images`` (read through ``index`` when given), or
+    None when ``images`` is not a directory (a compexp-images file). ``kwargs`` go to
+    :class:`~compexp_core.broden.BrodenDataset` (size, mean, std)."""
+    import os
+
+    if not os.path.isdir(images):
+        if index is not None:
+            raise ValueError(f"--index applies to a Broden directory, but {option} '{images}' "
+                             f"is not a directory")
+        return None
+    if index is None and not os.path.isfile(os.path.join(images, "index.csv")):
+        raise ValueError(f"{option} '{images}' is a directory without index.csv: give a "
+                         f"compexp-images HDF5 file or a Broden-format dataset directory (or "
+                         f"its index file with --index)")
+    from ..broden import BrodenDataset
+
+    return BrodenDataset(images, index=index, **kwargs)

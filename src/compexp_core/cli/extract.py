@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any
 
-from .args import Subcommand, image_size, positive_int, rgb_triple
+from .args import (Subcommand, add_index_option, add_weights_options, broden_dataset,
+                   image_size, rgb_triple)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,18 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "file.py:function that returns a torch.nn.Module")
     parser.add_argument("images", help="a compexp-images HDF5 file, or a Broden-format dataset "
                                        "directory (with index.csv, or --index)")
-    parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="a checkpoint to load into a torchvision:/timm:/module:function "
-                             "model: a state dict, or {'state_dict': ...} as the Places365 "
-                             "models ship (a 'module.' prefix is removed); read with "
-                             "torch.load(weights_only=True)")
-    parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="outputs of the model's final layer (default: the checkpoint's, "
-                             "e.g. 365 for resnet18_places365.pth.tar, else the model's own)")
-    parser.add_argument("--index", default=None, metavar="FILE",
-                        help="for a Broden directory: an index file to read instead of "
-                             "index.csv, e.g. index_ade20k.csv (use the same one with "
-                             "convert-broden, so that samples line up)")
+    add_weights_options(parser)
+    add_index_option(parser)
     parser.add_argument("-o", "--output", required=True,
                         help="activations file to write; with several --layer it must contain "
                              "{layer}, e.g. acts_{layer}.h5")
@@ -55,17 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _open_dataset(images: str, args: argparse.Namespace) -> Any:
     normalise = {k: v for k, v in (("mean", args.mean), ("std", args.std)) if v is not None}
-    if os.path.isdir(images):
-        if args.index is None and not os.path.isfile(os.path.join(images, "index.csv")):
-            raise ValueError(f"'{images}' is a directory without index.csv: give a "
-                             f"compexp-images HDF5 file or a Broden-format dataset directory "
-                             f"(or its index file with --index)")
-        from ..broden import BrodenDataset
-
-        return BrodenDataset(images, index=args.index, size=args.size, **normalise)
-    if args.index is not None:
-        raise ValueError(f"--index applies to a Broden directory, but '{images}' is not a "
-                         f"directory")
+    dataset = broden_dataset(images, args.index, "IMAGES", size=args.size, **normalise)
+    if dataset is not None:
+        return dataset
     from ..extract import ImageDataset
 
     return ImageDataset(images, size=args.size, **normalise)

@@ -5,10 +5,9 @@ reports of the layers and an index page across them
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from .args import Subcommand, unit_list
+from .args import Subcommand, add_index_option, broden_dataset, unit_list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "page across them")
     parser.add_argument("--images", required=True,
                         help="the input images: a compexp-images file, or a Broden directory "
-                             "(with index.csv)")
+                             "(with index.csv, or --index)")
+    add_index_option(parser)
     parser.add_argument("--acts", action="append", default=None,
                         help="activations file (default: the one recorded by compexp search); "
                              "with several results files, give it once per file, in order")
@@ -71,16 +71,10 @@ def _one(values, option: str):
     return values[0]
 
 
-def _images(images: str) -> Any:
+def _images(args: argparse.Namespace) -> Any:
     """The --images path, or the Broden dataset of a Broden directory."""
-    if os.path.isdir(images):
-        if not os.path.exists(os.path.join(images, "index.csv")):
-            raise ValueError(f"--images {images} is a directory without index.csv (not a Broden "
-                             f"directory); pass a compexp-images file or a Broden directory")
-        from ..broden import BrodenDataset
-
-        return BrodenDataset(images)
-    return images
+    dataset = broden_dataset(args.images, args.index)
+    return args.images if dataset is None else dataset
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     acts = _recorded_path(_one(args.acts, "--acts"), path, result, "acts", "--acts")
     concepts = _recorded_path(_one(args.concepts, "--concepts"), path, result, "concepts",
                               "--concepts")
-    images = _images(args.images)
+    images = _images(args)
     index = write_report(result, args.output, acts=acts, concepts=concepts, images=images,
                          lengths=args.lengths, top_images=args.top_images, units=args.units,
                          title=args.title, progress=not args.no_progress)
@@ -128,7 +122,7 @@ def _run_layers(args: argparse.Namespace) -> int:
         raise ValueError(f"--names has {len(args.names)} names for {n} results files: give "
                          f"one per file, in order")
     given = {} if args.threshold is None else {"threshold": args.threshold}
-    index = write_layers_report(args.results, args.output, images=_images(args.images),
+    index = write_layers_report(args.results, args.output, images=_images(args),
                                 names=args.names, acts=args.acts, concepts=concepts,
                                 top_images=args.top_images, title=args.title,
                                 progress=not args.no_progress, **given)
