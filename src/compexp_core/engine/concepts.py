@@ -184,6 +184,13 @@ class ConceptSet:
         self.block_full_counts = np.diff(a.full_ptr)
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
 
+    def __reduce__(self):
+        # Pickled through its arrays and metadata (Ray's object store, multiprocessing): the
+        # compiled index holds raw pointers, so it is rebuilt, and checked again, on unpickling.
+        a = self._arrays
+        return (ConceptSet, (self.n_samples, self.grid, self.names, a.block_ptr, a.entry_concept,
+                             a.entry_words, a.full_ptr, a.full_concept, self.categories))
+
     # ----------------------------------------------------------------------------- shape
     @property
     def n_concepts(self) -> int:
@@ -530,6 +537,12 @@ class DeviceConceptSet:
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
         self._host: Optional[ConceptSet] = None
         self._host_lock = threading.Lock()
+
+    def __reduce__(self):
+        # The index lives in GPU memory, which another process cannot use: refuse clearly
+        # rather than fail on the handle (or copy gigabytes back behind the caller's back).
+        raise TypeError("a DeviceConceptSet lives in GPU memory and cannot be pickled; pickle "
+                        "its host copy, .to_host() (a ConceptSet), instead")
 
     n_concepts = ConceptSet.n_concepts
     n_cells = ConceptSet.n_cells
