@@ -100,11 +100,14 @@ class _ShardWorker:
             path, name = value
             acts = open_activations(path) if name == "/acts" else _open_dataset(path, name)
             ids = units
-        else:                               # the shard's own columns, units renumbered
+        options = search["options"]
+        if kind != "file":                  # the shard's own columns, units renumbered
             acts, ids = value, np.arange(units.size, dtype=np.int64)
+            if options["thresholds"] is not None:
+                options = {**options, "thresholds": options["thresholds"][units]}
         try:
             explanations, stats = run_search(acts, self.concepts, search["params"],
-                                             self.backend, units=ids, **search["options"])
+                                             self.backend, units=ids, **options)
         finally:
             if kind == "file":
                 acts.file.close()
@@ -195,7 +198,9 @@ def run_sharded(acts, concepts: ConceptSet, search: dict, result_params: dict, *
             log.warning("compexp: %s is chunked by samples: every shard reads the whole file; "
                         "compexp_core.io.rechunk_activations writes a units-major copy that "
                         "each shard reads only its part of", acts_source[1][0])
-        pool = _start_workers(ray, concepts, device, workers) if todo else []
+        # The concept set's object reference lives as long as the workers: a restarted worker
+        # receives the set from it again.
+        pool, concepts_ref = _start_workers(ray, concepts, device, workers) if todo else ([], None)
         shard_stats = _run_shards(ray, pool, shards, todo, acts, acts_source, search,
                                   done, keys, shard_dir, bar)
     finally:
@@ -264,10 +269,10 @@ def _check_reachable(address: str) -> None:
         raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {e}") from None
 
 
-def _start_workers(ray, concepts: ConceptSet, device: str, workers: Optional[int]) -> list:
+def _start_workers(ray, concepts: ConceptSet, device: str, workers: Optional[int]) -> tuple:
     """One actor per node with CPUs (or ``workers`` actors spread over the nodes), each
     reserving its share of its node's CPUs, all given the one object-store copy of the
-    concept set."""
+    concept set. Returns the actors and that copy's reference."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= 1]
@@ -286,7 +291,7 @@ def _start_workers(ray, concepts: ConceptSet, device: str, workers: Optional[int
             # soft: a worker whose node died is restarted elsewhere
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=True),
         ).remote(ref, device, cpus))
-    return pool
+    return pool, ref
 
 
 def _run_shards(ray, pool: list, shards: list, todo: list, acts, acts_source: tuple,

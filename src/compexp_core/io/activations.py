@@ -76,13 +76,14 @@ def _check_layout(layout: Any) -> str:
     return layout
 
 
-def _unit_major_chunks(rows: int, sample_shape: tuple, itemsize: int) -> tuple:
+def _unit_major_chunks(rows: int, sample_shape: tuple, itemsize: int,
+                       chunk_bytes: int = _h5.CHUNK_TARGET_BYTES) -> tuple:
     """Chunk shape ``(rows, k, h, w)`` / ``(rows, k)`` of the ``"units"`` layout: ``rows``
-    samples of as many units as make about 2 MiB (at least one), so that reading a range of
-    units reads only the chunks of those units (and a few neighbours)."""
+    samples of as many units as make about ``chunk_bytes`` (at least one), so that reading a
+    range of units reads only the chunks of those units (and a few neighbours)."""
     u, maps = sample_shape[0], sample_shape[1:]
     unit_bytes = rows * int(np.prod(maps, dtype=np.int64)) * itemsize
-    k = max(1, min(u, _h5.CHUNK_TARGET_BYTES // max(1, unit_bytes)))
+    k = max(1, min(u, chunk_bytes // max(1, unit_bytes)))
     return (rows, k) + tuple(maps)
 
 
@@ -128,6 +129,7 @@ class ActivationsWriter:
                  layout: str = "samples") -> None:
         self.path = os.fspath(path)
         self.layout = _check_layout(layout)
+        self._chunk_bytes = _h5.CHUNK_TARGET_BYTES     # rechunk_activations may set another
         self.n_samples = int(n_samples)
         self.dtype = np.dtype(dtype)
         if self.dtype not in ACTS_DTYPES:
@@ -229,7 +231,8 @@ class ActivationsWriter:
         row_bytes = int(np.prod(sample_shape)) * self.dtype.itemsize
         if self.layout == "units":
             rows = self.chunk_samples or self.batch_size or _h5.io_rows(n, row_bytes, 1)
-            chunks = _unit_major_chunks(min(n, int(rows)), sample_shape, self.dtype.itemsize)
+            chunks = _unit_major_chunks(min(n, int(rows)), sample_shape, self.dtype.itemsize,
+                                        self._chunk_bytes)
         elif self.chunk_samples is None and self.batch_size is not None:
             chunks = (_h5.batch_chunk_rows(self.batch_size, n, row_bytes),) + sample_shape
         else:
@@ -434,6 +437,7 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
 
 def rechunk_activations(src: PathLike, dst: PathLike, *, layout: str = "units",
                         memory_bytes: int = RECHUNK_MEMORY_BYTES,
+                        chunk_bytes: int = _h5.CHUNK_TARGET_BYTES,
                         compression: Optional[Union[str, int]] = None) -> None:
     """Copy an activations file into another chunk layout, in one pass with bounded memory.
 
@@ -449,10 +453,14 @@ def rechunk_activations(src: PathLike, dst: PathLike, *, layout: str = "units",
             a distributed search reads shard by shard) or ``"samples"``.
         memory_bytes: the most bytes of activations held at once (one slab); larger slabs
             give units-major chunks that span more samples. At least one sample is read.
+        chunk_bytes: with ``layout="units"``, about how many bytes a chunk holds (2 MiB by
+            default; at least one unit of a slab): fewer units per chunk make smaller shards
+            cheap to read.
         compression: HDF5 compression of the new ``acts``.
 
     Raises:
-        ValueError: ``dst`` is ``src``; an unknown layout; ``memory_bytes`` < 1; the errors of
+        ValueError: ``dst`` is ``src``; an unknown layout; ``memory_bytes`` or ``chunk_bytes``
+            < 1; the errors of
             :func:`open_activations` for ``src``.
 
     Examples:
@@ -468,10 +476,9 @@ def rechunk_activations(src: PathLike, dst: PathLike, *, layout: str = "units",
         >>> ds.file.close()
     """
     _check_layout(layout)
-    if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) \
-            or memory_bytes < 1:
-        raise ValueError(f"memory_bytes must be a whole number of bytes >= 1, got "
-                         f"{memory_bytes!r}")
+    for what, value in (("memory_bytes", memory_bytes), ("chunk_bytes", chunk_bytes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{what} must be a whole number of bytes >= 1, got {value!r}")
     s, d = os.fspath(src), os.fspath(dst)
     if os.path.abspath(s) == os.path.abspath(d):
         raise ValueError(f"rechunk_activations: dst is the source file '{s}'; write to another "
@@ -488,6 +495,7 @@ def rechunk_activations(src: PathLike, dst: PathLike, *, layout: str = "units",
                                    unit_names=meta["unit_names"],
                                    chunk_samples=rows if layout == "units" else None,
                                    compression=compression, layout=layout) as writer:
+                writer._chunk_bytes = int(chunk_bytes)
                 for start in range(0, n, rows):
                     writer.write(start, ds[start:start + rows])
                 writer.finish()
