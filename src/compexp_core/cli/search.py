@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Before any work: a search whose results cannot be written is not started.
     check_output_path(args.output, inputs=(args.acts, args.concepts))
+    executor = _ray_kwargs(args)
     t0 = time.perf_counter()
     concepts = load_concepts(args.concepts)
     acts = open_activations(args.acts)
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"activations: {args.acts} {tuple(acts.shape)} {acts.dtype}")
     result = search_formulas(acts, concepts, quantile=args.quantile, threshold=args.threshold,
                              units=units, progress=not args.no_progress,
-                             **search_kwargs(args), **_ray_kwargs(args))
+                             **search_kwargs(args), **executor)
     elapsed = time.perf_counter() - t0
     # Where the inputs were, so that `compexp report` finds them by default.
     result.params["acts_path"] = os.path.abspath(args.acts)
@@ -68,6 +69,12 @@ def _ray_kwargs(args: argparse.Namespace) -> dict:
         if extra:
             raise ValueError(f"{', '.join(extra)} only apply with --ray")
         return {}
+    from .._optional import require
+
+    try:
+        require("ray", "--ray")
+    except ImportError as e:                 # reported like any other bad option
+        raise ValueError(str(e)) from None
     return dict(executor="ray", ray_address=None if args.ray == "local" else args.ray,
                 shard_size=args.shard_size, shard_dir=args.shard_dir, workers=args.workers)
 

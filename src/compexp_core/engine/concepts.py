@@ -122,7 +122,9 @@ class ConceptSet:
     """K named concept masks over N samples on an H x W grid, block-sparse.
 
     Build one with :meth:`from_dense`, :meth:`from_label_maps`, :meth:`from_sample_labels` or a
-    :class:`ConceptSetBuilder`; load one with :func:`compexp_core.load_concepts`.
+    :class:`ConceptSetBuilder`; load one with :func:`compexp_core.load_concepts`. A concept
+    set pickles (for Ray's object store, multiprocessing) through its arrays and metadata; the
+    compiled index is rebuilt, and checked again, when it is unpickled.
 
     Attributes:
         n_samples: N.
@@ -521,7 +523,8 @@ class DeviceConceptSet:
     :meth:`index`. The index arrays themselves are only on the GPU (``device_index``, a
     ``_cuda.DeviceConceptIndex``, on GPU ``device``); :meth:`to_host` copies them back once,
     as a :class:`ConceptSet`, for what needs host data (dense views, files, analyses, the CPU
-    backend).
+    backend). It does not pickle (TypeError): GPU memory cannot travel to another process;
+    pickle ``to_host()`` instead.
     """
 
     def __init__(self, n_samples: int, grid: tuple[int, int], names: Sequence[str], sizes: np.ndarray,
