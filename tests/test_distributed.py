@@ -236,6 +236,11 @@ def test_shard_dir_resumes_and_refuses_another_search(ray_cluster, tmp_path):
                                shard_dir=shards)
     _same(again, expected)
     assert again.stats["shards_resumed"] == 2
+    # Every shard saved: nothing is searched (no worker is started).
+    done = cx.search_formulas(acts, cs, device="cpu", executor="ray", shard_size=3,
+                              shard_dir=shards)
+    _same(done, expected)
+    assert done.stats["shards_resumed"] == 4 and done.stats["workers"] == 0
     with pytest.raises(ValueError, match=r"shard-00000.h5 was written by another search "
                                          r"\(params.beam_size: saved 10, this run 4\)"):
         cx.search_formulas(acts, cs, device="cpu", executor="ray", shard_size=3,

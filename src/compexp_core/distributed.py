@@ -184,16 +184,16 @@ def run_sharded(acts, concepts: ConceptSet, search: dict, result_params: dict, *
     acts_source = _acts_source(acts)
     keys = [_shard_key(result_params, search, acts, concepts, s) for s in shards]
     done = _load_shards(shard_dir, keys) if shard_dir is not None else {}
-    started_here = _connect(ray, ray_address)
+    todo = [i for i in range(len(shards)) if i not in done]
+    started_here = _connect(ray, ray_address) if todo else False
     t0 = time.perf_counter()
-    bar = None
+    bar, pool = None, []
     try:
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=int(sum(s.size for s in shards)), unit="unit", desc="compexp ray")
             bar.update(int(sum(shards[i].size for i in done)))
-        todo = [i for i in range(len(shards)) if i not in done]
         if acts_source[0] == "file" and todo and _layout(acts) == "samples" and len(shards) > 1:
             log.warning("compexp: %s is chunked by samples: every shard reads the whole file; "
                         "compexp_core.io.rechunk_activations writes a units-major copy that "
@@ -206,6 +206,8 @@ def run_sharded(acts, concepts: ConceptSet, search: dict, result_params: dict, *
     finally:
         if bar is not None:
             bar.close()
+        for worker in pool:                 # free the cluster's CPUs now, not at garbage collection
+            ray.kill(worker, no_restart=True)
         if started_here:
             ray.shutdown()
     found = {}
