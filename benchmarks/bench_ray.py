@@ -62,7 +62,8 @@ def main() -> None:
     acts = str(units_major)
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs; P={cs.n_cells:,} cells, K={cs.n_concepts}, index "
-          f"{cs.nbytes / 2**20:.0f} MiB; {args.units} units; length {args.length}, beam {args.beam}")
+          f"{cs.nbytes / 2**20:.0f} MiB; {args.units} units; length {args.length}, "
+          f"beam {args.beam}")
     if t_rechunk is not None:
         print(f"rechunk_activations (one pass, {os.path.getsize(d / 'acts.h5') / 2**30:.2f} GiB): "
               f"{t_rechunk:.1f} s")

@@ -214,7 +214,7 @@ def test_a_killed_worker_is_restarted_and_the_result_is_the_same(ray_cluster):
     acts, cs = _data(seed=5)
     marker = ray_cluster / "crash-shard-1"
     marker.write_text("the worker searching shard 1 kills itself once")
-    result = cx.search_formulas(acts, cs, device="cpu", executor="ray", shard_size=3)
+    result = cx.search_formulas(acts, cs, device="cpu", executor="ray", shard_size=3, workers=2)
     assert not marker.exists()                # the worker did crash (it removed the marker)
     _same(result, cx.search_formulas(acts, cs, device="cpu"))
 
