@@ -25,7 +25,7 @@ LAYERS = {
     "_core": "compiled", "_cuda": "compiled", "_optional": "support",
     "engine": "engine",
     "io": "io",
-    "results": "api", "inputs": "api", "search": "api", "__init__": "api",
+    "results": "api", "inputs": "api", "search": "api", "distributed": "api", "__init__": "api",
     "analysis": "analysis",
     "report": "report",
     "extract": "models", "broden": "models", "world": "models", "demo": "models",

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-_INSTALL = {"torch": 'pip install torch (or pip install "compexp-core[torch]")'}
+_INSTALL = {"torch": 'pip install torch (or pip install "compexp-core[torch]")',
+            "ray": 'pip install "compexp-core[ray]"'}
 
 
 def require(module: str, feature: str):

@@ -26,9 +26,11 @@ from .results import SearchResult
 from .engine.units import check_activations, check_quantile
 from .inputs import activations_input, concepts_input
 
-__all__ = ["search_formulas", "OPERATORS", "METRICS", "METHODS"]
+__all__ = ["search_formulas", "OPERATORS", "METRICS", "METHODS", "EXECUTORS"]
 
 METHODS = ("beam", "optimal")
+#: Where the search runs: this process, or unit shards on a Ray cluster.
+EXECUTORS = ("local", "ray")
 
 
 def search_formulas(
@@ -54,6 +56,11 @@ def search_formulas(
     method: str = "beam",
     node_budget: Optional[int] = None,
     time_budget: Optional[float] = None,
+    executor: str = "local",
+    ray_address: Optional[str] = None,
+    shard_size: Optional[int] = None,
+    shard_dir=None,
+    workers: Optional[int] = None,
 ) -> SearchResult:
     """Explain units with logical formulas over concepts, by beam search or, with
     ``method="optimal"``, by a branch and bound that proves its answer optimal.
@@ -114,6 +121,20 @@ def search_formulas(
             limit). When a budget runs out, the unit gets the best formula found and a proven
             upper bound (``Explanation.gap`` > 0 unless the incumbent was already optimal).
         time_budget: with ``method="optimal"``, most seconds of branch and bound per unit.
+        executor: ``"local"`` (this process), or ``"ray"``: units searched in shards by
+            workers of a Ray cluster (``pip install "compexp-core[ray]"``), one per node by
+            default, merged into the same result, bit for bit (only ``result.stats`` differs;
+            see :mod:`compexp_core.distributed`). Activations given as a file must be readable
+            at the same path on every node; a units-major file
+            (:func:`compexp_core.io.rechunk_activations`) lets each shard read only its units.
+        ray_address: with ``executor="ray"``, the cluster (``"auto"``, ``"HOST:PORT"``,
+            ``"ray://HOST:PORT"``); None: the one this process is connected to, else a new
+            local cluster.
+        shard_size: with ``executor="ray"``, units per shard (default 64).
+        shard_dir: with ``executor="ray"``, a directory where each finished shard is saved;
+            a rerun with the same parameters loads them instead of searching again (a shard
+            of another search there is a ValueError naming the difference).
+        workers: with ``executor="ray"``, the number of workers (default: one per node).
 
     Returns:
         A :class:`SearchResult`; ``result[i]`` explains the i-th requested unit. When ``acts``
@@ -136,23 +157,49 @@ def search_formulas(
     params = SearchParams(max_length, beam_size, ops, metric, allow_repeats, candidate_limit,
                           complexity_penalty, semantics, min_firing)
     budget = _optimal_budget(method, semantics, node_budget, time_budget)
+    sharded = _executor(executor, ray_address, shard_size, shard_dir, workers)
     check_quantile(quantile)
     backend = get_backend(device)
-    # GPU masks are indexed by the backend: on its GPU for a CUDA search, on the host otherwise.
-    concepts = concepts_input(masks, names, backend=backend)
+    # GPU masks are indexed by the backend: on its GPU for a CUDA search, on the host otherwise
+    # (and always on the host for Ray workers, which receive the set through the object store).
+    concepts = concepts_input(masks, names, backend=None if sharded else backend)
     acts_source = acts
     # On a CUDA backend, float activations already on the GPU stay there (no host copy).
-    acts = activations_input(acts, on_device=backend.name.startswith("cuda"))
+    acts = activations_input(acts, on_device=backend.name.startswith("cuda") and not sharded)
     check_activations(acts, concepts.n_samples, concepts.grid)
     n_units = acts.shape[1]
     ids = np.arange(n_units) if units is None else _unit_ids(units, n_units)
     unit_batch_size = positive_int(unit_batch_size, "unit_batch_size")
     thresholds = None if threshold is None else _explicit_thresholds(threshold, n_units)
+    result_params = {**params.as_dict(), "quantile": quantile, "device": backend.name,
+                     "names": list(concepts.names), "method": method,
+                     **({} if budget is None else budget.as_dict())}
+    if sharded:
+        from .distributed import run_sharded
+
+        options = {"quantile": quantile, "thresholds": thresholds,
+                   "unit_batch_size": unit_batch_size, "optimal": budget}
+        result = run_sharded(acts, concepts, {"params": params, "options": options},
+                             result_params, units=ids, device=device, ray_address=ray_address,
+                             shard_size=shard_size, shard_dir=shard_dir, workers=workers,
+                             progress=progress)
+    else:
+        result = _search_here(acts, concepts, params, backend, ids, quantile, thresholds,
+                              unit_batch_size, progress, threshold is None, budget,
+                              result_params)
+    if isinstance(acts_source, (str, os.PathLike)):
+        _record_provenance(result, acts_source)
+    return result
+
+
+def _search_here(acts, concepts, params, backend, ids, quantile, thresholds, unit_batch_size,
+                 progress, by_quantile, budget, result_params) -> SearchResult:
+    """The search in this process (``executor="local"``)."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        two_passes = np.dtype(acts.dtype) != bool and threshold is None
+        two_passes = np.dtype(acts.dtype) != bool and by_quantile
         bar = tqdm(total=(2 if two_passes else 1) * ids.size, unit="unit", desc="compexp")
     try:
         explanations, stats = run_search(acts, concepts, params, backend, units=ids,
@@ -163,13 +210,8 @@ def search_formulas(
     finally:
         if bar is not None:
             bar.close()
-    result = SearchResult(explanations,
-                          params={**params.as_dict(), "quantile": quantile, "device": backend.name,
-                                  "names": list(concepts.names), "method": method,
-                                  **({} if budget is None else budget.as_dict())})
+    result = SearchResult(explanations, params=result_params)
     result.stats = stats.as_dict()
-    if isinstance(acts_source, (str, os.PathLike)):
-        _record_provenance(result, acts_source)
     return result
 
 
@@ -195,6 +237,24 @@ def _optimal_budget(method, semantics: str, node_budget, time_budget) -> Optiona
                          f"semantics={semantics!r} reproduces the reference beam search only "
                          f"(use semantics='default')")
     return OptimalBudget(node_budget, time_budget)
+
+
+def _executor(executor, ray_address, shard_size, shard_dir, workers) -> bool:
+    """True for a sharded (Ray) search; errors for an unknown executor and for Ray options
+    given to a local search. The options themselves are checked by
+    :func:`compexp_core.distributed.run_sharded`."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose from {list(EXECUTORS)}")
+    if executor == "local":
+        given = [n for n, v in (("ray_address", ray_address), ("shard_size", shard_size),
+                                ("shard_dir", shard_dir), ("workers", workers)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to executor='ray'")
+        return False
+    from ._optional import require
+
+    require("ray", 'search_formulas(..., executor="ray")')
+    return True
 
 
 def _unit_ids(units, n_units: int) -> np.ndarray:

@@ -5,7 +5,7 @@ import argparse
 import os
 import time
 
-from .args import Subcommand, add_search_options, search_kwargs, unit_list
+from .args import Subcommand, add_search_options, positive_int, search_kwargs, unit_list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +19,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", type=unit_list, default=None,
                    help="units to explain, e.g. 0-9,15")
     add_search_options(p)
+    ray = p.add_argument_group("many machines (Ray; pip install \"compexp-core[ray]\")")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="search unit shards on a Ray cluster: ADDRESS (auto, HOST:PORT, "
+                          "ray://HOST:PORT), or without one a new local cluster; the "
+                          "activations file must be readable at the same path on every node")
+    ray.add_argument("--shard-size", type=positive_int, default=None,
+                     help="with --ray: units per shard (default 64)")
+    ray.add_argument("--shard-dir", default=None,
+                     help="with --ray: save finished shards here; a rerun resumes from them")
+    ray.add_argument("--workers", type=positive_int, default=None,
+                     help="with --ray: number of workers (default: one per node)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Before any work: a search whose results cannot be written is not started.
     check_output_path(args.output, inputs=(args.acts, args.concepts))
+    executor = _ray_kwargs(args)
     t0 = time.perf_counter()
     concepts = load_concepts(args.concepts)
     acts = open_activations(args.acts)
@@ -37,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"activations: {args.acts} {tuple(acts.shape)} {acts.dtype}")
     result = search_formulas(acts, concepts, quantile=args.quantile, threshold=args.threshold,
                              units=units, progress=not args.no_progress,
-                             **search_kwargs(args))
+                             **search_kwargs(args), **executor)
     elapsed = time.perf_counter() - t0
     # Where the inputs were, so that `compexp report` finds them by default.
     result.params["acts_path"] = os.path.abspath(args.acts)
@@ -49,6 +61,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result)} units in {elapsed:.2f} s ({1000 * elapsed / len(result):.1f} ms/unit); "
           f"wrote {args.output}")
     return 0
+
+
+def _ray_kwargs(args: argparse.Namespace) -> dict:
+    """search_formulas' executor options from --ray, --shard-size, --shard-dir, --workers."""
+    if args.ray is None:
+        extra = [o for o, v in (("--shard-size", args.shard_size), ("--shard-dir", args.shard_dir),
+                                ("--workers", args.workers)) if v is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} only apply with --ray")
+        return {}
+    from .._optional import require
+
+    try:
+        require("ray", "--ray")
+    except ImportError as e:                 # reported like any other bad option
+        raise ValueError(str(e)) from None
+    return dict(executor="ray", ray_address=None if args.ray == "local" else args.ray,
+                shard_size=args.shard_size, shard_dir=args.shard_dir, workers=args.workers)
 
 
 COMMAND = Subcommand("search", "search formulas for the units of an activations file",

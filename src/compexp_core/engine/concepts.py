@@ -122,7 +122,9 @@ class ConceptSet:
     """K named concept masks over N samples on an H x W grid, block-sparse.
 
     Build one with :meth:`from_dense`, :meth:`from_label_maps`, :meth:`from_sample_labels` or a
-    :class:`ConceptSetBuilder`; load one with :func:`compexp_core.load_concepts`.
+    :class:`ConceptSetBuilder`; load one with :func:`compexp_core.load_concepts`. A concept
+    set pickles (for Ray's object store, multiprocessing) through its arrays and metadata; the
+    compiled index is rebuilt, and checked again, when it is unpickled.
 
     Attributes:
         n_samples: N.
@@ -183,6 +185,13 @@ class ConceptSet:
         self.block_entry_counts = np.diff(a.block_ptr)
         self.block_full_counts = np.diff(a.full_ptr)
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
+
+    def __reduce__(self):
+        # Pickled through its arrays and metadata (Ray's object store, multiprocessing): the
+        # compiled index holds raw pointers, so it is rebuilt, and checked again, on unpickling.
+        a = self._arrays
+        return (ConceptSet, (self.n_samples, self.grid, self.names, a.block_ptr, a.entry_concept,
+                             a.entry_words, a.full_ptr, a.full_concept, self.categories))
 
     # ----------------------------------------------------------------------------- shape
     @property
@@ -514,7 +523,8 @@ class DeviceConceptSet:
     :meth:`index`. The index arrays themselves are only on the GPU (``device_index``, a
     ``_cuda.DeviceConceptIndex``, on GPU ``device``); :meth:`to_host` copies them back once,
     as a :class:`ConceptSet`, for what needs host data (dense views, files, analyses, the CPU
-    backend).
+    backend). It does not pickle (TypeError): GPU memory cannot travel to another process;
+    pickle ``to_host()`` instead.
     """
 
     def __init__(self, n_samples: int, grid: tuple[int, int], names: Sequence[str], sizes: np.ndarray,
@@ -530,6 +540,12 @@ class DeviceConceptSet:
         self._name_to_index = {n: j for j, n in enumerate(self.names)}
         self._host: Optional[ConceptSet] = None
         self._host_lock = threading.Lock()
+
+    def __reduce__(self):
+        # The index lives in GPU memory, which another process cannot use: refuse clearly
+        # rather than fail on the handle (or copy gigabytes back behind the caller's back).
+        raise TypeError("a DeviceConceptSet lives in GPU memory and cannot be pickled; pickle "
+                        "its host copy, .to_host() (a ConceptSet), instead")
 
     n_concepts = ConceptSet.n_concepts
     n_cells = ConceptSet.n_cells

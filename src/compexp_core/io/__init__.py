@@ -49,7 +49,7 @@ Examples:
 from ._h5 import (ACTIVATIONS_FORMAT, CONCEPTS_FORMAT, FORMAT_VERSION, IMAGES_FORMAT,
                   RESULTS_FORMAT)
 from .activations import (load_activations, open_activations, read_activations_metadata,
-                          save_activations)
+                          rechunk_activations, save_activations)
 from .concepts import load_concepts, save_concepts, write_concept_sources
 from .images import open_images, read_images_metadata, save_images
 from .info import describe
@@ -63,6 +63,7 @@ __all__ = [
     "open_activations",
     "load_activations",
     "read_activations_metadata",
+    "rechunk_activations",
     "write_concept_sources",
     "save_concepts",
     "load_concepts",

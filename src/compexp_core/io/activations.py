@@ -1,9 +1,13 @@
 """Activations files (``format = "compexp-activations"``, ``docs/FORMAT.md`` §1 and §1.1).
 
 An activations file holds one dataset ``acts`` of shape ``[N, U, h, w]`` (feature maps) or
-``[N, U]`` (one value per unit and sample), float16/32/64 or bool, chunked along samples so
-that it can be read a batch of samples at a time, plus optional provenance (``model``,
-``layer``, ``dataset``) and ``unit_names``.
+``[N, U]`` (one value per unit and sample), float16/32/64 or bool, plus optional provenance
+(``model``, ``layer``, ``dataset``) and ``unit_names``. ``acts`` is chunked in one of two
+layouts (readers accept both, and any other): ``"samples"`` (the default; a chunk holds every
+unit of a few samples, so a batch of samples is read cheaply) or ``"units"`` (a chunk holds a
+few units of many samples, so a group of units, a shard of a distributed search, is read
+without reading the rest of the file). :func:`rechunk_activations` turns one into the other in
+one pass.
 
 Every activations file is written by one class, :class:`ActivationsWriter`, a batch of samples
 at a time: :func:`save_activations` hands it an array a few chunks at a time, and extraction
@@ -46,7 +50,8 @@ from . import _h5
 from ._h5 import ACTIVATIONS_FORMAT, FORMAT_VERSION, PARTIAL_ACTIVATIONS_FORMAT, PathLike
 
 __all__ = ["save_activations", "open_activations", "load_activations",
-           "read_activations_metadata", "ActivationsWriter", "PARTIAL_SUFFIX"]
+           "read_activations_metadata", "ActivationsWriter", "PARTIAL_SUFFIX",
+           "rechunk_activations", "activations_layout", "LAYOUTS"]
 
 #: A resumable write in progress goes to ``path + PARTIAL_SUFFIX``.
 PARTIAL_SUFFIX = ".partial"
@@ -56,6 +61,30 @@ ACTS_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64),
 # Root attributes only a partial file has; removed when it becomes the finished file.
 _PARTIAL_ONLY_ATTRS = ("n_done", "n_samples", "dtype")
 _PROVENANCE = ("model", "layer", "dataset")
+
+#: Chunk layouts of ``acts``: ``"samples"`` (chunks span every unit of a few samples) or
+#: ``"units"`` (chunks span a few units of many samples).
+LAYOUTS = ("samples", "units")
+
+#: Memory a rechunking step may hold (one slab of samples with all their units).
+RECHUNK_MEMORY_BYTES = 256 << 20
+
+
+def _check_layout(layout: Any) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+def _unit_major_chunks(rows: int, sample_shape: tuple, itemsize: int,
+                       chunk_bytes: int = _h5.CHUNK_TARGET_BYTES) -> tuple:
+    """Chunk shape ``(rows, k, h, w)`` / ``(rows, k)`` of the ``"units"`` layout: ``rows``
+    samples of as many units as make about ``chunk_bytes`` (at least one), so that reading a
+    range of units reads only the chunks of those units (and a few neighbours)."""
+    u, maps = sample_shape[0], sample_shape[1:]
+    unit_bytes = rows * int(np.prod(maps, dtype=np.int64)) * itemsize
+    k = max(1, min(u, chunk_bytes // max(1, unit_bytes)))
+    return (rows, k) + tuple(maps)
 
 
 # =============================================================================== the writer
@@ -80,6 +109,12 @@ class ActivationsWriter:
             each batch fills whole chunks.
         batch_size: the number of samples each :meth:`write` brings (a chunking hint).
         compression: HDF5 compression of ``acts`` (``"gzip"``, ``"lzf"``, a gzip level).
+        layout: ``"samples"`` (default: a chunk holds all units of ``chunk_samples`` samples)
+            or ``"units"``: a chunk holds a few units (about 2 MiB) of ``chunk_samples``
+            samples, by default ``batch_size`` samples (each batch fills whole chunks) or about
+            64 MiB of samples. Units-major files let a distributed search read one shard's
+            units only; with small batches prefer a sample-major extraction followed by
+            :func:`rechunk_activations`, whose chunks span more samples.
         resumable: write into ``path + PARTIAL_SUFFIX`` (``docs/FORMAT.md`` §1.1), record
             ``n_done`` after every write, keep it when abandoned, and allow :meth:`resume`.
             Otherwise the file goes to an anonymous temporary file that an abandoned write
@@ -90,8 +125,11 @@ class ActivationsWriter:
                  model: Optional[str] = None, layer: Optional[str] = None,
                  dataset: Optional[str] = None, unit_names: Optional[Sequence[str]] = None,
                  chunk_samples: Optional[int] = None, batch_size: Optional[int] = None,
-                 compression: Optional[Union[str, int]] = None, resumable: bool = False) -> None:
+                 compression: Optional[Union[str, int]] = None, resumable: bool = False,
+                 layout: str = "samples") -> None:
         self.path = os.fspath(path)
+        self.layout = _check_layout(layout)
+        self._chunk_bytes = _h5.CHUNK_TARGET_BYTES     # rechunk_activations may set another
         self.n_samples = int(n_samples)
         self.dtype = np.dtype(dtype)
         if self.dtype not in ACTS_DTYPES:
@@ -191,10 +229,14 @@ class ActivationsWriter:
         n = self.n_samples
         shape = (n,) + sample_shape
         row_bytes = int(np.prod(sample_shape)) * self.dtype.itemsize
-        if self.chunk_samples is None and self.batch_size is not None:
-            chunk = _h5.batch_chunk_rows(self.batch_size, n, row_bytes)
+        if self.layout == "units":
+            rows = self.chunk_samples or self.batch_size or _h5.io_rows(n, row_bytes, 1)
+            chunks = _unit_major_chunks(min(n, int(rows)), sample_shape, self.dtype.itemsize,
+                                        self._chunk_bytes)
+        elif self.chunk_samples is None and self.batch_size is not None:
+            chunks = (_h5.batch_chunk_rows(self.batch_size, n, row_bytes),) + sample_shape
         else:
-            chunk = _h5.chunk_rows(n, row_bytes, self.chunk_samples)
+            chunks = (_h5.chunk_rows(n, row_bytes, self.chunk_samples),) + sample_shape
         _h5.check_writable(self.path)
         # a resumable write replaces a stale partial file
         f = _h5.create(self.temp, target=self.path)
@@ -215,7 +257,7 @@ class ActivationsWriter:
                     _h5.set_text(f.attrs, key, value)
             f.attrs["n_done"] = np.int64(0)
             self._acts = f.create_dataset("acts", shape=shape, dtype=self.dtype,
-                                          chunks=(chunk,) + sample_shape,
+                                          chunks=chunks,
                                           compression=self.compression, **kwargs)
             _h5.check_io(f)
         except BaseException:
@@ -327,7 +369,8 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
                      layer: Optional[str] = None, dataset: Optional[str] = None,
                      unit_names: Optional[Sequence[str]] = None,
                      chunk_samples: Optional[int] = None,
-                     compression: Optional[Union[str, int]] = None) -> None:
+                     compression: Optional[Union[str, int]] = None,
+                     layout: str = "samples") -> None:
     """Write an activations file.
 
     The array is written a few chunks of samples at a time (a NumPy memmap or an h5py dataset
@@ -344,6 +387,9 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
         compression: HDF5 compression of ``acts`` (``"gzip"``, ``"lzf"`` or a gzip level
             0-9); off by default, since activations compress poorly and decompression slows
             reading.
+        layout: ``"samples"`` (chunks hold every unit of a few samples) or ``"units"`` (chunks
+            hold a few units of ``chunk_samples`` samples, by default about 64 MiB of samples:
+            what a distributed search reads shard by shard; see :class:`ActivationsWriter`).
 
     Raises:
         ValueError: ``acts`` is not 2-D or 4-D, has N = 0 or U = 0 (or an empty map), or holds
@@ -376,12 +422,105 @@ def save_activations(path: PathLike, acts: Any, *, model: Optional[str] = None,
                       for t in check_strings(unit_names, u, "unit_names")]
     with ActivationsWriter(path, n_samples=n, dtype=dtype, model=model, layer=layer,
                            dataset=dataset, unit_names=unit_names, chunk_samples=chunk_samples,
-                           compression=compression) as writer:
+                           compression=compression, layout=layout) as writer:
         row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
         step = _h5.io_rows(n, row_bytes, _h5.chunk_rows(n, row_bytes, chunk_samples))
+        if layout == "units":
+            # Whole chunks of samples per write: a chunk is written once, never read back.
+            step = chunk_samples or _h5.io_rows(n, row_bytes, 1)
         for s in range(0, n, step):
             writer.write(s, np.asarray(acts[s:s + step]))
         writer.finish()
+
+
+# =============================================================================== rechunk
+
+def rechunk_activations(src: PathLike, dst: PathLike, *, layout: str = "units",
+                        memory_bytes: int = RECHUNK_MEMORY_BYTES,
+                        chunk_bytes: int = _h5.CHUNK_TARGET_BYTES,
+                        compression: Optional[Union[str, int]] = None) -> None:
+    """Copy an activations file into another chunk layout, in one pass with bounded memory.
+
+    The source is read a slab of samples at a time (every unit of at most ``memory_bytes`` of
+    samples), each slab fills whole chunks of the destination (so no chunk is written twice or
+    read back), and the destination is written into a temporary file renamed onto ``dst`` when
+    complete. Provenance and ``unit_names`` are copied; the values are copied unchanged.
+
+    Args:
+        src: an activations file (any layout).
+        dst: the file to write (replaced if it exists); not ``src``.
+        layout: ``"units"`` (default: chunks of a few units spanning the slab's samples, which
+            a distributed search reads shard by shard) or ``"samples"``.
+        memory_bytes: the most bytes of activations held at once (one slab); larger slabs
+            give units-major chunks that span more samples. At least one sample is read.
+        chunk_bytes: with ``layout="units"``, about how many bytes a chunk holds (2 MiB by
+            default; at least one unit of a slab): fewer units per chunk make smaller shards
+            cheap to read.
+        compression: HDF5 compression of the new ``acts``.
+
+    Raises:
+        ValueError: ``dst`` is ``src``; an unknown layout; ``memory_bytes`` or ``chunk_bytes``
+            < 1; the errors of
+            :func:`open_activations` for ``src``.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> d = tempfile.mkdtemp()
+        >>> save_activations(os.path.join(d, "a.h5"), np.ones((100, 8, 2, 2), np.float32))
+        >>> rechunk_activations(os.path.join(d, "a.h5"), os.path.join(d, "b.h5"),
+        ...                     memory_bytes=40 * 8 * 16)
+        >>> ds = open_activations(os.path.join(d, "b.h5"))
+        >>> ds.chunks                     # 40 samples of 8 units (all that fit in 2 MiB)
+        (40, 8, 2, 2)
+        >>> ds.file.close()
+    """
+    _check_layout(layout)
+    for what, value in (("memory_bytes", memory_bytes), ("chunk_bytes", chunk_bytes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{what} must be a whole number of bytes >= 1, got {value!r}")
+    s, d = os.fspath(src), os.fspath(dst)
+    if os.path.abspath(s) == os.path.abspath(d):
+        raise ValueError(f"rechunk_activations: dst is the source file '{s}'; write to another "
+                         f"path (and rename it afterwards if you want)")
+    meta = read_activations_metadata(s)
+    ds = open_activations(s)
+    try:
+        with _h5.reading(s):
+            n, shape = ds.shape[0], tuple(ds.shape[1:])
+            row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(ds.dtype).itemsize
+            rows = max(1, min(n, int(memory_bytes) // max(1, row_bytes)))
+            with ActivationsWriter(d, n_samples=n, dtype=ds.dtype, model=meta["model"],
+                                   layer=meta["layer"], dataset=meta["dataset"],
+                                   unit_names=meta["unit_names"],
+                                   chunk_samples=rows if layout == "units" else None,
+                                   compression=compression, layout=layout) as writer:
+                writer._chunk_bytes = int(chunk_bytes)
+                for start in range(0, n, rows):
+                    writer.write(start, ds[start:start + rows])
+                writer.finish()
+    finally:
+        _h5.close_reader(ds.file)
+
+
+def activations_layout(ds: h5py.Dataset) -> str:
+    """The chunk layout of an ``acts`` dataset: ``"units"`` when a chunk holds fewer than all
+    units (or there is one unit), so a range of units is read without the rest;
+    ``"samples"`` when every chunk spans all units (reading any unit reads whole samples);
+    ``"contiguous"`` for an unchunked dataset (a unit range is read as strided pieces).
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.h5")
+        >>> save_activations(p, np.ones((10, 4), np.float32))
+        >>> ds = open_activations(p); activations_layout(ds)
+        'samples'
+        >>> ds.file.close()
+    """
+    if ds.chunks is None:
+        return "contiguous"
+    return "units" if ds.chunks[1] < ds.shape[1] or ds.shape[1] == 1 else "samples"
 
 
 # =============================================================================== read
