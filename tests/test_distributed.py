@@ -192,11 +192,12 @@ def test_ray_result_equals_the_single_process_one(ray_cluster):
 
 def test_ray_reads_files_of_either_layout(ray_cluster, tmp_path, caplog):
     acts, cs = _data(seed=4)
-    save_activations(tmp_path / "samples.h5", acts)
+    save_activations(tmp_path / "samples.h5", acts, model="net", layer="layer4")
     rechunk_activations(tmp_path / "samples.h5", tmp_path / "units.h5",
                         memory_bytes=40 * 12 * 36, chunk_bytes=40 * 9 * 4 * 2)   # 2 units
     save_concepts(tmp_path / "c.h5", cs)
     expected = cx.search_formulas(acts, cs, device="cpu")
+    expected.model, expected.layer = "net", "layer4"     # what a search from the file records
     with caplog.at_level(logging.WARNING, logger="compexp_core"):
         _same(cx.search_formulas(str(tmp_path / "samples.h5"), str(tmp_path / "c.h5"),
                                  device="cpu", executor="ray", shard_size=4), expected)
@@ -205,9 +206,12 @@ def test_ray_reads_files_of_either_layout(ray_cluster, tmp_path, caplog):
     with h5py.File(tmp_path / "units.h5", "r") as f:
         assert f["acts"].chunks[1] < acts.shape[1]
     with caplog.at_level(logging.WARNING, logger="compexp_core"):
-        _same(cx.search_formulas(str(tmp_path / "units.h5"), cs, device="cpu", executor="ray",
-                                 shard_size=4), expected)
+        result = cx.search_formulas(str(tmp_path / "units.h5"), cs, device="cpu",
+                                    executor="ray", shard_size=4)
     assert "rechunk_activations" not in caplog.text
+    # As a local search from a file does, the result records the file's model and layer.
+    assert (result.model, result.layer) == ("net", "layer4")
+    _same(result, expected)
 
 
 def test_a_killed_worker_is_restarted_and_the_result_is_the_same(ray_cluster):
