@@ -126,6 +126,12 @@ def test_word_family_leaves_out_space_words():
     assert mask(cs, "word:cat's") == [0, 1, 1, 0, 0, 0, 0]
 
 
+def test_control_characters_are_escaped_in_names():
+    t = TokenTable.from_documents([["Ġa\x00b", "Ġc\x07"]])
+    cs = concepts(t, char_classes=False, positions=None)
+    assert cs.names[:4] == ("tok:▁a\\x00b", "tok:▁c\\x07", "word:a\\x00b", "word:c\\x07")
+
+
 def test_prev_and_next_stay_inside_documents():
     # Document 0 ends with "c", document 1 starts with "a": no neighbour across.
     t = TokenTable.from_documents([["a", "b", "c"], ["a", "c", "b"]])

@@ -120,15 +120,16 @@ def token_name(text: str) -> str:
         >>> [token_name(s) for s in ("Ġthe", "▁the", " the", "the", "\\n")]
         ['▁the', '▁the', '▁the', 'the', '\\\\n']
     """
-    out = []
-    for ch in text:
-        if ch in _MARKERS or ch == " ":
-            out.append(NAME_MARKER)
-        elif unicodedata.category(ch) == "Cc":
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
+    return _escape_controls("".join(NAME_MARKER if ch in _MARKERS or ch == " " else ch
+                                    for ch in text))
+
+
+def _escape_controls(text: str) -> str:
+    """Control characters written as escapes (names go into files, where NUL cannot)."""
+    if text.isprintable():
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc"
+                   else ch for ch in text)
 
 
 def _core(text: str) -> str:
@@ -156,10 +157,7 @@ class _Analysis:
             raise TypeError(f"tokens must be a compexp_core.io.tokens.TokenTable, got "
                             f"{type(tokens).__name__}")
         n = len(tokens)
-        index: dict = {}
-        self.codes = np.fromiter((index.setdefault(s, len(index)) for s in tokens.text),
-                                 np.int64, count=n)
-        self.distinct = list(index)
+        self.codes, self.distinct = _factorize(tokens.text)
         leading = np.array([bool(s) and (s[0] in _MARKERS or s[0].isspace()) for s in self.distinct],
                            bool)
         # No word-start marker anywhere: word-level tokens, or WordPiece ("##" continues).
@@ -370,9 +368,10 @@ def _ranked(ids: np.ndarray, n_values: int, keep: int, min_count: int) -> np.nda
 
 
 def _factorize(values: Sequence) -> tuple:
-    index: dict = {}
-    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), np.int64, count=len(values))
-    return codes, list(index)
+    """Codes of ``values`` numbering distinct values by first occurrence, and those values."""
+    distinct = list(dict.fromkeys(values))
+    index = {v: i for i, v in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), np.int64, count=len(values)), distinct
 
 
 class _Families:
@@ -490,7 +489,7 @@ def token_concepts(tokens: TokenTable, *, top_tokens: int = 1000, top_words: int
         token_word = np.where(token_word == word_names.index(""), -1, token_word)
     word_rank = _ranked(token_word, len(word_names), top_words, min_count)
     kept_words = np.flatnonzero(word_rank >= 0)[np.argsort(word_rank[word_rank >= 0])]
-    families.add_sparse("word", [f"word:{word_names[v]}" for v in kept_words],
+    families.add_sparse("word", [f"word:{_escape_controls(word_names[v])}" for v in kept_words],
                         np.where(token_word >= 0, word_rank[np.maximum(token_word, 0)], -1))
 
     # prev / next: the neighbour's rank among the kept tokens, when below `neighbours`.
