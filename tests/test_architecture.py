@@ -29,7 +29,7 @@ LAYERS = {
     "analysis": "analysis",
     "report": "report",
     "extract": "models", "broden": "models", "world": "models", "demo": "models",
-    "synthetic": "models", "nli": "models", "adversarial": "models",
+    "synthetic": "models", "nli": "models", "adversarial": "models", "lm": "models",
     "cli": "cli", "__main__": "cli",
 }
 MAY_IMPORT = {
