@@ -495,7 +495,7 @@ def extract_token_activations(model: Any, documents: Any, layer: str, output: Pa
                 ids = torch.full((d1 - d0, longest), pad_id, dtype=torch.long)
                 mask = torch.zeros((d1 - d0, longest), dtype=torch.long)
                 for b, r in enumerate(rows[d0:d1]):
-                    ids[b, :r.size] = torch.from_numpy(r)
+                    ids[b, :r.size] = torch.as_tensor(r.tolist())
                     mask[b, :r.size] = 1
                 try:
                     hooked = adapter(ids.to(device), mask.to(device))
