@@ -250,7 +250,7 @@ def test_nan_and_layer_shape_errors_name_the_token(tmp_path):
 # ----------------------------------------------------------------------------- SAEs, callables
 
 def test_sae_features_and_callables(tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = pytest.importorskip("sae_lens", minversion="6")   # StandardSAE
     sae = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D_MLP, d_sae=24))
     with torch.no_grad():
         sae.b_enc.fill_(0.1)                    # some features fire
@@ -322,7 +322,7 @@ def test_transformer_lens_errors(tmp_path, lens_model):
 
 
 def test_transformer_lens_with_sae(tmp_path, lens_model):
-    sae_lens = pytest.importorskip("sae_lens")
+    sae_lens = pytest.importorskip("sae_lens", minversion="6")   # StandardSAE
     sae = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D_MODEL, d_sae=16))
     hook = "blocks.0.hook_resid_post"
     out = extract_token_activations(lens_model, DOCS, hook, tmp_path / "ls.h5", texts=TEXTS,
