@@ -155,6 +155,12 @@ def test_resume_after_an_interruption_gives_the_same_file(tmp_path):
     with pytest.raises(ValueError, match="written for model 'TinyLM'"):
         extract_token_activations(model, DOCS, "blocks.1.mlp", out, texts=TEXTS,
                                   progress=False, resume=True, model_name="other")
+    # It resumes with another batch size too (other padding: equal up to float rounding).
+    model.fail_at_call = None
+    extract_token_activations(model, DOCS, "blocks.1.mlp", out, texts=TEXTS, batch_size=3,
+                              progress=False, resume=True)
+    close(load_activations(out), load_activations(full))
+    assert read_tokens(out) == read_tokens(full)
 
 
 def test_writer_keeps_tokens_in_step(tmp_path):

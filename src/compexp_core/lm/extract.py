@@ -405,7 +405,9 @@ def extract_token_activations(model: Any, documents: Any, layer: str, output: Pa
         batch_size: documents per forward pass.
         device: ``"cpu"``, ``"cuda"`` (``"cuda:N"``) or ``"auto"``.
         resume: continue the partial file of an interrupted run (the same documents, model
-            name, layer and dtype); without it a partial file is overwritten.
+            name, layer and dtype); without it a partial file is overwritten. With the same
+            ``batch_size`` (the same padding) the result is identical to an uninterrupted
+            run's; another batch size pads differently, which may change the last bits.
         progress: show a progress bar over tokens (tqdm).
         model_name: the ``model`` attribute (default: the model's class name).
         dataset_name: the ``dataset`` attribute (default: ``"<D> documents, <N> tokens"``).
