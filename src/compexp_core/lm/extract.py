@@ -172,12 +172,16 @@ def _token_table(documents: Any, texts: Any, decode: Any, model: Any) -> tuple:
 def _model_limits(model: Any) -> tuple:
     """(vocabulary size, context length) of a TransformerLens or Hugging Face model, None
     where unknown."""
-    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
-    vocab = next((getattr(cfg, k) for k in ("d_vocab", "vocab_size")
-                  if isinstance(getattr(cfg, k, None), int)), None)
-    ctx = next((getattr(cfg, k) for k in ("n_ctx", "n_positions", "max_position_embeddings")
-                if isinstance(getattr(cfg, k, None), int)), None)
-    return vocab, ctx
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        cfg = getattr(model, "config", None)
+
+    def first(*keys: str) -> Optional[int]:
+        values = (getattr(cfg, k, None) for k in keys)
+        return next((v for v in values if isinstance(v, int) and not isinstance(v, bool)
+                     and v > 0), None)
+    return first("d_vocab", "vocab_size"), first("n_ctx", "n_positions",
+                                                 "max_position_embeddings")
 
 
 def _check_fits(rows: list, model: Any, pad_id: int) -> None:
