@@ -30,6 +30,7 @@ LAYERS = {
     "report": "report",
     "extract": "models", "broden": "models", "world": "models", "demo": "models",
     "synthetic": "models", "nli": "models", "adversarial": "models", "text": "models",
+    "lm": "models",
     "cli": "cli", "__main__": "cli",
 }
 MAY_IMPORT = {

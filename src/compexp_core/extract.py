@@ -60,7 +60,7 @@ from .io import open_images
 from .io.activations import PARTIAL_SUFFIX, ActivationsWriter
 
 __all__ = ["ImageDataset", "extract_activations", "load_model", "read_state_dict",
-           "MODEL_PACKAGES", "PARTIAL_SUFFIX"]
+           "patch_grid", "MODEL_PACKAGES", "PARTIAL_SUFFIX"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -442,6 +442,67 @@ class _ScriptTaps:
         pass
 
 
+# =============================================================================== patch tokens
+
+def patch_grid(output: Any, *, prefix_tokens: int = 1,
+               grid: Optional[Sequence[int]] = None) -> Any:
+    """A vision transformer's patch tokens ``[B, T, D]`` as feature maps ``[B, D, h, w]``.
+
+    The first ``prefix_tokens`` tokens (the CLS token, register or distillation tokens) are
+    dropped; the remaining ``h * w`` patch tokens, in row-major order as ViTs flatten their
+    patches, become a ``D``-channel map, so each channel (unit) is explained spatially. Pass it
+    to :func:`extract_activations` as ``output_transform`` (with :func:`functools.partial`
+    for other arguments).
+
+    Args:
+        output: a tensor ``[B, T, D]`` (a tuple gives its first element).
+        prefix_tokens: non-patch tokens at the start of the sequence (1: the CLS token).
+        grid: ``(h, w)`` of the patch grid; default: a square grid (``T - prefix_tokens`` must
+            then be a square number).
+
+    Returns:
+        A contiguous tensor ``[B, D, h, w]``.
+
+    Raises:
+        ValueError: ``output`` is not 3-D; the patch tokens do not fill the grid (or a square
+            one); a bad ``prefix_tokens`` or ``grid``.
+
+    Examples:
+        >>> import torch
+        >>> tokens = torch.arange(2 * 5 * 3.).reshape(2, 5, 3)   # CLS + 2x2 patches, D = 3
+        >>> maps = patch_grid(tokens)
+        >>> tuple(maps.shape), maps[0, :, 1, 0].tolist() == tokens[0, 3].tolist()
+        ((2, 3, 2, 2), True)
+    """
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    prefix_tokens = _check_int(prefix_tokens, "prefix_tokens", 0)
+    if getattr(output, "ndim", None) != 3:
+        raise ValueError(f"patch_grid needs patch tokens [batch, tokens, channels], got "
+                         f"{tuple(getattr(output, 'shape', ())) or type(output).__name__}")
+    b, t, d = (int(s) for s in output.shape)
+    patches = t - prefix_tokens
+    if patches < 1:
+        raise ValueError(f"patch_grid: {t} tokens leave no patch tokens after "
+                         f"prefix_tokens={prefix_tokens}")
+    if grid is None:
+        side = int(round(patches ** 0.5))
+        if side * side != patches:
+            raise ValueError(f"patch_grid: {patches} patch tokens ({t} tokens - "
+                             f"{prefix_tokens} prefix) do not form a square grid; give "
+                             f"grid=(h, w) or the right prefix_tokens")
+        h = w = side
+    else:
+        try:
+            h, w = (_check_int(v, "grid", 1) for v in grid)
+        except (TypeError, ValueError):
+            raise ValueError(f"grid must be (h, w), two integers >= 1, got {grid!r}") from None
+        if h * w != patches:
+            raise ValueError(f"patch_grid: grid {h}x{w} = {h * w} patches, but there are "
+                             f"{patches} patch tokens ({t} tokens - {prefix_tokens} prefix)")
+    return output[:, prefix_tokens:].reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
+
+
 # =============================================================================== output paths
 
 def _check_output_paths(output: Any, layers: list[str]) -> list[str]:
@@ -564,7 +625,8 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
                         dtype: str = "float32", num_workers: int = 0, resume: bool = False,
                         progress: bool = True, model_name: Optional[str] = None,
                         dataset_name: Optional[str] = None,
-                        collate_inputs: Optional[Callable[[list], Any]] = None) -> list[str]:
+                        collate_inputs: Optional[Callable[[list], Any]] = None,
+                        output_transform: Optional[Callable[[Any], Any]] = None) -> list[str]:
     """Run a model over a dataset and write the activations of one or more layers.
 
     The model runs in ``eval()`` mode under ``torch.no_grad()``, a batch at a time. Each
@@ -606,6 +668,10 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
             model's positional arguments (a tuple of tensors, or one tensor), used as the data
             loader's ``collate_fn``. The first argument's first dimension is the batch. Default:
             items are stacked and the model gets the first element of each item.
+        output_transform: a function applied to each captured layer output (a CPU tensor, or
+            what the layer returned when that is not a tensor) before it is checked and
+            written, e.g. :func:`patch_grid` to turn a vision transformer's patch tokens
+            ``[B, T, D]`` into maps ``[B, D, h, w]``.
 
     Returns:
         The paths written, one per layer, in the order of ``layers``.
@@ -645,6 +711,9 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
     batch_size = _check_int(batch_size, "batch_size", 1)
     num_workers = _check_int(num_workers, "num_workers", 0)
+    if output_transform is not None and not callable(output_transform):
+        raise TypeError(f"output_transform must be callable, got "
+                        f"{type(output_transform).__name__}")
     model_name = _check_str(model_name, "model_name") or _model_description(model)
     dataset_name = (_check_str(dataset_name, "dataset_name")
                     or str(getattr(dataset, "description", "") or type(dataset).__name__))
@@ -705,6 +774,9 @@ def extract_activations(model: Any, dataset: Any, layers: Union[str, Sequence[st
                 except Exception as e:
                     raise RuntimeError(f"model failed on samples {lo}..{hi - 1} (input shape "
                                        f"{shape}): {_brief(e)}") from e
+                if output_transform is not None:
+                    outputs = [None if o is None else _capture(output_transform(o), torch_dtype)
+                               for o in outputs]
                 blocks = [_as_block(o, layer, hi - lo, lo, hi, out_dtype)
                           for o, layer in zip(outputs, layers)]
                 for f, block in zip(files, blocks):

@@ -16,7 +16,9 @@ writer either writes into an anonymous temporary file, removed on any failure, o
 (``resumable=True``) into ``<path>.partial`` (``format = "compexp-activations-partial"``),
 which records how many samples are done after every batch and is kept when the run fails, so
 that a later run continues from it. Either way the file is renamed onto ``path`` only when
-all N samples are in.
+all N samples are in. Token-level activations (``tokens=True``) bring each block's rows of a
+:class:`~compexp_core.io.tokens.TokenTable`, appended to the file's ``tokens`` group and
+truncated with ``acts`` on resume, so the two never disagree.
 
 Examples:
     >>> import os, tempfile
@@ -48,6 +50,7 @@ import numpy as np
 from ..engine.concepts import check_strings
 from . import _h5
 from ._h5 import ACTIVATIONS_FORMAT, FORMAT_VERSION, PARTIAL_ACTIVATIONS_FORMAT, PathLike
+from .tokens import TokenTable, append_tokens, tokens_written, truncate_tokens
 
 __all__ = ["save_activations", "open_activations", "load_activations",
            "read_activations_metadata", "ActivationsWriter", "PARTIAL_SUFFIX",
@@ -119,6 +122,9 @@ class ActivationsWriter:
             ``n_done`` after every write, keep it when abandoned, and allow :meth:`resume`.
             Otherwise the file goes to an anonymous temporary file that an abandoned write
             removes.
+        tokens: token-level activations (``[N_tokens, U]``): every :meth:`write` brings the
+            :class:`~compexp_core.io.tokens.TokenTable` rows of its block, kept in the
+            ``tokens`` group (``docs/FORMAT.md`` §1.2) in step with ``acts``.
     """
 
     def __init__(self, path: PathLike, *, n_samples: int, dtype: Any,
@@ -126,8 +132,9 @@ class ActivationsWriter:
                  dataset: Optional[str] = None, unit_names: Optional[Sequence[str]] = None,
                  chunk_samples: Optional[int] = None, batch_size: Optional[int] = None,
                  compression: Optional[Union[str, int]] = None, resumable: bool = False,
-                 layout: str = "samples") -> None:
+                 layout: str = "samples", tokens: bool = False) -> None:
         self.path = os.fspath(path)
+        self.tokens = bool(tokens)
         self.layout = _check_layout(layout)
         self._chunk_bytes = _h5.CHUNK_TARGET_BYTES     # rechunk_activations may set another
         self.n_samples = int(n_samples)
@@ -222,6 +229,14 @@ class ActivationsWriter:
         if not 0 <= n_done <= n:
             raise ValueError(f"cannot resume from '{p}': attribute n_done = {n_done} is "
                              f"outside 0..{n}")
+        if self.tokens:
+            have = tokens_written(f)
+            if have < n_done:
+                raise ValueError(f"cannot resume from '{p}': its tokens group holds {have} "
+                                 f"rows but n_done = {n_done}; run without resume to start "
+                                 f"over")
+            # Rows of a batch that failed after its tokens were appended are not done.
+            truncate_tokens(f, n_done)
         return acts, n_done
 
     # -------------------------------------------------------------------------- writing
@@ -271,14 +286,19 @@ class ActivationsWriter:
         """The HDF5 chunk shape of ``acts`` (None before the first write)."""
         return None if self._acts is None else self._acts.chunks
 
-    def write(self, start: int, block: Any) -> None:
+    def write(self, start: int, block: Any, tokens: Optional[TokenTable] = None) -> None:
         """Write samples ``start .. start + len(block) - 1`` (``block``: ``[B, U, h, w]`` or
         ``[B, U]``) and record them as done.
+
+        With ``tokens=True`` at construction, ``tokens`` is the block's B rows of the token
+        table; token rows from ``start`` on that an earlier write left are replaced.
 
         Raises:
             ValueError: the block leaves the N samples, has another sample shape than the
                 blocks before (or than the partial file being resumed), or holds NaN or
-                infinity (the message gives the index of the first).
+                infinity (the message gives the index of the first); token rows missing,
+                unexpected, of another count than the block's, or leaving a gap after the
+                rows written.
         """
         block = np.asarray(block)
         end = start + block.shape[0]
@@ -286,6 +306,13 @@ class ActivationsWriter:
             raise ValueError(f"a block of acts must be [B, U, h, w] or [B, U] within the "
                              f"{self.n_samples} samples, got shape {block.shape} at sample "
                              f"{start}")
+        if self.tokens != (tokens is not None):
+            raise ValueError("token rows must come with every block of a writer made with "
+                             "tokens=True, and only then" if self.tokens else
+                             "token rows given to a writer made without tokens=True")
+        if tokens is not None and len(tokens) != block.shape[0]:
+            raise ValueError(f"a block of {block.shape[0]} rows at row {start} came with "
+                             f"{len(tokens)} token rows")
         if self._file is None:
             self._create(block.shape[1:])
         assert self._acts is not None and self._file is not None
@@ -303,8 +330,14 @@ class ActivationsWriter:
                 bad = tuple(int(i) for i in np.argwhere(~finite)[0])
                 raise ValueError(f"acts holds non-finite values (NaN or infinity), the first "
                                  f"at index {(bad[0] + start,) + bad[1:]}: {block[bad]}")
+        if tokens is not None and tokens_written(self._file) < start:
+            raise ValueError(f"token rows for rows {start}..{end - 1} would leave a gap: only "
+                             f"{tokens_written(self._file)} token rows are written")
         try:
             self._acts[start:end] = block
+            if tokens is not None:
+                truncate_tokens(self._file, start)   # rows written again replace the old
+                append_tokens(self._file, tokens)
             _h5.check_io(self._file)          # a full disk stops the write here
             self._file.attrs["n_done"] = np.int64(end)
             if self.resumable:
@@ -331,6 +364,9 @@ class ActivationsWriter:
                              f"{self.n_samples} samples written")
         f = self._file
         assert self._acts is not None
+        if self.tokens and tokens_written(f) != self.n_samples:
+            raise ValueError(f"'{self.path}' is incomplete: {tokens_written(f)} token rows "
+                             f"for {self.n_samples} rows of acts")
         if self.unit_names is not None:
             names = check_strings(self.unit_names, self._acts.shape[1], "unit_names")
             _h5.write_strings(f, "unit_names", names)
