@@ -58,3 +58,23 @@ def test_append_resume_and_read_back(tmp_path):
         del f["tokens/text"]
     with pytest.raises(ValueError, match="lacks text"):
         read_tokens(path)
+
+
+def test_rechunking_token_activations_keeps_the_token_table(tmp_path):
+    from compexp_core.io.activations import ActivationsWriter, load_activations, rechunk_activations
+
+    t = table()
+    acts = np.arange(len(t) * 3, dtype=np.float32).reshape(len(t), 3)
+    with ActivationsWriter(tmp_path / "a.h5", n_samples=len(t), dtype="float32",
+                           tokens=True) as w:
+        w.write(0, acts[:3], t.rows(0, 3))
+        w.write(3, acts[3:], t.rows(3, 7))
+        w.finish()
+    rechunk_activations(tmp_path / "a.h5", tmp_path / "u.h5", memory_bytes=2 * 12,
+                        chunk_bytes=4)
+    np.testing.assert_array_equal(load_activations(tmp_path / "u.h5"), acts)
+    assert read_tokens(tmp_path / "u.h5") == t
+    with h5py.File(tmp_path / "u.h5", "r") as f:
+        assert f["acts"].chunks == (2, 1)
+    with pytest.raises(ValueError, match="chunk_bytes must be >= 1"):
+        ActivationsWriter(tmp_path / "x.h5", n_samples=2, dtype="float32", chunk_bytes=0)

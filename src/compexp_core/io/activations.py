@@ -50,7 +50,7 @@ import numpy as np
 from ..engine.concepts import check_strings
 from . import _h5
 from ._h5 import ACTIVATIONS_FORMAT, FORMAT_VERSION, PARTIAL_ACTIVATIONS_FORMAT, PathLike
-from .tokens import TokenTable, append_tokens, tokens_written, truncate_tokens
+from .tokens import TokenTable, append_tokens, read_tokens, tokens_written, truncate_tokens
 
 __all__ = ["save_activations", "open_activations", "load_activations",
            "read_activations_metadata", "ActivationsWriter", "PARTIAL_SUFFIX",
@@ -125,6 +125,7 @@ class ActivationsWriter:
         tokens: token-level activations (``[N_tokens, U]``): every :meth:`write` brings the
             :class:`~compexp_core.io.tokens.TokenTable` rows of its block, kept in the
             ``tokens`` group (``docs/FORMAT.md`` §1.2) in step with ``acts``.
+        chunk_bytes: the target size of one HDF5 chunk (default about 2 MiB).
     """
 
     def __init__(self, path: PathLike, *, n_samples: int, dtype: Any,
@@ -132,11 +133,14 @@ class ActivationsWriter:
                  dataset: Optional[str] = None, unit_names: Optional[Sequence[str]] = None,
                  chunk_samples: Optional[int] = None, batch_size: Optional[int] = None,
                  compression: Optional[Union[str, int]] = None, resumable: bool = False,
-                 layout: str = "samples", tokens: bool = False) -> None:
+                 layout: str = "samples", tokens: bool = False,
+                 chunk_bytes: int = _h5.CHUNK_TARGET_BYTES) -> None:
         self.path = os.fspath(path)
         self.tokens = bool(tokens)
         self.layout = _check_layout(layout)
-        self._chunk_bytes = _h5.CHUNK_TARGET_BYTES     # rechunk_activations may set another
+        self._chunk_bytes = int(chunk_bytes)
+        if self._chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
         self.n_samples = int(n_samples)
         self.dtype = np.dtype(dtype)
         if self.dtype not in ACTS_DTYPES:
@@ -526,14 +530,18 @@ def rechunk_activations(src: PathLike, dst: PathLike, *, layout: str = "units",
             n, shape = ds.shape[0], tuple(ds.shape[1:])
             row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(ds.dtype).itemsize
             rows = max(1, min(n, int(memory_bytes) // max(1, row_bytes)))
+            # Token-level activations keep their token table, row for row.
+            tokens = read_tokens(ds.file, s)
             with ActivationsWriter(d, n_samples=n, dtype=ds.dtype, model=meta["model"],
                                    layer=meta["layer"], dataset=meta["dataset"],
                                    unit_names=meta["unit_names"],
                                    chunk_samples=rows if layout == "units" else None,
-                                   compression=compression, layout=layout) as writer:
-                writer._chunk_bytes = int(chunk_bytes)
+                                   compression=compression, layout=layout,
+                                   tokens=tokens is not None,
+                                   chunk_bytes=chunk_bytes) as writer:
                 for start in range(0, n, rows):
-                    writer.write(start, ds[start:start + rows])
+                    writer.write(start, ds[start:start + rows], None if tokens is None
+                                 else tokens.rows(start, start + rows))
                 writer.finish()
     finally:
         _h5.close_reader(ds.file)
