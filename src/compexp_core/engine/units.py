@@ -265,7 +265,8 @@ class ComputedActivations:
                             f"{type(compute).__name__}")
         dtype = np.dtype(dtype)
         if dtype not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"computed activations must be float16, float32 or float64, got {dtype}")
+            raise TypeError(f"computed activations must be float16, float32 or float64, got "
+                            f"{dtype}")
         self.shape = shape
         self.dtype = dtype
         self._compute = compute
@@ -295,7 +296,8 @@ class ComputedActivations:
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         if len(key) > 2:
-            raise IndexError(f"{type(self).__name__} is [N, U]: at most two indices, got {len(key)}")
+            raise IndexError(f"{type(self).__name__} is [N, U]: at most two indices, got "
+                             f"{len(key)}")
         rows, cols = key[0], key[1] if len(key) == 2 else slice(None)
         n, u = self.shape
         squeeze_row = isinstance(rows, (int, np.integer))
@@ -340,7 +342,8 @@ def _float_matrix(x, what: str, ndim: int) -> np.ndarray:
     if x.dtype.kind != "f":
         raise TypeError(f"{what} must hold floats, got dtype {x.dtype}")
     if x.ndim != ndim:
-        raise ValueError(f"{what} must have {ndim} dimension{'s' * (ndim > 1)}, got shape {x.shape}")
+        raise ValueError(f"{what} must have {ndim} dimension{'s' * (ndim > 1)}, got shape "
+                         f"{x.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or infinite values")
     return x
@@ -363,9 +366,10 @@ class SAEFeatures(ComputedActivations):
     always computed in aligned blocks of ``rows_per_step`` tokens by ``feature_group``
     features and the rows and features asked for are taken from those blocks (a search's unit
     batches, multiples of the group, waste nothing). The search's results are then those of
-    the materialised features ``np.asarray(source)``, bit for bit. TopK SAEs are not supported: a token's
-    features depend on all F pre-activations (compute them with the SAE and store them, or
-    use :class:`ComputedActivations`).
+    the materialised features ``np.asarray(source)``, bit for bit.
+
+    TopK SAEs are not supported: a token's features depend on all F pre-activations (compute
+    them with the SAE and store them, or use :class:`ComputedActivations`).
 
     Args:
         resid: ``[N, D]`` float residual stream (array, h5py dataset or torch tensor; tensors
@@ -427,15 +431,17 @@ class SAEFeatures(ComputedActivations):
             raise ValueError("W_enc has zero features (F = 0)")
         b_enc = _float_matrix(b_enc, "b_enc", 1)
         if b_enc.shape != (f,):
-            raise ValueError(f"b_enc must have one value per feature (F = {f}), got shape {b_enc.shape}")
+            raise ValueError(f"b_enc must have one value per feature (F = {f}), got shape "
+                             f"{b_enc.shape}")
         if b_dec is not None:
             b_dec = _float_matrix(b_dec, "b_dec", 1)
             if b_dec.shape != (d,):
                 raise ValueError(f"b_dec must have one value per input dimension (D = {d}), got "
                                  f"shape {b_dec.shape}")
         if activation not in _SAE_ACTIVATIONS:
+            topk = str(activation).lower().startswith("topk")
             hint = (" (TopK SAEs need every feature of a token at once: compute them with the "
-                    "SAE, or pass a ComputedActivations)") if str(activation).lower().startswith("topk") else ""
+                    "SAE, or pass a ComputedActivations)") if topk else ""
             raise ValueError(f"activation must be one of {', '.join(_SAE_ACTIVATIONS)}, got "
                              f"{activation!r}{hint}")
         if (activation == "jumprelu") != (jump_threshold is not None):
