@@ -10,18 +10,22 @@ activations are unit masks already.
 
 Activations are read in batches of units and chunks of samples, so neither the activation
 tensor nor any dense mask of the whole dataset has to fit in memory: ``acts`` may be an
-``h5py.Dataset``.
+``h5py.Dataset``, or a source that computes the requested units of a chunk of samples when they
+are read (:class:`ComputedActivations`; :class:`SAEFeatures`, the features of a sparse
+autoencoder computed from a residual stream), for layers whose ``[N, U]`` values would fill
+neither memory nor disk (16,384 SAE features over a million tokens are 64 GB of float32).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from .. import _core
 from .masks import MaskSet
 
-__all__ = ["compute_thresholds", "unit_masks", "as_activations", "DeviceArray", "DeviceActivations"]
+__all__ = ["compute_thresholds", "unit_masks", "as_activations", "DeviceArray", "DeviceActivations",
+           "ComputedActivations", "SAEFeatures"]
 
 # Bytes of activations read at once (a batch of units x a chunk of samples).
 _READ_BYTES = 1 << 28
@@ -210,13 +214,310 @@ def _cuda_device_of(x) -> Optional[int]:
     return None
 
 
+class ComputedActivations:
+    """Float activations ``[N, U]`` computed when they are read, for layers too large to store.
+
+    The engine reads activations one batch of units and one chunk of samples at a time
+    (thresholds: every sample of a batch of units; unit masks: chunks of samples of it), so a
+    source that computes exactly the values asked for serves a search of any number of units in
+    the memory of one batch: ``compute(rows, ids)`` is called with a slice of samples (step 1)
+    and the sorted, unique unit indices wanted, and returns their values ``[len(rows),
+    len(ids)]``. Nothing of other units is computed (reads of a non-contiguous set of units
+    cost what those units cost, unlike an array's contiguous read). The values must depend only
+    on the sample and the unit, not on which other units or samples share a call: the search's
+    results are then those of the materialised array (``np.asarray(source)``), bit for bit.
+
+    Args:
+        shape: ``(N, U)``, samples (one cell each: tokens) and units.
+        compute: ``compute(rows: slice, ids: int64 array) -> [rows, len(ids)]`` float values.
+        dtype: float16, float32 (default) or float64, the dtype the values are returned in.
+
+    Attributes:
+        reads: calls of ``compute`` so far; ``values_read``: values they returned (both for
+            profiling, and tests that check what was computed).
+
+    Raises:
+        ValueError / TypeError: a shape that is not two positive sizes, a dtype that is not
+            floating, a ``compute`` that is not callable; on a read, a ``compute`` whose result
+            has another shape or is not floating.
+
+    Examples:
+        >>> import numpy as np
+        >>> src = ComputedActivations((4, 3), lambda rows, ids: np.add.outer(
+        ...     np.arange(rows.start, rows.stop), 10.0 * ids))
+        >>> src[1:3, [0, 2]].tolist()
+        [[1.0, 21.0], [2.0, 22.0]]
+        >>> src.reads, src.values_read
+        (1, 4)
+    """
+
+    ndim = 2
+
+    def __init__(self, shape, compute: Callable, dtype=np.float32) -> None:
+        try:
+            shape = tuple(int(d) for d in shape)
+        except TypeError:
+            raise TypeError(f"shape must be (N, U), got {shape!r}") from None
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"shape must be (N, U) with N, U >= 1, got {shape}")
+        if not callable(compute):
+            raise TypeError(f"compute must be callable (rows, ids) -> values, got "
+                            f"{type(compute).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"computed activations must be float16, float32 or float64, got "
+                            f"{dtype}")
+        self.shape = shape
+        self.dtype = dtype
+        self._compute = compute
+        self.reads = 0
+        self.values_read = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
+
+    def read(self, s0: int, s1: int, ids: np.ndarray) -> np.ndarray:
+        """Values of samples ``s0:s1`` and sorted unique units ``ids``: ``[s1 - s0, len(ids)]``."""
+        ids = np.asarray(ids, np.int64)
+        out = np.asarray(self._compute(slice(int(s0), int(s1)), ids))
+        want = (int(s1) - int(s0), ids.size)
+        if out.shape != want:
+            raise ValueError(f"{self!r}: compute returned shape {out.shape} for {want[0]} samples "
+                             f"and {want[1]} units; it must return [samples, units] = {want}")
+        if out.dtype.kind != "f":
+            raise TypeError(f"{self!r}: compute returned dtype {out.dtype}; it must return floats")
+        self.reads += 1
+        self.values_read += out.size
+        return out.astype(self.dtype, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > 2:
+            raise IndexError(f"{type(self).__name__} is [N, U]: at most two indices, got "
+                             f"{len(key)}")
+        rows, cols = key[0], key[1] if len(key) == 2 else slice(None)
+        n, u = self.shape
+        squeeze_row = isinstance(rows, (int, np.integer))
+        if squeeze_row:
+            r = int(rows) + (n if int(rows) < 0 else 0)
+            if not 0 <= r < n:
+                raise IndexError(f"sample {int(rows)} is out of range for {n} samples")
+            rows = slice(r, r + 1)
+        if not isinstance(rows, slice) or rows.indices(n)[2] != 1:
+            raise TypeError(f"{type(self).__name__} reads rows by an integer or a slice with "
+                            f"step 1, got {rows!r}")
+        s0, s1, _ = rows.indices(n)
+        squeeze_col = isinstance(cols, (int, np.integer))
+        ids = np.arange(u)[cols]
+        ids = np.atleast_1d(ids).astype(np.int64)
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        vals = self.read(s0, max(s0, s1), uniq) if uniq.size and s1 > s0 else \
+            np.empty((max(0, s1 - s0), uniq.size), self.dtype)
+        vals = vals[:, inverse.ravel()] if not np.array_equal(uniq, ids) else vals
+        if squeeze_col:
+            vals = vals[:, 0]
+        return vals[0] if squeeze_row else vals
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        nbytes = self.shape[0] * self.shape[1] * self.dtype.itemsize
+        if nbytes > MAX_DENSIFY_BYTES:
+            raise ValueError(f"{self!r} would take {nbytes / 2 ** 30:.3g} GiB as an array, more "
+                             f"than the {MAX_DENSIFY_BYTES / 2 ** 30:.3g} GiB materialised "
+                             f"automatically; read it in slices (source[rows, units])")
+        out = self.read(0, self.shape[0], np.arange(self.shape[1]))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+_SAE_ACTIVATIONS = ("relu", "jumprelu", "identity")
+
+
+def _float_matrix(x, what: str, ndim: int) -> np.ndarray:
+    """A finite float NumPy array of ``ndim`` dimensions from an array or a torch tensor."""
+    if is_tensor(x):
+        x = tensor_to_numpy(x, what)
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{what} must hold floats, got dtype {x.dtype}")
+    if x.ndim != ndim:
+        raise ValueError(f"{what} must have {ndim} dimension{'s' * (ndim > 1)}, got shape "
+                         f"{x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return x
+
+
+class SAEFeatures(ComputedActivations):
+    """The features of a sparse autoencoder, ``[N_tokens, F]``, computed from the residual stream
+    only for the features and tokens the search reads.
+
+    Feature ``f`` of token ``t`` is ``act((resid[t] - b_dec) @ W_enc[:, f] + b_enc[f])`` (the
+    encoder of SAELens' standard and JumpReLU SAEs; ``b_dec`` only when the SAE subtracts it
+    from its input, SAELens' ``apply_b_dec_to_input``). A read of ``len(ids)`` features costs
+    ``N x D x len(ids)`` multiply-adds and ``[N, len(ids)]`` values of memory, never ``N x F``:
+    a search of F features reads the residual stream once per unit batch and holds one batch of
+    features at a time, where the materialised features (F x N x 4 bytes: 64 GB for 16,384
+    features over a million tokens) would fit neither memory nor disk.
+
+    A value does not depend on what else is read with it: a BLAS may sum over D in another
+    order for a product of another shape (OpenBLAS does for one feature alone), so values are
+    always computed in aligned blocks of ``rows_per_step`` tokens by ``feature_group``
+    features and the rows and features asked for are taken from those blocks (a search's unit
+    batches, multiples of the group, waste nothing). The search's results are then those of
+    the materialised features ``np.asarray(source)``, bit for bit.
+
+    TopK SAEs are not supported: a token's features depend on all F pre-activations (compute
+    them with the SAE and store them, or use :class:`ComputedActivations`).
+
+    Args:
+        resid: ``[N, D]`` float residual stream (array, h5py dataset or torch tensor; tensors
+            are copied to the host).
+        W_enc: ``[D, F]`` encoder weights; ``b_enc``: ``[F]`` encoder bias.
+        b_dec: ``[D]`` decoder bias subtracted from the input, or None.
+        activation: ``"relu"`` (default), ``"jumprelu"`` (a feature is its pre-activation where
+            that exceeds ``jump_threshold[f]``, else 0) or ``"identity"`` (pre-activations).
+        jump_threshold: ``[F]`` thresholds of ``"jumprelu"``.
+        rows_per_step: tokens computed at once (bounds the ``resid - b_dec`` copy; an h5py
+            dataset is read in these pieces).
+        feature_group: features computed by one product (see above).
+
+    Values are float64 when ``resid`` and ``W_enc`` both are, else float32. With the search's
+    ``threshold=0`` a ReLU feature fires on the tokens where it is positive (the search's unit
+    mask is ``value > threshold``).
+
+    Raises:
+        ValueError: ``W_enc``'s input width differs from ``resid``'s (naming both), biases of
+            the wrong length, NaN or infinite weights, an unknown activation; on a read, NaN or
+            infinite values in the residual stream (naming the token row).
+        TypeError: non-float inputs.
+
+    Examples:
+        >>> import numpy as np
+        >>> resid = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)   # 3 tokens, D=2
+        >>> W_enc = np.array([[1.0, -1.0, 0.5], [0.0, 1.0, 0.5]], np.float32)     # F=3
+        >>> sae = SAEFeatures(resid, W_enc, b_enc=np.array([0.0, 0.0, -0.75], np.float32))
+        >>> sae.shape, sae[:, [0, 2]].tolist()
+        ((3, 3), [[1.0, 0.0], [0.0, 0.0], [1.0, 0.25]])
+        >>> SAEFeatures(resid, W_enc[:1], b_enc=np.zeros(3))
+        Traceback (most recent call last):
+        ...
+        ValueError: W_enc is [D_in, F] = (1, 3): the SAE's input width 1 differs from resid's width D = 2
+    """
+
+    def __init__(self, resid, W_enc, b_enc, b_dec=None, activation: str = "relu",
+                 jump_threshold=None, rows_per_step: int = 65536, feature_group: int = 32) -> None:
+        if is_tensor(resid):
+            resid = tensor_to_numpy(resid, "resid")
+        is_h5 = type(resid).__module__.startswith("h5py")
+        if not is_h5:
+            resid = np.asarray(resid)
+        if np.dtype(resid.dtype).kind != "f":
+            raise TypeError(f"resid must hold floats, got dtype {resid.dtype}")
+        if len(resid.shape) != 2 or resid.shape[0] < 1 or resid.shape[1] < 1:
+            raise ValueError(f"resid must be [N_tokens, D] with N_tokens, D >= 1, got shape "
+                             f"{tuple(resid.shape)}")
+        n, d = (int(v) for v in resid.shape)
+        if is_tensor(W_enc) or not hasattr(W_enc, "shape") or len(W_enc.shape) == 2:
+            W_enc = _float_matrix(W_enc, "W_enc", 2)
+        else:
+            raise ValueError(f"W_enc must be [D, F], got shape {tuple(W_enc.shape)}")
+        if W_enc.shape[0] != d:
+            raise ValueError(f"W_enc is [D_in, F] = {W_enc.shape}: the SAE's input width "
+                             f"{W_enc.shape[0]} differs from resid's width D = {d}")
+        f = int(W_enc.shape[1])
+        if f < 1:
+            raise ValueError("W_enc has zero features (F = 0)")
+        b_enc = _float_matrix(b_enc, "b_enc", 1)
+        if b_enc.shape != (f,):
+            raise ValueError(f"b_enc must have one value per feature (F = {f}), got shape "
+                             f"{b_enc.shape}")
+        if b_dec is not None:
+            b_dec = _float_matrix(b_dec, "b_dec", 1)
+            if b_dec.shape != (d,):
+                raise ValueError(f"b_dec must have one value per input dimension (D = {d}), got "
+                                 f"shape {b_dec.shape}")
+        if activation not in _SAE_ACTIVATIONS:
+            topk = str(activation).lower().startswith("topk")
+            hint = (" (TopK SAEs need every feature of a token at once: compute them with the "
+                    "SAE, or pass a ComputedActivations)") if topk else ""
+            raise ValueError(f"activation must be one of {', '.join(_SAE_ACTIVATIONS)}, got "
+                             f"{activation!r}{hint}")
+        if (activation == "jumprelu") != (jump_threshold is not None):
+            raise ValueError("jump_threshold is given with activation='jumprelu', and only then")
+        if jump_threshold is not None:
+            jump_threshold = _float_matrix(jump_threshold, "jump_threshold", 1)
+            if jump_threshold.shape != (f,):
+                raise ValueError(f"jump_threshold must have one value per feature (F = {f}), got "
+                                 f"shape {jump_threshold.shape}")
+        for name, v in (("rows_per_step", rows_per_step), ("feature_group", feature_group)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        dtype = np.float64 if np.dtype(resid.dtype) == np.float64 and W_enc.dtype == np.float64 \
+            else np.float32
+        super().__init__((n, f), self._features, dtype)
+        self.resid = resid
+        # Feature-major weights: a batch of features is a contiguous gather of rows.
+        self._W_t = np.ascontiguousarray(W_enc.T, dtype)
+        self._b_enc = b_enc.astype(dtype)
+        self._b_dec = None if b_dec is None else b_dec.astype(dtype)
+        self.activation = activation
+        self._jump = None if jump_threshold is None else jump_threshold.astype(dtype)
+        self.rows_per_step = int(rows_per_step)
+        self.feature_group = int(feature_group)
+
+    @property
+    def d_in(self) -> int:
+        """D, the residual stream's width."""
+        return int(self._W_t.shape[1])
+
+    def _features(self, rows: slice, ids: np.ndarray) -> np.ndarray:
+        # Each value comes from the same matrix product whatever is read: the product of the
+        # aligned block of tokens [k R, (k + 1) R) with the aligned group of features
+        # [g G, (g + 1) G) that hold it (a BLAS may sum in another order for another shape).
+        R, G = self.rows_per_step, self.feature_group
+        out = np.empty((rows.stop - rows.start, ids.size), self.dtype)
+        group_of = ids // G
+        groups = [(int(g), np.nonzero(group_of == g)[0]) for g in np.unique(group_of)]
+        for b0 in range((rows.start // R) * R, rows.stop, R):
+            b1 = min(self.shape[0], b0 + R)
+            x = np.asarray(self.resid[b0:b1]).astype(self.dtype, copy=False)
+            if self._b_dec is not None:
+                x = x - self._b_dec
+            r0, r1 = max(b0, rows.start), min(b1, rows.stop)       # the rows wanted
+            for g, pos in groups:
+                lo, hi = g * G, min(self.shape[1], (g + 1) * G)
+                pre = x @ self._W_t[lo:hi].T
+                pre += self._b_enc[lo:hi]
+                if not np.isfinite(pre).all():
+                    self._non_finite(x, b0)
+                if self.activation == "relu":
+                    np.maximum(pre, 0, out=pre)
+                elif self.activation == "jumprelu":
+                    # SAELens' JumpReLU: relu(pre), kept where pre exceeds the threshold.
+                    np.maximum(pre, 0, out=pre)
+                    pre *= pre > self._jump[lo:hi]
+                out[r0 - rows.start:r1 - rows.start, pos] = pre[r0 - b0:r1 - b0][:, ids[pos] - lo]
+        return out
+
+    def _non_finite(self, x: np.ndarray, r0: int) -> None:
+        bad = np.nonzero(~np.isfinite(x).all(axis=1))[0]
+        if bad.size:
+            raise ValueError(f"resid contains NaN or infinite values (token row {r0 + int(bad[0])})")
+        raise ValueError(f"SAE pre-activations overflow to infinity from finite inputs near token "
+                         f"row {r0}; rescale the residual stream or compute in float64")
+
+
 def as_activations(acts, on_device: bool = False):
     """Accept a NumPy array, an h5py dataset or a torch tensor (paths are opened by the
     caller: :func:`compexp_core.io.open_activations`). With ``on_device`` (a CUDA search),
     float32/float64 GPU arrays (``__cuda_array_interface__``: torch CUDA tensors, CuPy) become
     :class:`DeviceActivations` and stay on the GPU; otherwise they are copied to the host. Tensors are converted by
     :func:`tensor_to_numpy` (a GPU tensor is copied to the CPU, bfloat16 widened to float32,
-    a small sparse tensor made dense; a meta tensor is refused).
+    a small sparse tensor made dense; a meta tensor is refused). A
+    :class:`ComputedActivations` (an :class:`SAEFeatures`) is returned as it is: its values are
+    computed batch by batch when the search reads them.
 
     Returns an object with ``shape``, ``dtype`` and NumPy-style slicing.
     """
@@ -225,6 +526,8 @@ def as_activations(acts, on_device: bool = False):
     if isinstance(acts, (str, bytes, os.PathLike)):
         raise TypeError(f"acts is a path ({acts!r}); open it with compexp_core.io.open_activations "
                         f"or pass it to compexp_core.search_formulas, which opens it")
+    if isinstance(acts, ComputedActivations):
+        return acts                          # computed when read, never materialised here
     if isinstance(acts, DeviceActivations):
         if on_device:
             return acts
@@ -277,7 +580,10 @@ def _values_per_unit(acts) -> int:
 
 
 def _read(acts, s0: int, s1: int, ids: np.ndarray) -> np.ndarray:
-    """acts[s0:s1, ids] for sorted unique ids, reading a contiguous unit range (h5py-friendly)."""
+    """acts[s0:s1, ids] for sorted unique ids, reading a contiguous unit range (h5py-friendly);
+    a computed source computes exactly ``ids``."""
+    if isinstance(acts, ComputedActivations):
+        return acts.read(s0, s1, ids)
     lo, hi = int(ids[0]), int(ids[-1]) + 1
     block = np.asarray(acts[s0:s1, lo:hi])
     if hi - lo == ids.size:
@@ -352,6 +658,48 @@ def check_quantile(quantile) -> None:
         raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
 
 
+# Rows of a chunk compared (or checked) at once: small enough that the temporaries of one
+# step stay in cache, large enough to amortise NumPy's per-call cost.
+_ROW_STEP = 1 << 14
+
+
+def _check_finite(block: np.ndarray, ids: np.ndarray) -> None:
+    """ValueError naming the first unit (axis 1) with a NaN or infinite value in ``block``."""
+    if not np.isfinite(block).all():
+        bad = ~np.isfinite(block).reshape(block.shape[0], block.shape[1], -1).all(axis=(0, 2))
+        raise ValueError(f"acts of unit {int(ids[np.argmax(bad)])} contain NaN or infinite values")
+
+
+def _float32_floor(t: np.ndarray) -> np.ndarray:
+    """The largest float32 at most each float64 threshold: for float32 ``x``, ``x > t`` in
+    float64 exactly when ``x > _float32_floor(t)`` in float32 (the float32 values above that
+    floor are those at or above the next float32, which exceeds ``t``), so float32
+    activations are compared without being widened."""
+    with np.errstate(over="ignore"):
+        t32 = t.astype(np.float32)
+    above = t32.astype(np.float64) > t
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32
+
+
+def _fired(chunk: np.ndarray, thresholds: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """bool ``[n, U]``: ``chunk > thresholds`` as compared in float64, the one dense boolean
+    copy of a chunk of sample-level units; values checked to be finite on the way.
+
+    Computed block of rows by block of rows, so no widened float copy of the chunk is made:
+    float32 values against :func:`_float32_floor` thresholds, float16 and float64 against the
+    float64 thresholds (NumPy casts float16 in buffered pieces); wider floats as float64."""
+    t = _float32_floor(thresholds) if chunk.dtype == np.float32 else thresholds
+    fired = np.empty(chunk.shape, bool)
+    for r0 in range(0, chunk.shape[0], _ROW_STEP):
+        block = chunk[r0:r0 + _ROW_STEP]
+        _check_finite(block, ids)
+        if block.dtype.itemsize > 8:
+            block = block.astype(np.float64)
+        np.greater(block, t, out=fired[r0:r0 + _ROW_STEP])
+    return fired
+
+
 def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optional[np.ndarray]):
     """Block-sparse masks of units ``ids`` (one per id, in order) on ``grid``.
 
@@ -363,6 +711,10 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
 
     Returns:
         A :class:`MaskSet` with one mask per id.
+
+    Memory: one chunk of the batch's values at a time (about ``_READ_BYTES``), and for
+    sample-level float values one boolean copy of it (:func:`_fired`: compared without a
+    widened float copy); maps are thresholded and packed by the compiled kernel.
     """
     H, W = grid
     n = acts.shape[0]
@@ -373,16 +725,20 @@ def unit_masks(acts, ids: np.ndarray, grid: tuple[int, int], thresholds: Optiona
     for s0 in range(0, n, step):
         s1 = min(n, s0 + step)
         chunk = _read(acts, s0, s1, ids)
-        if not is_bool and not np.isfinite(chunk).all():
-            bad = ids[np.nonzero(~np.isfinite(chunk).reshape(chunk.shape[0], len(ids), -1).all(axis=(0, 2)))[0][0]]
-            raise ValueError(f"acts of unit {int(bad)} contain NaN or infinite values")
         if chunk.ndim == 2:
-            # [n, U] values: a unit fires on whole samples.
-            fired = chunk if is_bool else chunk.astype(np.float64, copy=False) > thresholds[None, :]
+            # [n, U] values: a unit fires on whole samples. One boolean [n, U] array per chunk
+            # (none for boolean acts); on a (1, 1) grid the broadcast below is a view, so the
+            # kernel packs it without another copy.
+            fired = chunk if is_bool else _fired(chunk, np.asarray(thresholds, np.float64), ids)
             grid_masks = np.broadcast_to(fired[:, :, None, None], (s1 - s0, len(ids), H, W))
             parts.append(_core.unit_masks_from_bool(
                 np.ascontiguousarray(grid_masks).view(np.uint8), s0))
-        elif is_bool:
+            del fired, grid_masks
+            continue
+        if not is_bool:
+            for r0 in range(0, chunk.shape[0], _ROW_STEP):
+                _check_finite(chunk[r0:r0 + _ROW_STEP], ids)
+        if is_bool:
             parts.append(_core.unit_masks_from_bool(np.ascontiguousarray(chunk).view(np.uint8), s0))
         else:
             # float64 maps are resized in double precision (a float32 image would round them,
