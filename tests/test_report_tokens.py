@@ -228,11 +228,27 @@ def test_word_tokens_are_joined_with_spaces(tmp_path):
             '</span> <span class="tok" title="0">runs</span>') in text
 
 
+def test_boolean_activations_are_the_unit_mask(tmp_path):
+    table = TokenTable.from_documents([["Ġa", "Ġb", "Ġa"], ["Ġb", "Ġa"]])
+    masks = np.array([[t == "Ġa" for t in table.text]]).T
+    concepts = cx.ConceptSet.from_dense(masks, names=["tok:Ġa"])
+    acts = np.array([[1], [0], [0], [0], [1]], bool)
+    result = cx.search_formulas(acts, concepts, max_length=1)
+    assert result.by_unit(0).threshold is None
+    card = _cards(_read(write_token_report(result, tmp_path, tokens=table, acts=acts,
+                                           concepts=concepts, top_contexts=2, window=0)))[0]
+    assert [r for r, _ in _contexts(card)] == [0, 4]
+    assert _contexts(card)[0][1] == [({"u", "f", "top"}, "1", " a")]
+    assert "n/a (boolean activations) (fires on 2 of 5 tokens)" in card
+    assert "formula holds on</dt><dd>3 of 5 tokens" in card
+
+
 def test_batches_give_the_same_cards(data, report, tmp_path, monkeypatch):
     """Reading a few hundred bytes at a time (many batches of units, many blocks of rows,
     units in any order) changes nothing."""
     path = tmp_path / "acts.h5"
     save_activations(path, data.acts)
+    monkeypatch.setattr(token_report, "_BATCH_BYTES", 2 * N * 4)   # two units a batch
     monkeypatch.setattr(token_report, "_READ_BYTES", 700)
     index = write_token_report(data.result, tmp_path / "out", tokens=TOKENS, acts=path,
                                concepts=data.concepts, top_contexts=TOP, window=WINDOW,
