@@ -1,10 +1,13 @@
 """``compexp report RESULTS --images IMAGES``: the HTML report of a search (see
-:mod:`compexp_core.report`). With several results files (one per layer), or ``--names``, the
-reports of the layers and an index page across them
+:mod:`compexp_core.report`). Without ``--images``, units on tokens: when the activations file
+has a ``tokens`` group (or ``--tokens FILE`` is given), the token report
+(:func:`compexp_core.report.write_token_report`). With several results files (one per layer),
+or ``--names``, the reports of the layers and an index page across them
 (:func:`compexp_core.report.write_layers_report`)."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from .args import Subcommand, add_index_option, broden_dataset, unit_list
@@ -15,9 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results file written by compexp search (.h5 or .csv); several "
                              "files (one per layer) write a report per layer and an index "
                              "page across them")
-    parser.add_argument("--images", required=True,
-                        help="the input images: a compexp-images file, or a Broden directory "
-                             "(with index.csv, or --index)")
+    parser.add_argument("--images", default=None,
+                        help="the input images (units on images): a compexp-images file, or a "
+                             "Broden directory (with index.csv, or --index)")
+    parser.add_argument("--tokens", default=None,
+                        help="units on tokens: a file with a tokens group (default: the "
+                             "activations file's, when it has one)")
     add_index_option(parser)
     parser.add_argument("--acts", action="append", default=None,
                         help="activations file (default: the one recorded by compexp search); "
@@ -32,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mean-IoU-by-length plot (default: RESULTS)")
     parser.add_argument("--top-images", type=int, default=6,
                         help="top activating images per unit (default 6)")
+    parser.add_argument("--top-contexts", type=int, default=8,
+                        help="token units: top activating tokens per unit (default 8)")
+    parser.add_argument("--window", type=int, default=5,
+                        help="token units: tokens shown either side of each (default 5)")
     parser.add_argument("--units", type=unit_list, default=None,
                         help="units to report, e.g. 0-9,15 (default: all)")
     parser.add_argument("--title", default=None, help="page title")
@@ -82,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if len(args.results) > 1 or args.names is not None:
         return _run_layers(args)
     from ..results import load_results
-    from ..report import write_report
+    from ..report import write_report, write_token_report
 
+    _check_kind(args)
     if args.threshold is not None:
         raise ValueError("--threshold is for the index across layers: give several results "
                          "files (or --names)")
@@ -92,12 +103,44 @@ def run(args: argparse.Namespace) -> int:
     acts = _recorded_path(_one(args.acts, "--acts"), path, result, "acts", "--acts")
     concepts = _recorded_path(_one(args.concepts, "--concepts"), path, result, "concepts",
                               "--concepts")
+    if args.images is None:
+        index = write_token_report(result, args.output, tokens=_token_table(args, acts),
+                                   acts=acts, concepts=concepts, top_contexts=args.top_contexts,
+                                   window=args.window, lengths=args.lengths, units=args.units,
+                                   title=args.title, progress=not args.no_progress)
+        print(index)
+        return 0
     images = _images(args)
     index = write_report(result, args.output, acts=acts, concepts=concepts, images=images,
                          lengths=args.lengths, top_images=args.top_images, units=args.units,
                          title=args.title, progress=not args.no_progress)
     print(index)
     return 0
+
+
+def _check_kind(args: argparse.Namespace) -> None:
+    """--images (units on images) and --tokens (units on tokens) exclude each other."""
+    if args.images is not None and args.tokens is not None:
+        raise ValueError("--images (units on images) and --tokens (units on tokens) exclude "
+                         "each other: give one")
+
+
+def _token_table(args: argparse.Namespace, acts: str):
+    """The token table of --tokens, else of the activations file; a clear error when there is
+    none (then the units are on images: --images is needed)."""
+    from ..io.tokens import read_tokens
+
+    path = args.tokens if args.tokens is not None else acts
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{'--tokens' if args.tokens else 'activations'} file does "
+                                f"not exist: {path}")
+    table = read_tokens(path)
+    if table is None:
+        where = (f"--tokens {path} has no tokens group" if args.tokens is not None else
+                 f"no --images given, and the activations file {path} has no tokens group")
+        raise ValueError(f"{where}: pass --images IMAGES for units on images, or --tokens "
+                         f"FILE (a file with a tokens group) for units on tokens")
+    return table
 
 
 def _run_layers(args: argparse.Namespace) -> int:
@@ -122,9 +165,12 @@ def _run_layers(args: argparse.Namespace) -> int:
         raise ValueError(f"--names has {len(args.names)} names for {n} results files: give "
                          f"one per file, in order")
     given = {} if args.threshold is None else {"threshold": args.threshold}
-    index = write_layers_report(args.results, args.output, images=_images(args),
+    _check_kind(args)
+    images = None if args.images is None else _images(args)
+    index = write_layers_report(args.results, args.output, images=images, tokens=args.tokens,
                                 names=args.names, acts=args.acts, concepts=concepts,
-                                top_images=args.top_images, title=args.title,
+                                top_images=args.top_images, top_contexts=args.top_contexts,
+                                window=args.window, title=args.title,
                                 progress=not args.no_progress, **given)
     print(index)
     return 0

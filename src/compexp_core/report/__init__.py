@@ -41,17 +41,27 @@ their inputs, :mod:`.overlays` draws the masks over the images, :mod:`.plots` dr
 edits (``contributions.html``), and :mod:`.page` fills the HTML, CSS and JavaScript of
 ``templates/`` (package data).
 
+Units explained on tokens (language-model neurons, SAE features; ``[N_tokens, U]``
+activations with a token table) get :func:`write_token_report` (:mod:`.tokens`): the same page,
+controls and plots, with each unit's top activating tokens in their context (the firing token,
+the tokens where the unit fires and those where the formula holds marked). A token report can
+be a layer of :func:`write_layers_report` (``tokens=`` instead of ``images=``).
+
 Command line: ``compexp report RESULTS --images IMAGES [--acts ACTS] [--concepts CONCEPTS]
 [-o OUT_DIR] [--lengths RESULTS2] [--top-images 6] [--units 0-9,15]``; several layers:
-``compexp report LAYER3 LAYER4 --images IMAGES [--names layer3,layer4] [--threshold 0.04]``.
+``compexp report LAYER3 LAYER4 --images IMAGES [--names layer3,layer4] [--threshold 0.04]``;
+token units (the activations file has a ``tokens`` group, or ``--tokens FILE``):
+``compexp report RESULTS [--tokens FILE] [--top-contexts 8] [--window 5]``.
 """
 from .build import write_report
 from .contributions import CONTRIBUTIONS_PAGE, write_contributions_page
 from .layers import write_layers_report
 from .overlays import FORMULA_COLOR, THUMB_SIZE, UNIT_COLOR, overlay
 from .text import highlight_words, write_text_report
+from .tokens import write_token_report
 
 __all__ = ["write_report", "write_layers_report", "write_text_report", "highlight_words",
+           "write_token_report",
            "write_contributions_page", "CONTRIBUTIONS_PAGE", "overlay", "UNIT_COLOR",
            "FORMULA_COLOR", "THUMB_SIZE"]
 
@@ -59,4 +69,5 @@ __all__ = ["write_report", "write_layers_report", "write_text_report", "highligh
 __test__ = {"write_report": write_report, "write_layers_report": write_layers_report,
             "overlay": overlay,
             "write_text_report": write_text_report, "highlight_words": highlight_words,
+            "write_token_report": write_token_report,
             "write_contributions_page": write_contributions_page}

@@ -1,6 +1,7 @@
 """A report of several layers: :func:`write_layers_report` writes each layer's report (the cards
-page of :func:`~compexp_core.report.write_report`) into a folder of its own and, above them, an
-index page across the layers::
+page of :func:`~compexp_core.report.write_report`, or of
+:func:`~compexp_core.report.write_token_report` for units on tokens) into a folder of its own
+and, above them, an index page across the layers::
 
     out_dir/index.html            the table and the chart across layers
     out_dir/<layer>/index.html    each layer's report (with its img/ folder)
@@ -31,6 +32,7 @@ from .build import formula_categories, write_report
 from .inputs import as_concepts, as_result, is_path, recorded_path
 from .page import layers_page, metric_label, write_html
 from .plots import category_bars_svg
+from .tokens import token_categories, write_token_report
 
 __all__ = ["write_layers_report", "LayerSummary", "summarize_layer", "NETDISSECT_THRESHOLD"]
 
@@ -66,7 +68,8 @@ class LayerSummary:
 
 
 def summarize_layer(result: SearchResult, concepts: ConceptSet, threshold: float, *,
-                    name: str = "", href: str = "") -> LayerSummary:
+                    name: str = "", href: str = "",
+                    category_of: Optional[dict] = None) -> LayerSummary:
     """The index page's numbers of one layer's result (see :class:`LayerSummary`).
 
     Args:
@@ -74,6 +77,9 @@ def summarize_layer(result: SearchResult, concepts: ConceptSet, threshold: float
         concepts: the concepts the search used (their categories).
         threshold: the score a unit's best single concept (or formula) must reach to count.
         name, href: copied into the summary.
+        category_of: concept name -> category, for every concept (default: the concepts' own
+            categories; a token report passes :func:`~compexp_core.report.tokens.token_categories`,
+            the categories its page filters by).
 
     Returns:
         A :class:`LayerSummary`.
@@ -96,8 +102,9 @@ def summarize_layer(result: SearchResult, concepts: ConceptSet, threshold: float
     """
     if len(result) == 0:
         raise ValueError(f"the result of layer {name!r} has no explanations")
-    category_of = dict(zip(concepts.names, concepts.categories))
-    counts = {c: 0 for c in dict.fromkeys(concepts.categories) if c}
+    if category_of is None:
+        category_of = dict(zip(concepts.names, concepts.categories))
+    counts = {c: 0 for c in dict.fromkeys(category_of.values()) if c}
     for e in result:
         if e.formula is None:
             continue
@@ -172,11 +179,12 @@ def _per_layer(value: Any, n: int, what: str, shared_ok: bool) -> list:
     return [value] * n
 
 
-def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images,
-                        names: Optional[Sequence[str]] = None, acts: Optional[Sequence] = None,
+def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images=None,
+                        tokens=None, names: Optional[Sequence[str]] = None,
+                        acts: Optional[Sequence] = None,
                         concepts=None, threshold: float = NETDISSECT_THRESHOLD,
-                        top_images: int = 6, title: Optional[str] = None,
-                        progress: bool = False) -> str:
+                        top_images: int = 6, top_contexts: int = 8, window: int = 5,
+                        title: Optional[str] = None, progress: bool = False) -> str:
     """Write the reports of several layers and an index page across them (see the module's
     documentation for what the page holds).
 
@@ -185,7 +193,13 @@ def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images,
             :class:`~compexp_core.SearchResult` or the path of a results file.
         out_dir: the folder to write (created if needed): ``index.html`` and one folder per
             layer with that layer's report. Files of an earlier report there are overwritten.
-        images: the N input images, shared by the layers (as for :func:`write_report`).
+        images: the N input images, shared by the layers (as for :func:`write_report`), for
+            units on images.
+        tokens: for units on tokens (when ``images`` is None): each layer's page is a token
+            report (:func:`~compexp_core.report.write_token_report`); its token table is
+            ``tokens`` (a :class:`~compexp_core.io.tokens.TokenTable` or a file with a
+            ``tokens`` group; one for all layers or a list with one per result), by default
+            the ``tokens`` group of each layer's activations file.
         names: the layers' names, one per result, distinct (default: the layer recorded with
             each result or in its activations file, else the result file's name without
             extension). A layer's folder is its name with characters other than letters,
@@ -198,6 +212,8 @@ def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images,
         threshold: the score at which a unit counts in "N of M units have IoU >= t"
             (Network Dissection's 0.04 by default), in [0, 1].
         top_images: top activating images per unit on the layers' pages (>= 0).
+        top_contexts, window: the token reports' top activating tokens per unit and tokens
+            shown either side of each (>= 0).
         title: the index page's title (default: "Compositional explanations of N layers").
         progress: show a progress bar over each layer's units.
 
@@ -208,8 +224,10 @@ def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images,
         ValueError: no results; names that are not one per result or not distinct (given or
             derived: then pass ``names``); ``acts`` or ``concepts`` lists of the wrong length;
             a result that records no activations or concepts file when none is given; results
-            of different metrics; a threshold outside [0, 1]; and whatever
-            :func:`write_report` refuses of a layer (the message names the layer).
+            of different metrics; a threshold outside [0, 1]; both ``images`` and ``tokens``;
+            without ``images``, a layer with no token table; and whatever :func:`write_report`
+            (or :func:`~compexp_core.report.write_token_report`) refuses of a layer (the
+            message names the layer).
         TypeError: an argument of the wrong kind.
         FileNotFoundError: a results, activations, concepts or images path does not exist.
 
@@ -237,6 +255,9 @@ def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images,
     n = len(results)
     if n == 0:
         raise ValueError("results is empty: give at least one layer's result")
+    if images is not None and tokens is not None:
+        raise ValueError("give images (units on images) or tokens (units on tokens), not both")
+    tokens_of = _per_layer(tokens, n, "tokens", shared_ok=True)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer,
                                                                  np.floating)):
         raise TypeError(f"threshold must be a number in [0, 1], got {threshold!r}")
@@ -299,16 +320,26 @@ def write_layers_report(results: Sequence[Any], out_dir: PathLike, *, images,
     os.makedirs(out_dir, exist_ok=True)
     folders = _folder_names(names)
     summaries = []
-    for name, folder, result, a, c in zip(names, folders, loaded, acts_of, concepts_of):
+    for name, folder, result, a, c, t in zip(names, folders, loaded, acts_of, concepts_of,
+                                             tokens_of):
         summary = summarize_layer(result, c, threshold, name=name,
-                                  href=f"{folder}/index.html")
+                                  href=f"{folder}/index.html",
+                                  category_of=None if images is not None else
+                                  token_categories(c))
+        page_of = dict(title=f"Compositional explanations of {name}", progress=progress,
+                       links=[("../index.html", "all layers")])
         try:
-            write_report(result, os.path.join(out_dir, folder), acts=a, concepts=c,
-                         images=images, top_images=top_images, progress=progress,
-                         title=f"Compositional explanations of {name}",
-                         links=[("../index.html", "all layers")])
+            if images is not None:
+                write_report(result, os.path.join(out_dir, folder), acts=a, concepts=c,
+                             images=images, top_images=top_images, **page_of)
+            else:
+                write_token_report(result, os.path.join(out_dir, folder), acts=a, concepts=c,
+                                   tokens=t, top_contexts=top_contexts, window=window,
+                                   **page_of)
         except (ValueError, TypeError) as err:
-            raise type(err)(f"layer {name!r}: {err}") from err
+            hint = ("; for units on images, pass images=" if images is None
+                    and "no tokens group" in str(err) else "")
+            raise type(err)(f"layer {name!r}: {err}{hint}") from err
         summaries.append(summary)
 
     categories = list(dict.fromkeys(c for s in summaries for c in s.category_units))

@@ -5,11 +5,12 @@ The page is one self-contained file. Its markup, style and scripts are package d
 
 * ``index.html``: the page, a :class:`string.Template` (``$title``, ``$style``, ``$errors_js``,
   ``$subtitle``, ``$links``, ``$legend``, ``$plots``, ``$category_options``, ``$n_units``, ``$cards``,
-  ``$report_js``); both reports (images and text) fill it;
+  ``$report_js``); every report (images, text, tokens) fills it;
 * ``style.css``: the style sheet, a template too (``$unit_rgb``, ``$formula_rgb``,
   ``$unit_fill``: the overlay colours, so that the legend matches the images);
-* ``legend_images.html`` / ``legend_text.html``: the legend under the title of each report;
-  ``text.css``: the text report's further style rules;
+* ``legend_images.html`` / ``legend_text.html`` / ``legend_tokens.html``: the legend under the
+  title of each report; ``text.css`` / ``tokens.css``: the text and token reports' further
+  style rules;
 * ``errors.js``: runs first, so that an image that fails to load is reported with
   ``console.error``;
 * ``report.js``: sorting and filtering, which reorders and hides the server-rendered cards;
@@ -37,7 +38,8 @@ import numpy as np
 from .overlays import FORMULA_COLOR, UNIT_ALPHA, UNIT_COLOR
 from .plots import PLOT_SIZE
 
-__all__ = ["card", "card_shell", "facts_list", "primitive_text", "figure", "page",
+__all__ = ["card", "card_shell", "formula_text", "unit_facts", "facts_list", "primitive_text",
+           "figure", "page",
            "optimality_facts", "metric_label", "summary_line", "write_html", "links_html",
            "style_sheet", "layers_page"]
 
@@ -113,21 +115,39 @@ def optimality_facts(e, metric: str) -> list[tuple[str, str]]:
     return facts
 
 
-def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) -> str:
-    """The card of an explanation ``e``: its formula and facts, and its ``figures``, whose
-    images load lazily when ``lazy``."""
-    formula = (f'<code>{_e(e.formula)}</code>' if e.formula is not None
-               else '<span class="none">none (no concept overlaps the unit)</span>')
+def formula_text(e) -> str:
+    """A card's formula line content, as HTML: the formula, or why there is none."""
+    skipped = getattr(e, "skipped", None)
+    if skipped:
+        return f'<span class="none">skipped: {_e(skipped)}</span>'
+    if e.formula is None:
+        return '<span class="none">none (no concept overlaps the unit)</span>'
+    return f"<code>{_e(e.formula)}</code>"
+
+
+def unit_facts(e, categories: list[str], metric: str, fires: str = "") -> list[tuple[str, str]]:
+    """The facts every card lists, (label, HTML value) pairs: best primitive, formula length,
+    threshold (followed by ``fires``, HTML such as " (fires on 3 of 40 tokens)"), the optimal
+    search's facts, the score at each maximum length and the formula's categories."""
     threshold = ("n/a (boolean activations)" if e.threshold is None
                  else f"{e.threshold:.6g}")
     facts = [("best primitive", primitive_text(e, metric)), ("formula length", str(e.length)),
-             ("threshold", _e(threshold))] + optimality_facts(e, metric)
+             ("threshold", _e(threshold) + fires)] + optimality_facts(e, metric)
     if 1 < len(e.by_length) <= _BY_LENGTH_SHOWN:
         items = "".join(f"<li><span>{i + 1}:</span> {v:.3f}</li>"
                         for i, (_, v) in enumerate(e.by_length))
         facts.append((f"{metric} by max length", f'<ol class="bylen">{items}</ol>'))
     tags = "".join(f'<span class="tag">{_e(c)}</span>' for c in categories)
     facts.append(("categories", tags or '<span class="none">none</span>'))
+    return facts
+
+
+def card(e, categories: list[str], figures: list[str], metric: str, lazy: bool) -> str:
+    """The card of an explanation ``e``: its formula and facts, and its ``figures``, whose
+    images load lazily when ``lazy``."""
+    formula = (f'<code>{_e(e.formula)}</code>' if e.formula is not None
+               else '<span class="none">none (no concept overlaps the unit)</span>')
+    facts = unit_facts(e, categories, metric)
     loading = ' loading="lazy"' if lazy else ""
     thumbs = "".join(f.replace("<img ", f"<img{loading} ", 1) for f in figures)
     return card_shell(e, categories, metric,
