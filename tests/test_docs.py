@@ -13,7 +13,7 @@ MODULES = ["compexp_core", "compexp_core.search", "compexp_core.engine.beam", "c
            "compexp_core.nli.concepts", "compexp_core.nli.tagger", "compexp_core.nli.model",
            "compexp_core.nli.demo", "compexp_core.io.tables", "compexp_core.adversarial",
            "compexp_core.io.exports", "compexp_core.distributed", "compexp_core.io.tokens",
-           "compexp_core.text"]
+           "compexp_core.text", "compexp_core.lm.model", "compexp_core.lm.demo"]
 
 
 @pytest.mark.parametrize("name", MODULES)

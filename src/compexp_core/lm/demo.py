@@ -91,7 +91,7 @@ class LMDemoConfig:
     def quick(cls, **overrides) -> "LMDemoConfig":
         """A small run (well under a minute on 2 cores): a narrower LM, fewer steps, fewer
         probe tokens."""
-        model = LMConfig(d_model=32, n_heads=4, d_mlp=64, train_documents=2000, steps=300,
+        model = LMConfig(d_model=32, n_heads=4, d_mlp=64, train_documents=2000, steps=200,
                          learning_rate=1e-2, sae_features=128, sae_steps=300)
         return cls(**{"model": model, "probe_documents": 300, **overrides})
 

@@ -46,7 +46,7 @@ from .._optional import require
 
 __all__ = ["generate_documents", "Tokenizer", "build_tokenizer", "LMConfig", "build_lm",
            "train_lm", "evaluate_lm", "LMEvaluation", "build_sae", "train_sae", "sae_quality",
-           "residual_activations", "load_or_train", "TrainedLM", "encode_documents",
+           "residual_activations", "load_or_train", "cache_path", "TrainedLM", "encode_documents",
            "MLP_LAYER", "RESIDUAL_LAYER", "PAD", "UNK", "WORD_START"]
 
 PAD, UNK = "<pad>", "<unk>"
@@ -266,16 +266,20 @@ class Tokenizer:
         if word in self.splits:
             first, *rest = self.splits[word]
             return [mark + first, *rest]
-        if len(word) > 1 and word.endswith("s"):
-            stem = self._pieces(word[:-1], space)
-            if len(stem) == 1 and stem[0] in self.id_of:
-                return stem + ["s"]
+        stem = word[:-1]
+        if len(word) > 1 and word.endswith("s") and (mark + stem in self.id_of
+                                                      or stem in self.splits):
+            return self._pieces(stem, space) + ["s"]        # a plural: the stem, then "s"
         return [mark + word[0], *word[1:]]           # characters, the first marked
 
     def encode(self, text: str) -> list:
         """The token strings of ``text`` (a space before a token becomes ``"Ġ"``)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a string, got {type(text).__name__}")
+        if WORD_START in text:
+            raise ValueError(f"text contains {WORD_START!r} at character "
+                             f"{text.index(WORD_START)}: the tokenizer reserves it for the "
+                             f"word-start marker")
         pieces, end = [], 0
         for m in _PRETOKEN.finditer(text):
             if m.start() != end:       # only other whitespace (tabs, newlines, double spaces)
@@ -392,7 +396,7 @@ class LMConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_MODEL_VERSION = 1
+_MODEL_VERSION = 2      # bumped whenever the grammar or the tokenizer changes
 
 
 @functools.lru_cache(maxsize=1)
@@ -665,7 +669,7 @@ def train_sae(config: LMConfig, acts: np.ndarray, log: Callable[[str], None] = p
     sae = build_sae(x.shape[1], config.sae_features)
     with torch.no_grad():
         # Scaled inputs have a mean squared norm of d_in (about 1 per dimension).
-        sae.input_scale.fill_(float(np.sqrt(x.shape[1] / x.pow(2).sum(1).mean())))
+        sae.input_scale.fill_((x.shape[1] / float(x.pow(2).sum(1).mean())) ** 0.5)
         sae.b_dec.copy_(x.median(dim=0).values * sae.input_scale)
     opt = torch.optim.Adam(sae.parameters(), lr=config.sae_learning_rate)
     gen = torch.Generator().manual_seed(config.seed + 1)
@@ -742,6 +746,19 @@ def _corpora(config: LMConfig, tokenizer: Tokenizer):
             encode_documents(tokenizer, test_docs, config.n_ctx)[1])
 
 
+def cache_path(config: LMConfig) -> str:
+    """The file :func:`load_or_train` caches ``config``'s LM and SAE in (in
+    :func:`compexp_core.demo.cache_dir`).
+
+    Examples:
+        >>> cache_path(LMConfig()).endswith(f"demo-lm-{LMConfig().key()}.pt")
+        True
+    """
+    from ..demo import cache_dir
+
+    return os.path.join(cache_dir(), f"demo-lm-{config.key()}.pt")
+
+
 def load_or_train(config: LMConfig = LMConfig(), *, retrain: bool = False,
                   log: Callable[[str], None] = print) -> TrainedLM:
     """The trained LM and SAE: from the cache (:func:`compexp_core.demo.cache_dir`) when
@@ -759,12 +776,10 @@ def load_or_train(config: LMConfig = LMConfig(), *, retrain: bool = False,
         A :class:`TrainedLM` (models in eval mode).
     """
     torch = require("torch", "the LM example")
-    from ..demo import cache_dir
-
     if not isinstance(config, LMConfig):
         raise TypeError(f"config must be an LMConfig, got {type(config).__name__}")
     tokenizer = build_tokenizer()
-    path = os.path.join(cache_dir(), f"demo-lm-{config.key()}.pt")
+    path = cache_path(config)
     if not retrain and os.path.exists(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
