@@ -204,15 +204,19 @@ def test_quick_demo_writes_consistent_files(quick, tmp_path):
             == fam_saved["n_beating_single"]
         assert fam.n_clearly_beating == sum(map(clearly_beats_best_single, result))
         assert fam.n_clearly_beating <= fam.n_beating_single <= fam.n_explained
+        counts = [int((acts[:, e.unit].astype(np.float64) > e.threshold).sum()) for e in result]
+        assert fam.median_firing == np.median(counts) == fam_saved["median_firing"]
         curve = mean_iou_by_length(result)
         assert curve.size == config.max_length
         np.testing.assert_allclose(fam.mean_iou_by_length, curve)
         np.testing.assert_allclose(fam_saved["mean_iou_by_length"], curve)
         assert np.all(np.diff(curve) >= 0)
         assert all(len(e.formula) <= config.max_length for e in explained)
-        for unit, formula, iou, single, single_iou in fam.examples:
+        for unit, formula, iou, single, single_iou, firing in fam.examples:
             e = result.by_unit(unit)
             assert str(e.formula) == formula and iou == pytest.approx(e.iou, abs=1e-4)
+            assert str(e.primitive) == single and single_iou >= 0
+            assert firing == int((acts[:, unit].astype(np.float64) > e.threshold).sum()) > 0
         # the headline lines print these numbers
         assert any(f"{fam.n_beating_single} beat their best single concept" in s
                    for s in lines)

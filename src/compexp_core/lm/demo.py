@@ -107,7 +107,9 @@ class UnitFamilySummary:
     n_clearly_beating: int        # at least 1.2x and 0.05 higher
     mean_iou: float               # over explained units, at max_length
     mean_iou_by_length: list      # lengths 1..max_length
-    examples: list                # (unit, formula, iou, best single, its iou), by IoU gain
+    median_firing: float          # tokens a unit fires on, median over units
+    examples: list                # (unit, formula, iou, best single, its iou, tokens it fires
+    #                               on), the largest IoU gains over the best single concept
     results_path: str
     acts_path: str
 
@@ -116,7 +118,7 @@ class UnitFamilySummary:
 class LMDemoSummary:
     """What the LM example found and where it wrote it (also ``summary.json``)."""
     out_dir: str
-    report: Optional[str]
+    report: Optional[str]         # the MLP neurons' page (it links to the SAE features' page)
     n_tokens: int
     n_concepts: int
     lm: dict                      # LMEvaluation fields
@@ -137,12 +139,22 @@ def clearly_beats_best_single(e) -> bool:
         e.iou - e.primitive_iou >= 0.05
 
 
+def _firing_counts(acts_path: str, result) -> dict:
+    """unit -> tokens on which it fires (activation > its threshold, as the search had it)."""
+    from ..io import load_activations
+
+    acts = load_activations(acts_path)          # [N_tokens, U]: tens of MB at the demo's size
+    return {e.unit: int((acts[:, e.unit].astype(np.float64) > e.threshold).sum())
+            for e in result if e.threshold is not None}
+
+
 def _family_summary(name: str, layer: str, result, paths, examples: int = 8):
     from ..analysis import mean_iou_by_length
 
     explained = [e for e in result if e.formula is not None]
     curve = mean_iou_by_length(result).tolist() if explained else []
-    by_gain = sorted(explained, key=lambda e: (-(e.iou - e.primitive_iou), e.unit))
+    by_gain = sorted(explained, key=lambda e: (-(e.iou - e.primitive_iou), e.unit))[:examples]
+    firing = _firing_counts(paths[1], result)
     return UnitFamilySummary(
         name=name, layer=layer, n_units=len(result), n_explained=len(explained),
         n_beating_single=sum(beats_best_single(e) for e in result),
@@ -150,7 +162,8 @@ def _family_summary(name: str, layer: str, result, paths, examples: int = 8):
         mean_iou=float(np.mean([e.iou for e in explained])) if explained else 0.0,
         mean_iou_by_length=curve,
         examples=[(e.unit, str(e.formula), round(e.iou, 4), str(e.primitive),
-                   round(e.primitive_iou, 4)) for e in by_gain[:examples]],
+                   round(e.primitive_iou, 4), firing[e.unit]) for e in by_gain],
+        median_firing=float(np.median(list(firing.values()))) if firing else 0.0,
         results_path=paths[0], acts_path=paths[1])
 
 
@@ -258,12 +271,14 @@ def _run(out_dir, config, retrain, progress, report, log) -> LMDemoSummary:
         from ..report.tokens import write_token_report
 
         t = time.perf_counter()
-        for name, title in (("mlp", f"MLP neurons of {MLP_LAYER}"),
-                            ("sae", f"SAE features on {RESIDUAL_LAYER}")):
+        titles = {"mlp": f"MLP neurons of {MLP_LAYER}", "sae": f"SAE features on {RESIDUAL_LAYER}"}
+        for name, title in titles.items():
+            other = "sae" if name == "mlp" else "mlp"     # each page links to the other
             page = write_token_report(results[name], os.path.join(out_dir, "report", name),
                                       tokens=tokens, acts=path[f"{name}_acts"],
                                       concepts=concepts, title=f"compexp demo lm: {title}",
-                                      progress=progress)
+                                      progress=progress,
+                                      links=[(f"../{other}/index.html", titles[other])])
             index = index or page
         seconds["report"] = time.perf_counter() - t
 
@@ -284,11 +299,16 @@ def _log_headline(summary: LMDemoSummary, config: LMDemoConfig, log) -> None:
         log("")
         log(f"{what} ({fam.layer}, {rule}): {fam.n_explained} of {fam.n_units} explained; "
             f"{fam.n_beating_single} beat their best single concept, "
-            f"{fam.n_clearly_beating} clearly (IoU at least 1.2x and 0.05 higher)")
+            f"{fam.n_clearly_beating} clearly (IoU at least 1.2x and 0.05 higher); a median "
+            f"unit fires on {fam.median_firing:g} of {summary.n_tokens} tokens")
         log("  mean IoU by maximum formula length: " +
             ", ".join(f"{i + 1}: {v:.3f}" for i, v in enumerate(fam.mean_iou_by_length)))
-        log(f"  {'unit':>4}  {'iou':>5}  {'formula':<52} {'best single':<22} {'iou':>5}")
-        for unit, formula, iou, single, single_iou in fam.examples[:5]:
-            log(f"  {unit:>4}  {iou:5.3f}  {formula:<52} {single:<22} {single_iou:5.3f}")
+        log(f"  {'unit':>4}  {'iou':>5}  {'formula':<52} {'best single':<22} {'iou':>5} "
+            f"{'fires on':>8}")
+        for unit, formula, iou, single, single_iou, n in fam.examples[:5]:
+            log(f"  {unit:>4}  {iou:5.3f}  {formula:<52} {single:<22} {single_iou:5.3f} "
+                f"{n:>8}")
     if summary.report:
-        log(f"report: {summary.report}")
+        log(f"reports: {summary.report} (MLP neurons) and "
+            f"{os.path.join(os.path.dirname(os.path.dirname(summary.report)), 'sae', 'index.html')}"
+            f" (SAE features)")

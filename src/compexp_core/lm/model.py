@@ -305,8 +305,8 @@ class Tokenizer:
 def build_tokenizer() -> Tokenizer:
     """The example's tokenizer: every word of the grammar, with and without the word-start
     marker and capitalised, the subword pieces, digits, punctuation and single letters."""
-    words = {"the", "a", "an", "every", "this", "that", "some", "these", "many", "no", "not", "never",
-             "if", "then", "is", "are", "was", "were", "do", "does", "did", "says", "said",
+    words = {"the", "a", "an", "every", "this", "that", "some", "these", "many", "no", "not",
+             "never", "if", "then", "is", "are", "was", "were", "do", "does", "did", "says", "said",
              *COLOURS, *SIZES, *ANIMALS, *OBJECTS, *PLURALS.values(), *NAMES,
              *(v for verb in TRANSITIVE + INTRANSITIVE for v in verb)}
     words -= set(SPLITS)
@@ -413,7 +413,7 @@ def _modules():
             self.qkv = nn.Linear(d_model, 3 * d_model)
             self.out = nn.Linear(d_model, d_model)
 
-        def forward(self, x, pad_mask=None):
+        def forward(self, x):
             b, t, d = x.shape
             q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads) \
                 .permute(2, 0, 3, 1, 4)
