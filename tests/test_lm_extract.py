@@ -424,3 +424,38 @@ def test_module_doctests(module):
     failures, tried = doctest.testmod(module,
                                       optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert tried > 0 and failures == 0
+
+
+# ------------------------------------------------------------- SAELens SAEs as lazy features
+
+def test_sae_features_of_an_saelens_sae_match_encode_and_search_alike():
+    """sae_features computes an SAELens SAE's features without materialising them: its values
+    equal sae.encode's (float32 rounding aside), and a search over it equals the search over
+    the materialised features it reads."""
+    sae_lens = pytest.importorskip("sae_lens", minversion="6")
+    import compexp_core as cx
+    from compexp_core.lm import sae_features
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    resid = rng.standard_normal((600, 8)).astype(np.float32)
+    for sae in (sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=8, d_sae=24)),
+                sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=8, d_sae=24))):
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.normal_(0, 0.5)
+            if hasattr(sae, "threshold"):
+                sae.threshold.uniform_(0.0, 0.5)
+            want = sae.encode(torch.from_numpy(resid)).numpy()
+        lazy = sae_features(sae, resid)
+        assert lazy.shape == (600, 24)
+        got = np.asarray(lazy[:, np.arange(24)])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        masks = rng.random((600, 5)) < 0.3
+        a = cx.search_formulas(lazy, masks, threshold=0, max_length=2, device="cpu")
+        b = cx.search_formulas(got, masks, threshold=0, max_length=2, device="cpu")
+        assert list(a) == list(b)
+    with pytest.raises(ValueError, match="input width 8 differs from resid's width D = 3"):
+        sae_features(sae, resid[:, :3])
+    with pytest.raises(TypeError, match="must be an SAELens SAE"):
+        sae_features(lambda x: x, resid)

@@ -2,7 +2,8 @@
 
 :func:`extract_token_activations` (:mod:`.extract`) writes ``[N_tokens, U]`` activations with
 the per-token metadata (:class:`~compexp_core.io.tokens.TokenTable`) that token concepts and
-token reports read. Importing this package is cheap: torch, TransformerLens and SAELens are
+token reports read; :func:`sae_features` searches an SAELens SAE's features over a stored
+residual stream without materialising them. Importing this package is cheap: torch, TransformerLens and SAELens are
 imported only when used.
 
 Examples:
@@ -10,6 +11,6 @@ Examples:
     >>> extract_token_activations.__name__
     'extract_token_activations'
 """
-from .extract import extract_token_activations
+from .extract import extract_token_activations, sae_features
 
-__all__ = ["extract_token_activations"]
+__all__ = ["extract_token_activations", "sae_features"]

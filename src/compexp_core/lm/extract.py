@@ -57,7 +57,7 @@ from ..extract import (_LayersCaptured, _brief, _check_int, _check_output_paths,
 from ..io.activations import ActivationsWriter
 from ..io.tokens import TokenTable
 
-__all__ = ["extract_token_activations"]
+__all__ = ["extract_token_activations", "sae_features"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -531,3 +531,59 @@ def extract_token_activations(model: Any, documents: Any, layer: str, output: Pa
         for m, training in modes:
             m.train(training)
     return output
+
+
+# ======================================================================== SAE features, lazily
+
+def sae_features(sae: Any, resid: Any, **options: Any):
+    """The features of an SAELens SAE over a stored residual stream, computed only for the
+    features and tokens a search reads (:class:`~compexp_core.engine.units.SAEFeatures`): a
+    dictionary of F features over N tokens is searched without its ``[N, F]`` activations ever
+    existing (``search_formulas(sae_features(sae, resid), concepts, threshold=0)``).
+
+    Reads the SAE's ``W_enc``, ``b_enc``, ``b_dec`` (subtracted from the input when
+    ``cfg.apply_b_dec_to_input``) and, for JumpReLU SAEs, ``threshold``. Other architectures
+    (TopK, gated) and SAEs that normalise their input are refused: extract their features with
+    ``extract_token_activations(..., sae=sae)`` instead.
+
+    Args:
+        sae: an SAELens SAE (standard/ReLU or JumpReLU).
+        resid: ``[N_tokens, D]`` activations of the SAE's layer (array, h5py dataset, tensor;
+            e.g. the ``acts`` of ``extract_token_activations`` at that layer).
+        options: passed to :class:`~compexp_core.engine.units.SAEFeatures` (``rows_per_step``,
+            ``feature_group``).
+
+    Returns:
+        An :class:`~compexp_core.engine.units.SAEFeatures` (``[N_tokens, F]``).
+
+    Raises:
+        ValueError: an architecture or input normalisation that the lazy features cannot
+            reproduce; an SAE whose input width differs from ``resid``'s.
+        TypeError: ``sae`` lacks the SAE's weights.
+    """
+    from ..engine.units import SAEFeatures
+
+    cfg = getattr(sae, "cfg", None)
+    missing = [n for n in ("W_enc", "b_enc") if getattr(sae, n, None) is None]
+    if cfg is None or missing:
+        raise TypeError(f"sae must be an SAELens SAE (with cfg, W_enc, b_enc), got "
+                        f"{type(sae).__name__}")
+    arch = cfg.architecture() if callable(getattr(cfg, "architecture", None)) else "standard"
+    if arch not in ("standard", "jumprelu"):
+        raise ValueError(f"sae_features computes standard (ReLU) and JumpReLU SAEs; this SAE is "
+                         f"{arch!r}: extract its features with extract_token_activations(..., "
+                         f"sae=sae)")
+    norm = getattr(cfg, "normalize_activations", "none")
+    if norm not in (None, "none"):
+        raise ValueError(f"the SAE normalises its input (normalize_activations={norm!r}), which "
+                         f"sae_features does not reproduce: extract its features with "
+                         f"extract_token_activations(..., sae=sae)")
+
+    def host(t):
+        return t.detach().to("cpu").numpy() if hasattr(t, "detach") else np.asarray(t)
+
+    b_dec = host(sae.b_dec) if getattr(cfg, "apply_b_dec_to_input", False) else None
+    if arch == "jumprelu":
+        return SAEFeatures(resid, host(sae.W_enc), host(sae.b_enc), b_dec, activation="jumprelu",
+                           jump_threshold=host(sae.threshold), **options)
+    return SAEFeatures(resid, host(sae.W_enc), host(sae.b_enc), b_dec, **options)
