@@ -236,11 +236,11 @@ def _run(out_dir, config, retrain, progress, report, log) -> LMDemoSummary:
     common = dict(texts=pieces, batch_size=64, progress=progress, model_name=model_name,
                   dataset_name=dataset_name, pad_id=tokenizer.id_of[PAD])
     extract_token_activations(trained.model, ids, MLP_LAYER, path["mlp_acts"], **common)
-    def sae_features(x):        # its name goes into the file: layer "blocks.0 -> sae_features"
+    def sae_encoder(x):         # its name goes into the file: layer "blocks.0 -> sae_encoder"
         return trained.sae.encode(x)
 
     extract_token_activations(trained.model, ids, RESIDUAL_LAYER, path["sae_acts"],
-                              sae=sae_features, **common)
+                              sae=sae_encoder, **common)
     seconds["extract"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -257,7 +257,7 @@ def _run(out_dir, config, retrain, progress, report, log) -> LMDemoSummary:
     t = time.perf_counter()
     for name, layer, options in (
             ("mlp", MLP_LAYER, {"quantile": config.neuron_quantile}),
-            ("sae", f"{RESIDUAL_LAYER} -> sae_features", {"threshold": config.sae_threshold})):
+            ("sae", f"{RESIDUAL_LAYER} -> sae_encoder", {"threshold": config.sae_threshold})):
         acts_path = path[f"{name}_acts"]
         result = search_formulas(acts_path, concepts, max_length=config.max_length,
                                  beam_size=config.beam_size, progress=progress, **options)
