@@ -197,7 +197,10 @@ def test_ray_reads_files_of_either_layout(ray_cluster, tmp_path, caplog):
                         memory_bytes=40 * 12 * 36, chunk_bytes=40 * 9 * 4 * 2)   # 2 units
     save_concepts(tmp_path / "c.h5", cs)
     expected = cx.search_formulas(acts, cs, device="cpu")
-    expected.model, expected.layer = "net", "layer4"     # what a search from the file records
+    # What a search from files records: the activations file's model and layer, the paths.
+    expected.model, expected.layer = "net", "layer4"
+    expected.params["acts_path"] = str(tmp_path / "samples.h5")
+    expected.params["concepts_path"] = str(tmp_path / "c.h5")
     with caplog.at_level(logging.WARNING, logger="compexp_core"):
         _same(cx.search_formulas(str(tmp_path / "samples.h5"), str(tmp_path / "c.h5"),
                                  device="cpu", executor="ray", shard_size=4), expected)
@@ -211,6 +214,8 @@ def test_ray_reads_files_of_either_layout(ray_cluster, tmp_path, caplog):
     assert "rechunk_activations" not in caplog.text
     # As a local search from a file does, the result records the file's model and layer.
     assert (result.model, result.layer) == ("net", "layer4")
+    expected.params["acts_path"] = str(tmp_path / "units.h5")
+    del expected.params["concepts_path"]                  # given as a ConceptSet this time
     _same(result, expected)
 
 

@@ -402,6 +402,13 @@ def test_search_records_the_activations_files_model_and_layer(tmp_path):
     cx.save_activations(tmp_path / "bare.h5", _acts())
     bare = cx.search_formulas(tmp_path / "bare.h5", cs, max_length=1)
     assert (bare.model, bare.layer) == (None, None) and "model" not in bare.params
+    # The files' paths too, the defaults of reports and exports (none for objects).
+    assert result.params["acts_path"] == str(tmp_path / "acts.h5")
+    assert "concepts_path" not in result.params
+    cx.save_concepts(tmp_path / "c.h5", cs)
+    from_files = cx.search_formulas(tmp_path / "bare.h5", tmp_path / "c.h5", max_length=1)
+    assert from_files.params["concepts_path"] == str(tmp_path / "c.h5")
+    assert "acts_path" not in cx.search_formulas(_acts(), cs, max_length=1).params
 
 
 # ------------------------------------------------------------------------------ command line

@@ -139,7 +139,8 @@ def search_formulas(
     Returns:
         A :class:`SearchResult`; ``result[i]`` explains the i-th requested unit. When ``acts``
         is the path of an activations file, the result records the file's ``model`` and
-        ``layer`` (``SearchResult.model``, ``.layer``).
+        ``layer`` (``SearchResult.model``, ``.layer``) and its path
+        (``params["acts_path"]``); likewise ``params["concepts_path"]`` for a concepts file.
 
     Examples:
         >>> import numpy as np, compexp_core as cx
@@ -187,8 +188,7 @@ def search_formulas(
         result = _search_here(acts, concepts, params, backend, ids, quantile, thresholds,
                               unit_batch_size, progress, threshold is None, budget,
                               result_params)
-    if isinstance(acts_source, (str, os.PathLike)):
-        _record_provenance(result, acts_source)
+    record_input_files(result, acts_source, masks)
     return result
 
 
@@ -215,12 +215,18 @@ def _search_here(acts, concepts, params, backend, ids, quantile, thresholds, uni
     return result
 
 
-def _record_provenance(result: SearchResult, acts_path) -> None:
-    """The activations file's ``model`` and ``layer`` (when it records them) into the result."""
+def record_input_files(result: SearchResult, acts, masks) -> None:
+    """Where the inputs came from, when they were files: their paths (``acts_path``,
+    ``concepts_path``: the defaults of reports and exports) and the activations file's
+    ``model`` and ``layer`` (when it records them)."""
     from .io import read_activations_metadata
 
-    meta = read_activations_metadata(acts_path)
-    result.model, result.layer = meta["model"], meta["layer"]
+    if isinstance(acts, (str, os.PathLike)):
+        meta = read_activations_metadata(acts)
+        result.model, result.layer = meta["model"], meta["layer"]
+        result.params["acts_path"] = os.path.abspath(acts)
+    if isinstance(masks, (str, os.PathLike)):
+        result.params["concepts_path"] = os.path.abspath(masks)
 
 
 def _optimal_budget(method, semantics: str, node_budget, time_budget) -> Optional[OptimalBudget]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from .args import Subcommand, add_search_options, positive_int, search_kwargs, unit_list
@@ -33,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search import search_formulas
-    from ..io import load_concepts, open_activations, read_activations_metadata
+    from ..search import record_input_files, search_formulas
+    from ..io import load_concepts, open_activations
     from ..io.results import check_output_path
 
     # Before any work: a search whose results cannot be written is not started.
@@ -51,11 +50,9 @@ def run(args: argparse.Namespace) -> int:
                              units=units, progress=not args.no_progress,
                              **search_kwargs(args), **executor)
     elapsed = time.perf_counter() - t0
-    # Where the inputs were, so that `compexp report` finds them by default.
-    result.params["acts_path"] = os.path.abspath(args.acts)
-    result.params["concepts_path"] = os.path.abspath(args.concepts)
-    meta = read_activations_metadata(args.acts)         # what the activations explain
-    result.model, result.layer = meta["model"], meta["layer"]
+    # Where the inputs were (so that `compexp report` finds them by default), and what the
+    # activations explain.
+    record_input_files(result, args.acts, args.concepts)
     result.save(args.output)
     print(result.summary(args.top))
     print(f"{len(result)} units in {elapsed:.2f} s ({1000 * elapsed / len(result):.1f} ms/unit); "
