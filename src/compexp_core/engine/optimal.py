@@ -57,12 +57,13 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _core
 from .beam import OP_AND, OP_AND_NOT, OP_LEAF, OP_OR, OP_OR_NOT, Entry, SearchParams, metric_values
 from .masks import MaskSet
 from .results import Optimality
 
-__all__ = ["OptimalBudget", "CompletionBound", "ParentBound", "pair_bound", "Cooccurrence",
-           "OptimalUnit", "search_unit_optimal"]
+__all__ = ["OptimalBudget", "CompletionBound", "ParentBound", "pair_bound", "last_step_children",
+           "Cooccurrence", "OptimalUnit", "search_unit_optimal"]
 
 
 class OptimalBudget:
@@ -593,6 +594,65 @@ def _bound_children(cb: CompletionBound, best: _Best, f, g, batch: _Level, inter
     return sel, bound
 
 
+# The children of the last two levels go through the compiled code (_core.last_step_children);
+# False: the NumPy path below (the reference the tests compare it with).
+_COMPILED_LAST_STEP = True
+_METRIC_CODES = {"iou": 0, "precision": 1, "recall": 2}
+
+
+def last_step_children(cb: CompletionBound, best: "_Best", f: np.ndarray, g: np.ndarray,
+                       batch: "_Level", length: int, max_length: int,
+                       leaf: Optional["_LeafRows"] = None, n_threads: int = 0) -> dict:
+    """The children ``op(F, C_j)`` of the prefixes of ``batch`` (``length`` leaves; count rows
+    ``f``, ``g`` ``[n, K]``), formed as the search forms them, through the compiled
+    ``_core.last_step_children``: their best one (highest score, first in canonical order)
+    and, when they have one step left (``length + 2 == max_length``), those whose bound (the
+    minimum of :class:`CompletionBound`, :class:`ParentBound` and, with ``leaf``,
+    :func:`pair_bound`, with the very float64 operations) may still beat ``best`` as it was
+    before them (the caller prunes them again once it has offered the best child).
+
+    Args:
+        cb: the unit's bounds. best: the incumbent. f, g: the parents' count rows.
+        batch: the parents. length: their leaves. max_length: the formulas' most leaves.
+        leaf: single concepts' count rows (pair bounds), or None.
+        n_threads: 0: the default thread count.
+
+    Returns:
+        A dict: ``best`` (score, parent row, operator, concept, TP, size; parent -1 when no
+        child), ``n_children`` (children formed), and the survivors' ``parent``, ``op``,
+        ``concept``, ``tp``, ``size``, ``bound`` (arrays; empty for the last level).
+
+    Examples:
+        >>> import numpy as np
+        >>> from compexp_core.engine.beam import SearchParams
+        >>> p = SearchParams(max_length=2, ops=("and",))
+        >>> cb = CompletionBound(np.array([2, 1]), np.array([2, 3]), 2, 8, p)
+        >>> batch = _Level(np.array([[0]], np.int32), np.zeros((1, 0), np.int8),
+        ...                np.array([2]), np.array([2]), np.array([1.0]))
+        >>> r = last_step_children(cb, _Best(0.0, None, 0, 0, False), np.array([[2, 1]]),
+        ...                        np.array([[2, 1]]), batch, 1, 2)
+        >>> r["best"], r["n_children"]        # 0 AND 1: TP 1, size 1, IoU 1 / 2
+        ((0.5, 0, 2, 1, 1, 1), 1)
+    """
+    p = cb.params
+    bound_children = length + 2 == max_length
+    keep_ties = bool(best.score > 0 and not best.from_beam and best.key is not None
+                     and len(best.key) > length + 1)
+    if leaf is not None and bound_children:
+        leaf_f, leaf_g, leaf_have = leaf.f, leaf.g, leaf.have.view(np.uint8)
+    else:
+        leaf_f = leaf_g = np.zeros((0, 0), np.int64)
+        leaf_have = np.zeros(0, np.uint8)
+    return _core.last_step_children(
+        np.ascontiguousarray(f, np.int64), np.ascontiguousarray(g, np.int64),
+        np.ascontiguousarray(batch.inter, np.int64), np.ascontiguousarray(batch.size, np.int64),
+        np.ascontiguousarray(batch.conc, np.int32), np.ascontiguousarray(batch.ops, np.int32),
+        cb.prim, cb.prim + cb.nonunit, cb.u, cb.P, _METRIC_CODES[p.metric],
+        [int(c) for c in p.op_codes], bool(p.allow_repeats), p.factor(length + 1),
+        p.factor(length + 2), bound_children, leaf_f, leaf_g, leaf_have, float(best.score),
+        keep_ties, n_threads)
+
+
 def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit_size: int,
                         sizes: np.ndarray, n_cells: int, params: SearchParams,
                         beam_best: Optional[Entry], budget: OptimalBudget,
@@ -677,6 +737,11 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
         pos, n = 0, level.bound.size
         if length == 1 and leaf is not None:
             # Expand every length-1 prefix first: the children's pair bounds use their rows.
+            unit_pairs = None
+            if cooccurrence is not None and _COMPILED_LAST_STEP \
+                    and isinstance(index, _core.ConceptIndex) and isinstance(umasks, MaskSet):
+                # On the CPU, all |U & C_c & C_k| in one walk of U's blocks.
+                unit_pairs = index.unit_pair_counts(umasks.arrays(), row)
             for start in range(0, n, budget.batch):
                 if (budget.nodes is not None and expanded + min(budget.batch, n - start)
                         > budget.nodes) or (budget.seconds is not None
@@ -684,7 +749,12 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
                     break
                 part = level.take(np.arange(start, min(n, start + budget.batch)))
                 c = part.conc[:, 0]
-                if cooccurrence is not None:
+                if cooccurrence is not None and unit_pairs is not None:
+                    g = unit_pairs[c]
+                    f = cooccurrence.rows(backend, index, umasks, c)
+                    expanded += c.size
+                    counted += c.size * K
+                elif cooccurrence is not None:
                     # |C_c & C_k| is the same for every unit: only |U & C_c & C_k| is counted,
                     # on the small masks U & C_c.
                     cu = backend.materialize(index, umasks, np.full(c.size, row, np.int64),
@@ -721,6 +791,24 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
                 f, g = leaf.f[batch.conc[:, 0]], leaf.g[batch.conc[:, 0]]
             else:
                 f, g = counts(batch)
+            if _COMPILED_LAST_STEP and L - length <= 2:
+                # The children are the last level, or have one step left: scored, bounded
+                # and pruned in the compiled code; only the survivors come back.
+                r = last_step_children(cb, best, f, g, batch, length, L, leaf)
+                score, bp, bop, bj, btp, bsize = r["best"]
+                if bp >= 0:
+                    offer(np.array([score]), lambda i, bp=bp, bop=bop, bj=bj, batch=batch:
+                          batch.key(bp) + ((bop, bj),), [btp], [bsize])
+                if length + 1 < L:
+                    sel = np.flatnonzero(best.keeps(r["bound"], length + 1))
+                    pruned += r["n_children"] - sel.size
+                    par = r["parent"][sel]
+                    children.append(_Level(
+                        np.concatenate([batch.conc[par], r["concept"][sel, None]], axis=1),
+                        np.concatenate([batch.ops[par], r["op"][sel, None].astype(np.int8)],
+                                       axis=1),
+                        r["tp"][sel], r["size"][sel], r["bound"][sel]))
+                continue
             inter_f, size_f = batch.inter[:, None], batch.size[:, None]
             inter = np.empty((nb, K, op_codes.size), np.int64)
             size = np.empty_like(inter)
