@@ -2,6 +2,8 @@
 
     python benchmarks/bench_optimal.py --units 0-15 --length 3
     python benchmarks/bench_optimal.py --scale 0.1 --units 0-63 --length 3 --time-budget 60
+    python benchmarks/bench_optimal.py --acts DIR/acts.h5 --concepts DIR/concepts.h5 --units 0-95
+        (any activations and concept files, e.g. those `compexp demo` writes: the built-in CNN)
 
 For each unit: beam search with beam 5 and beam 10 (time per unit), then the optimal search
 (seeded with beam 10's answer; per-unit time, nodes expanded, whether it finished within the
@@ -42,15 +44,23 @@ def main(argv=None) -> None:
     ap.add_argument("--length", type=int, default=3)
     ap.add_argument("--time-budget", type=float, default=300.0, help="seconds per unit")
     ap.add_argument("--json", default=None, help="also write the per-unit rows here")
+    ap.add_argument("--acts", default=None, help="an activations file instead of the workload")
+    ap.add_argument("--concepts", default=None, help="its concepts file (with --acts)")
     args = ap.parse_args(argv)
 
     import compexp_core as cx
     from bench_search import workload
 
-    d = workload(Path(args.data_dir), args.scale)
+    if (args.acts is None) != (args.concepts is None):
+        ap.error("--acts and --concepts go together")
+    if args.acts is not None:
+        d, acts_path, concepts_path = Path(args.acts).parent, Path(args.acts), Path(args.concepts)
+    else:
+        d = workload(Path(args.data_dir), args.scale)
+        acts_path, concepts_path = d / "acts.h5", d / "concepts.h5"
     t = time.perf_counter()
-    concepts = cx.load_concepts(d / "concepts.h5")
-    acts = cx.open_activations(d / "acts.h5")
+    concepts = cx.load_concepts(concepts_path)
+    acts = cx.open_activations(acts_path)
     print(f"workload {d}: {concepts}; acts {tuple(acts.shape)}; loaded in "
           f"{time.perf_counter() - t:.1f} s", flush=True)
     units = _units(args.units)
