@@ -626,3 +626,29 @@ def test_compiled_and_numpy_paths_give_the_same_answer(inst):
         O._COMPILED_LAST_STEP = True
     assert (str(a.formula), a.score, a.optimality.upper_bound) == \
         (str(b.formula), b.score, b.optimality.upper_bound)
+
+
+def test_cooccurrence_and_rows_cached_across_units_equal_dense_counts():
+    """Cooccurrence.and_rows: |A & B & C_k| and |U & A & B & C_k| for pairs seen for the
+    first time (A & B built) and again for another unit (f from the cache, g inside U)."""
+    from compexp_core.engine.backends import get_backend
+    from compexp_core.engine.masks import MaskSet
+    from compexp_core.engine.optimal import Cooccurrence
+
+    rng = np.random.default_rng(5)
+    n, K = 2500, 6
+    masks = rng.random((n, K)) < rng.choice([0.05, 0.3, 0.7], K)
+    units = rng.random((n, 3)) < 0.4
+    backend = get_backend("cpu")
+    index = backend.prepare(cx.ConceptSet.from_dense(masks))
+    um = MaskSet.from_dense(units.T)
+    conc = np.array([[0, 1], [2, 5], [3, 3], [4, 1]], np.int32)
+    co = Cooccurrence(K)
+    for row in (0, 1, 2):                  # the first unit fills the cache, the others hit it
+        f, g = co.and_rows(backend, index, um, row, conc)
+        ab = masks[:, conc[:, 0]] & masks[:, conc[:, 1]]                   # [n, pairs]
+        want_f = (ab[:, :, None] & masks[:, None, :]).sum(0)
+        want_g = (ab[:, :, None] & masks[:, None, :] & units[:, row, None, None]).sum(0)
+        np.testing.assert_array_equal(f, want_f)
+        np.testing.assert_array_equal(g, want_g)
+    assert len(co._and) == len(conc)

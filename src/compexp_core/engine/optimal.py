@@ -388,11 +388,50 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
 
 class Cooccurrence:
     """``|C_i & C_j|`` for every pair of concepts, counted once per search (the same for every
-    unit) when the optimal search first needs it: the f rows of length-1 prefixes."""
+    unit) when the optimal search first needs it: the f rows of length-1 prefixes; and the
+    rows ``|C_a & C_b & C_k|`` of the pairs (a, b) expanded so far (:meth:`and_rows`), kept up
+    to ``LIMIT_BYTES``, as they too are the same for every unit."""
+
+    LIMIT_BYTES = 1 << 30
 
     def __init__(self, n_concepts: int, batch: int = 256) -> None:
         self.K, self.batch = n_concepts, batch
         self.f: Optional[np.ndarray] = None
+        self._and: dict = {}
+
+    def and_rows(self, backend, index, umasks, row: int, conc: np.ndarray) -> tuple:
+        """``f = |A & B & C_k|`` and ``g = |U & A & B & C_k|`` (``[n, K]`` each) for the pairs
+        ``conc`` ``[n, 2]`` (A first: the smaller) and the unit mask ``row`` of ``umasks``.
+        A pair seen before costs only g, counted on U & A & B, built inside U (small); a new
+        pair builds A & B (large) once and keeps its f row."""
+        n, K = conc.shape[0], self.K
+        f, g = np.empty((n, K), np.int64), np.empty((n, K), np.int64)
+        keys = [(int(a), int(b)) for a, b in conc]
+        seen = np.array([k in self._and for k in keys], bool)
+        new, old = np.flatnonzero(~seen), np.flatnonzero(seen)
+        if new.size:
+            masks = backend.materialize(index, MaskSet.empty(0), np.zeros(new.size, np.int64),
+                                        np.full(new.size, OP_LEAF, np.int32),
+                                        conc[new, 0].astype(np.int32))
+            masks = backend.materialize(index, masks, np.arange(new.size, dtype=np.int64),
+                                        np.full(new.size, OP_AND, np.int32),
+                                        conc[new, 1].astype(np.int32))
+            f[new], g[new], _ = backend.extension_counts(
+                index, masks, np.full(new.size, row, np.int64), umasks)
+            for i in new:
+                if 8 * K * (len(self._and) + 1) <= self.LIMIT_BYTES:
+                    self._and[keys[i]] = f[i].copy()
+        if old.size:
+            f[old] = np.stack([self._and[keys[i]] for i in old])
+            inside = backend.materialize(index, umasks, np.full(old.size, row, np.int64),
+                                         np.full(old.size, OP_AND, np.int32),
+                                         conc[old, 0].astype(np.int32))
+            inside = backend.materialize(index, inside, np.arange(old.size, dtype=np.int64),
+                                         np.full(old.size, OP_AND, np.int32),
+                                         conc[old, 1].astype(np.int32))
+            g[old], _, _ = backend.extension_counts(index, inside,
+                                                    np.full(old.size, row, np.int64), umasks)
+        return f, g
 
     def rows(self, backend, index, umasks, concepts: np.ndarray) -> np.ndarray:
         if self.f is None:
@@ -707,12 +746,15 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
             # AND commutes: the smaller concept is copied first, the larger only read.
             conc = np.take_along_axis(batch.conc, np.argsort(sizes[batch.conc], axis=1,
                                                              kind="stable"), 1)
-            pair = _Level(conc, np.full((conc.shape[0], 1), OP_AND, np.int8),
-                          batch.inter, batch.size, batch.bound)
-            masks = _materialize(backend, index, pair)
             nb = batch.conc.shape[0]
-            f_ab, g_ab, _ = backend.extension_counts(index, masks, np.full(nb, row, np.int64),
-                                                     umasks)
+            if cooccurrence is not None:
+                f_ab, g_ab = cooccurrence.and_rows(backend, index, umasks, row, conc)
+            else:
+                pair = _Level(conc, np.full((nb, 1), OP_AND, np.int8), batch.inter,
+                              batch.size, batch.bound)
+                f_ab, g_ab, _ = backend.extension_counts(
+                    index, _materialize(backend, index, pair), np.full(nb, row, np.int64),
+                    umasks)
             expanded += nb
             counted += nb * K
             return pair_rows(batch.ops[:, 0], leaf.f[batch.conc[:, 0]], leaf.g[batch.conc[:, 0]],
