@@ -126,7 +126,7 @@ def optimal_only(cx, acts, concepts, common, args) -> None:
     beam's answers (``Explanation.beam[0]``) were suboptimal."""
     t = time.perf_counter()
     res = cx.search_formulas(acts, concepts, **common, beam_size=args.beam, method="optimal",
-                             time_budget=args.time_budget)
+                             time_budget=args.time_budget, progress=True)
     wall = time.perf_counter() - t
     secs = np.array([e.optimality.seconds for e in res])
     worse = [e for e in res if e.beam_suboptimal]
