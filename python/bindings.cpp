@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/cpu_backend.h"
+#include "cpu/last_step.h"
 #include "cpu/parallel.h"
 #include "glue.h"
 #include "index.h"
@@ -87,6 +88,20 @@ class PyConceptIndex {
       out = cpu::materialize(view_, fm.view, src.shape(0), src.data(), op.data(), concept.data(), n_threads);
     }
     return mask_set_to_python(std::move(out));
+  }
+
+  // |U & C_c & C_k| for every pair of concepts, U = mask `row` of `units` (the optimal search).
+  py::array_t<int64_t> unit_pair_counts(const py::tuple& units, int64_t row, int n_threads) {
+    PyMaskSet u(units, view_.n_blocks, "units");
+    require(row >= 0 && row < u.view.n_masks, "row must index a mask of units");
+    const int64_t K = view_.n_concepts;
+    py::array_t<int64_t> out({K, K});
+    int64_t* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      cpu::unit_pair_counts(view_, u.view, row, o, n_threads);
+    }
+    return out;
   }
 
   py::array_t<int64_t> concept_sizes() {
@@ -198,6 +213,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("units"), py::arg("simd") = "auto", py::arg("n_threads") = 0)
       .def("materialize", &PyConceptIndex::materialize, py::arg("formulas"), py::arg("src"), py::arg("op"),
            py::arg("concept"), py::arg("n_threads") = 0)
+      .def("unit_pair_counts", &PyConceptIndex::unit_pair_counts, py::arg("units"), py::arg("row"),
+           py::arg("n_threads") = 0)
       .def("concept_sizes", &PyConceptIndex::concept_sizes)
       .def_property_readonly("n_cells", &PyConceptIndex::n_cells)
       .def_property_readonly("n_blocks", &PyConceptIndex::n_blocks)
@@ -291,4 +308,60 @@ PYBIND11_MODULE(_core, m) {
         return to_numpy(std::move(out), {p.view.n_masks});
       },
       py::arg("masks"), py::arg("n_threads") = 0);
+
+  m.def(
+      "last_step_children",
+      [](Arr<int64_t> f, Arr<int64_t> g, Arr<int64_t> parent_tp, Arr<int64_t> parent_size,
+         Arr<int32_t> parent_concepts, Arr<int32_t> parent_ops, Arr<int64_t> prim, Arr<int64_t> sizes,
+         int64_t unit_size, int64_t n_cells, int metric, std::vector<int32_t> ops, bool allow_repeats,
+         double child_factor, double bound_factor, bool bound_children, Arr<int64_t> leaf_f,
+         Arr<int64_t> leaf_g, Arr<uint8_t> leaf_have, double incumbent, bool keep_ties, int n_threads) {
+        require(f.ndim() == 2 && g.ndim() == 2 && f.shape(0) == g.shape(0) && f.shape(1) == g.shape(1),
+                "f and g must be [n_parents, K] of one shape");
+        const int64_t n = f.shape(0), K = f.shape(1);
+        require(prim.ndim() == 1 && prim.shape(0) == K && sizes.ndim() == 1 && sizes.shape(0) == K,
+                "prim and sizes must be [K] with K = f.shape[1]");
+        require(parent_tp.ndim() == 1 && parent_tp.shape(0) == n && parent_size.ndim() == 1 &&
+                    parent_size.shape(0) == n, "parent_tp and parent_size must be [n_parents]");
+        require(parent_concepts.ndim() == 2 && parent_concepts.shape(0) == n && parent_concepts.shape(1) >= 1,
+                "parent_concepts must be [n_parents, l] with l >= 1");
+        const int64_t len = parent_concepts.shape(1);
+        require(parent_ops.ndim() == 2 && parent_ops.shape(0) == n && parent_ops.shape(1) == len - 1,
+                "parent_ops must be [n_parents, l - 1]");
+        const bool leaves = leaf_have.size() > 0;
+        require(!leaves || (leaf_have.ndim() == 1 && leaf_have.shape(0) == K && leaf_f.ndim() == 2 &&
+                            leaf_f.shape(0) == K && leaf_f.shape(1) == K && leaf_g.ndim() == 2 &&
+                            leaf_g.shape(0) == K && leaf_g.shape(1) == K),
+                "leaf_f and leaf_g must be [K, K] and leaf_have [K] (or leaf_have empty: no pair bounds)");
+        cpu::LastStepInput in;
+        in.n_parents = n; in.n_concepts = K; in.f = f.data(); in.g = g.data();
+        in.parent_tp = parent_tp.data(); in.parent_size = parent_size.data(); in.parent_len = len;
+        in.parent_concepts = parent_concepts.data(); in.parent_ops = parent_ops.data();
+        in.prim = prim.data(); in.sizes = sizes.data(); in.unit_size = unit_size; in.n_cells = n_cells;
+        in.metric = static_cast<cpu::Metric>(metric); in.ops = std::move(ops); in.allow_repeats = allow_repeats;
+        in.child_factor = child_factor; in.bound_factor = bound_factor; in.bound_children = bound_children;
+        if (leaves) { in.leaf_f = leaf_f.data(); in.leaf_g = leaf_g.data(); in.leaf_have = leaf_have.data(); }
+        in.incumbent = incumbent; in.keep_ties = keep_ties;
+        cpu::LastStepOutput r;
+        {
+          py::gil_scoped_release nogil;
+          r = cpu::last_step_children(in, n_threads);
+        }
+        const py::ssize_t s = static_cast<py::ssize_t>(r.tp.size());
+        py::dict d;
+        d["n_children"] = r.n_children;
+        d["best"] = py::make_tuple(r.best_score, r.best_parent, r.best_op, r.best_concept, r.best_tp, r.best_size);
+        d["parent"] = to_numpy(std::move(r.parent), {s});
+        d["op"] = to_numpy(std::move(r.op), {s});
+        d["concept"] = to_numpy(std::move(r.concept), {s});
+        d["tp"] = to_numpy(std::move(r.tp), {s});
+        d["size"] = to_numpy(std::move(r.size), {s});
+        d["bound"] = to_numpy(std::move(r.bound), {s});
+        return d;
+      },
+      py::arg("f"), py::arg("g"), py::arg("parent_tp"), py::arg("parent_size"), py::arg("parent_concepts"),
+      py::arg("parent_ops"), py::arg("prim"), py::arg("sizes"), py::arg("unit_size"), py::arg("n_cells"),
+      py::arg("metric"), py::arg("ops"), py::arg("allow_repeats"), py::arg("child_factor"),
+      py::arg("bound_factor"), py::arg("bound_children"), py::arg("leaf_f"), py::arg("leaf_g"),
+      py::arg("leaf_have"), py::arg("incumbent"), py::arg("keep_ties"), py::arg("n_threads") = 0);
 }

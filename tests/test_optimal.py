@@ -429,3 +429,226 @@ def test_pair_rows_equal_direct_counts(seed, n, K):
         want_f, want_g = rows(apply[op](A, B))
         np.testing.assert_array_equal(f, want_f, err_msg=op)
         np.testing.assert_array_equal(g, want_g, err_msg=op)
+
+
+def _numpy_last_step(cb, f, g, batch, length, leaf):
+    """The NumPy path's children of ``batch`` and their bounds: formed as the search forms
+    them (no repeats, commuting steps in one order), bounded by the minimum of every NumPy
+    bound (CompletionBound cheap and precise, ParentBound with dominating points and with
+    fronts, pair_bound where it applies)."""
+    from compexp_core.engine import optimal as O
+    from compexp_core.engine.beam import OP_AND, OP_AND_NOT, OP_OR, OP_OR_NOT
+
+    p, K, nb = cb.params, f.shape[1], f.shape[0]
+    codes = p.op_codes
+    inter_f, size_f = batch.inter[:, None], batch.size[:, None]
+    a, c = cb.prim[None, :], (cb.prim + cb.nonunit)[None, :]
+    inter = np.empty((nb, K, codes.size), np.int64)
+    size = np.empty_like(inter)
+    for o, code in enumerate(codes):
+        inter[:, :, o], size[:, :, o] = {
+            OP_AND: (g, f), OP_AND_NOT: (inter_f - g, size_f - f),
+            OP_OR: (inter_f + a - g, size_f + c - f),
+            OP_OR_NOT: (cb.u - a + g, cb.P - c + f)}[int(code)]
+    valid = np.ones((nb, K), bool)
+    if not p.allow_repeats:
+        valid[np.arange(nb)[:, None], batch.conc] = False
+    valid = valid[:, :, None] & O._ordered_steps(batch, codes, K)
+    b_i, j_i, o_i = np.nonzero(valid)
+    tp, sz = inter[b_i, j_i, o_i], size[b_i, j_i, o_i]
+    fp, op1 = sz - tp, codes[o_i]
+    score = cb.metric(tp, fp) * p.factor(length + 1)
+    pb = O.ParentBound(cb, f, g, batch.inter, batch.size - batch.inter)
+    bound = np.minimum.reduce([cb.bound(tp, fp, length + 1, 1, precise=False),
+                               pb.bound(b_i, op1, tp, fp, length + 1, True),
+                               pb.bound(b_i, op1, tp, fp, length + 1, False),
+                               cb.bound(tp, fp, length + 1, 1)])
+    if leaf is not None and OP_OR_NOT not in cb.ops:
+        ok = np.flatnonzero(op1 != OP_OR_NOT)
+        if ok.size:
+            par, j = b_i[ok], j_i[ok]
+            pair = O.pair_bound(cb, op1[ok], tp[ok], fp[ok], batch.inter[par],
+                                batch.size[par] - batch.inter[par], g[par], (f - g)[par], j,
+                                leaf.g[j], leaf.f[j] - leaf.g[j], length + 1)
+            bound[ok] = np.minimum(bound[ok], pair)
+    return b_i, j_i, op1, tp, sz, score, bound
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(), st.booleans())
+def test_compiled_last_step_equals_numpy_bounds_and_is_admissible(inst, with_leaf):
+    """_core.last_step_children (through optimal.last_step_children) forms the same children
+    as the NumPy path, scores them bit for bit, finds the same best child, and bounds each
+    one by exactly the NumPy bounds' minimum, which is >= the best score of every last step
+    the search forms from it (checked against dense masks)."""
+    from compexp_core.engine import optimal as O
+    from compexp_core.engine.beam import SearchParams
+
+    unit, masks = inst["unit"], inst["masks"]
+    K, u, n = masks.shape[1], int(unit.sum()), unit.size
+    ops = inst["ops"]
+    params = SearchParams(max_length=3, ops=ops, metric=inst["metric"],
+                          complexity_penalty=inst["penalty"],
+                          allow_repeats=inst["allow_repeats"])
+    cb = O.CompletionBound((masks & unit[:, None]).sum(0), masks.sum(0), u, n, params)
+    apply = {OP_CODES[k]: v for k, v in {
+        "or": lambda f, c: f | c, "and": lambda f, c: f & c,
+        "and_not": lambda f, c: f & ~c, "or_not": lambda f, c: f | ~c}.items()}
+    leaf = None
+    if with_leaf:
+        leaf = O._LeafRows(K)
+        leaf.f[:] = (masks[:, :, None] & masks[:, None, :]).sum(0)
+        leaf.g[:] = (masks[:, :, None] & masks[:, None, :] & unit[:, None, None]).sum(0)
+        leaf.have[:] = True
+    codes = params.op_codes
+    one = (np.arange(K, dtype=np.int32)[:, None], np.zeros((K, 0), np.int8))
+    pairs = [(i, o, j) for i in range(K) for o in codes for j in range(K)
+             if (params.allow_repeats or i != j) and not (o in (OP_CODES["and"], OP_CODES["or"])
+                                                          and j < i)]
+    two = (np.array([[i, j] for i, _, j in pairs], np.int32).reshape(-1, 2),
+           np.array([[o] for _, o, _ in pairs], np.int8).reshape(-1, 1))
+    for length, (conc, opk) in ((1, one), (2, two)):
+        if conc.shape[0] == 0:
+            continue
+        dense = []
+        for r in range(conc.shape[0]):
+            m = masks[:, conc[r, 0]].copy()
+            for s in range(opk.shape[1]):
+                m = apply[int(opk[r, s])](m, masks[:, conc[r, s + 1]])
+            dense.append(m)
+        dense = np.stack(dense)
+        f = (dense[:, :, None] & masks[None]).sum(1)
+        g = (dense[:, :, None] & masks[None] & unit[None, :, None]).sum(1)
+        batch = O._Level(conc, opk, (dense & unit).sum(1), dense.sum(1), np.zeros(len(dense)))
+        b_i, j_i, op1, tp, sz, score, bound = _numpy_last_step(cb, f, g, batch, length, leaf)
+        r = O.last_step_children(cb, O._Best(-1.0, None, 0, 0, False), f, g, batch, length,
+                                 length + 2, leaf)
+        assert r["n_children"] == b_i.size
+        np.testing.assert_array_equal(r["parent"], b_i)
+        np.testing.assert_array_equal(r["concept"], j_i)
+        np.testing.assert_array_equal(r["op"], op1)
+        np.testing.assert_array_equal(r["tp"], tp)
+        np.testing.assert_array_equal(r["size"], sz)
+        np.testing.assert_array_equal(r["bound"], bound)      # the same float64 values
+        if b_i.size:
+            keys = [batch.key(int(b)) + ((int(o), int(j)),) for b, o, j in zip(b_i, op1, j_i)]
+            top = score.max()
+            first = min((O._canonical(k), k) for k, s in zip(keys, score) if s == top)[1]
+            best = r["best"]
+            assert best[0] == top and batch.key(best[1]) + ((best[2], best[3]),) == first
+        # Admissible: >= every last step the search forms from each child.
+        for i in range(b_i.size):
+            H = apply[int(op1[i])](dense[b_i[i]], masks[:, j_i[i]])
+            used = set(conc[b_i[i]].tolist()) | {int(j_i[i])}
+            truth = 0.0
+            for o2 in codes:
+                for k in range(K):
+                    if FAMILY_CODE[int(o2)] == FAMILY_CODE[int(op1[i])] and \
+                            (int(o2), k) < (int(op1[i]), int(j_i[i])):
+                        continue
+                    if not params.allow_repeats and k in used:
+                        continue
+                    G = apply[int(o2)](H, masks[:, k])
+                    truth = max(truth, _metric(inst["metric"], int((G & unit).sum()),
+                                               int(G.sum()), u))
+            assert truth * params.factor(length + 2) <= r["bound"][i]
+
+
+FAMILY_CODE = {OP_CODES[k]: v for k, v in FAMILY.items()}
+
+
+def test_compiled_last_step_prunes_against_the_incumbent():
+    """Only children whose bound beats the incumbent come back (ties only with keep_ties);
+    the last level returns its best child and no survivors."""
+    from compexp_core.engine import optimal as O
+    from compexp_core.engine.beam import SearchParams
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((200, 8)) < 0.3
+    unit = masks[:, 0] & masks[:, 1] | (rng.random(200) < 0.05)
+    params = SearchParams(max_length=3)
+    cb = O.CompletionBound((masks & unit[:, None]).sum(0), masks.sum(0), int(unit.sum()), 200,
+                           params)
+    f = (masks[:, :, None] & masks[:, None, :]).sum(0)
+    g = (masks[:, :, None] & masks[:, None, :] & unit[:, None, None]).sum(0)
+    batch = O._Level(np.arange(8, dtype=np.int32)[:, None], np.zeros((8, 0), np.int8),
+                     (masks & unit[:, None]).sum(0), masks.sum(0), np.zeros(8))
+    every = O.last_step_children(cb, O._Best(-1.0, None, 0, 0, False), f, g, batch, 1, 3)
+    cut = float(np.median(every["bound"]))
+    some = O.last_step_children(cb, O._Best(cut, (0,), 0, 0, True), f, g, batch, 1, 3)
+    assert some["tp"].size == int((every["bound"] > cut).sum()) < every["tp"].size
+    assert (some["bound"] > cut).all() and some["best"] == every["best"]
+    ties = O.last_step_children(cb, O._Best(cut, (0, (1, 1), (1, 2)), 0, 0, False), f, g,
+                                batch, 1, 3)
+    assert ties["tp"].size == int((every["bound"] >= cut).sum())
+    last = O.last_step_children(cb, O._Best(-1.0, None, 0, 0, False), f, g, batch, 1, 2)
+    assert last["tp"].size == 0 and last["best"] == every["best"]
+    with pytest.raises(ValueError, match="f and g"):
+        O.last_step_children(cb, O._Best(0.0, None, 0, 0, False), f[:, :3], g, batch, 1, 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unit_pair_counts_equal_dense_counts(seed):
+    """ConceptIndex.unit_pair_counts: |U & C_c & C_k| for every pair, for one unit of several,
+    with partial and full blocks (a concept covering every cell)."""
+    from compexp_core.engine.masks import MaskSet
+
+    rng = np.random.default_rng(seed)
+    n, K = 3000, 7
+    masks = rng.random((n, K)) < rng.choice([0.01, 0.2, 0.6], K)
+    masks[:, 0] = True                               # full blocks
+    units = rng.random((n, 3)) < 0.3
+    units[:1100, 1] = True
+    concepts = cx.ConceptSet.from_dense(masks, names=[f"c{k}" for k in range(K)])
+    index = concepts.host_index
+    um = MaskSet.from_dense(units.T)
+    for row in range(3):
+        U = units[:, row]
+        want = (masks[:, :, None] & masks[:, None, :] & U[:, None, None]).sum(0)
+        np.testing.assert_array_equal(index.unit_pair_counts(um.arrays(), row), want)
+    with pytest.raises(ValueError, match="row"):
+        index.unit_pair_counts(um.arrays(), 3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_compiled_and_numpy_paths_give_the_same_answer(inst):
+    """The whole search with the compiled last step and with the NumPy one: the same formula,
+    score and proof (upper bound) for every instance."""
+    from compexp_core.engine import optimal as O
+
+    inst = dict(inst, max_length=min(inst["max_length"], 3))
+    a = _search(inst, method="optimal")
+    O._COMPILED_LAST_STEP = False
+    try:
+        b = _search(inst, method="optimal")
+    finally:
+        O._COMPILED_LAST_STEP = True
+    assert (str(a.formula), a.score, a.optimality.upper_bound) == \
+        (str(b.formula), b.score, b.optimality.upper_bound)
+
+
+def test_cooccurrence_and_rows_cached_across_units_equal_dense_counts():
+    """Cooccurrence.and_rows: |A & B & C_k| and |U & A & B & C_k| for pairs seen for the
+    first time (A & B built) and again for another unit (f from the cache, g inside U)."""
+    from compexp_core.engine.backends import get_backend
+    from compexp_core.engine.masks import MaskSet
+    from compexp_core.engine.optimal import Cooccurrence
+
+    rng = np.random.default_rng(5)
+    n, K = 2500, 6
+    masks = rng.random((n, K)) < rng.choice([0.05, 0.3, 0.7], K)
+    units = rng.random((n, 3)) < 0.4
+    backend = get_backend("cpu")
+    index = backend.prepare(cx.ConceptSet.from_dense(masks))
+    um = MaskSet.from_dense(units.T)
+    conc = np.array([[0, 1], [2, 5], [3, 3], [4, 1]], np.int32)
+    co = Cooccurrence(K)
+    for row in (0, 1, 2):                  # the first unit fills the cache, the others hit it
+        f, g = co.and_rows(backend, index, um, row, conc)
+        ab = masks[:, conc[:, 0]] & masks[:, conc[:, 1]]                   # [n, pairs]
+        want_f = (ab[:, :, None] & masks[:, None, :]).sum(0)
+        want_g = (ab[:, :, None] & masks[:, None, :] & units[:, row, None, None]).sum(0)
+        np.testing.assert_array_equal(f, want_f)
+        np.testing.assert_array_equal(g, want_g)
+    assert len(co._and) == len(conc)

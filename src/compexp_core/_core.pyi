@@ -40,6 +40,9 @@ class ConceptIndex:
     def materialize(self, formulas: MaskSet, src: npt.ArrayLike, op: npt.ArrayLike, concept: npt.ArrayLike,
                     n_threads: int = 0) -> MaskSet:
         """Masks op[i](F_src[i], C_concept[i]) (OP_LEAF: C alone; OP_COPY: F_src alone)."""
+    def unit_pair_counts(self, units: MaskSet, row: int, n_threads: int = 0) -> npt.NDArray[np.int64]:
+        """|U & C_c & C_k| for every pair of concepts, U = mask ``row`` of ``units``: int64
+        [K, K] (the optimal search's one-leaf count rows)."""
     def concept_sizes(self) -> npt.NDArray[np.int64]: ...
     @property
     def n_cells(self) -> int: ...
@@ -65,3 +68,15 @@ def unit_masks_from_maps(acts: npt.ArrayLike, sample_offset: int, height: int, w
 def unit_masks_from_bool(masks: npt.ArrayLike, sample_offset: int, n_threads: int = 0) -> MaskSet: ...
 def merge_mask_parts(parts: Sequence[MaskSet]) -> MaskSet: ...
 def mask_popcounts(masks: MaskSet, n_threads: int = 0) -> npt.NDArray[np.int64]: ...
+def last_step_children(f: npt.ArrayLike, g: npt.ArrayLike, parent_tp: npt.ArrayLike,
+                       parent_size: npt.ArrayLike, parent_concepts: npt.ArrayLike,
+                       parent_ops: npt.ArrayLike, prim: npt.ArrayLike, sizes: npt.ArrayLike,
+                       unit_size: int, n_cells: int, metric: int, ops: Sequence[int],
+                       allow_repeats: bool, child_factor: float, bound_factor: float,
+                       bound_children: bool, leaf_f: npt.ArrayLike, leaf_g: npt.ArrayLike,
+                       leaf_have: npt.ArrayLike, incumbent: float, keep_ties: bool,
+                       n_threads: int = 0) -> dict:
+    """The optimal search's children of a batch of expanded prefixes (csrc/cpu/last_step.h):
+    ``{"n_children", "best": (score, parent, op, concept, tp, size), "parent", "op",
+    "concept", "tp", "size", "bound"}``; metric 0 iou, 1 precision, 2 recall; ``leaf_have``
+    empty: no pair bounds. Use engine.optimal.last_step_children."""

@@ -57,12 +57,13 @@ from typing import Optional
 
 import numpy as np
 
+from .. import _core
 from .beam import OP_AND, OP_AND_NOT, OP_LEAF, OP_OR, OP_OR_NOT, Entry, SearchParams, metric_values
 from .masks import MaskSet
 from .results import Optimality
 
-__all__ = ["OptimalBudget", "CompletionBound", "ParentBound", "pair_bound", "Cooccurrence",
-           "OptimalUnit", "search_unit_optimal"]
+__all__ = ["OptimalBudget", "CompletionBound", "ParentBound", "pair_bound", "last_step_children",
+           "Cooccurrence", "OptimalUnit", "search_unit_optimal"]
 
 
 class OptimalBudget:
@@ -387,11 +388,50 @@ def pair_bound(cb: CompletionBound, op1, tp, fp, tp_f, fp_f, g_f, fp_fk, j, g_j,
 
 class Cooccurrence:
     """``|C_i & C_j|`` for every pair of concepts, counted once per search (the same for every
-    unit) when the optimal search first needs it: the f rows of length-1 prefixes."""
+    unit) when the optimal search first needs it: the f rows of length-1 prefixes; and the
+    rows ``|C_a & C_b & C_k|`` of the pairs (a, b) expanded so far (:meth:`and_rows`), kept up
+    to ``LIMIT_BYTES``, as they too are the same for every unit."""
+
+    LIMIT_BYTES = 1 << 30
 
     def __init__(self, n_concepts: int, batch: int = 256) -> None:
         self.K, self.batch = n_concepts, batch
         self.f: Optional[np.ndarray] = None
+        self._and: dict = {}
+
+    def and_rows(self, backend, index, umasks, row: int, conc: np.ndarray) -> tuple:
+        """``f = |A & B & C_k|`` and ``g = |U & A & B & C_k|`` (``[n, K]`` each) for the pairs
+        ``conc`` ``[n, 2]`` (A first: the smaller) and the unit mask ``row`` of ``umasks``.
+        A pair seen before costs only g, counted on U & A & B, built inside U (small); a new
+        pair builds A & B (large) once and keeps its f row."""
+        n, K = conc.shape[0], self.K
+        f, g = np.empty((n, K), np.int64), np.empty((n, K), np.int64)
+        keys = [(int(a), int(b)) for a, b in conc]
+        seen = np.array([k in self._and for k in keys], bool)
+        new, old = np.flatnonzero(~seen), np.flatnonzero(seen)
+        if new.size:
+            masks = backend.materialize(index, MaskSet.empty(0), np.zeros(new.size, np.int64),
+                                        np.full(new.size, OP_LEAF, np.int32),
+                                        conc[new, 0].astype(np.int32))
+            masks = backend.materialize(index, masks, np.arange(new.size, dtype=np.int64),
+                                        np.full(new.size, OP_AND, np.int32),
+                                        conc[new, 1].astype(np.int32))
+            f[new], g[new], _ = backend.extension_counts(
+                index, masks, np.full(new.size, row, np.int64), umasks)
+            for i in new:
+                if 8 * K * (len(self._and) + 1) <= self.LIMIT_BYTES:
+                    self._and[keys[i]] = f[i].copy()
+        if old.size:
+            f[old] = np.stack([self._and[keys[i]] for i in old])
+            inside = backend.materialize(index, umasks, np.full(old.size, row, np.int64),
+                                         np.full(old.size, OP_AND, np.int32),
+                                         conc[old, 0].astype(np.int32))
+            inside = backend.materialize(index, inside, np.arange(old.size, dtype=np.int64),
+                                         np.full(old.size, OP_AND, np.int32),
+                                         conc[old, 1].astype(np.int32))
+            g[old], _, _ = backend.extension_counts(index, inside,
+                                                    np.full(old.size, row, np.int64), umasks)
+        return f, g
 
     def rows(self, backend, index, umasks, concepts: np.ndarray) -> np.ndarray:
         if self.f is None:
@@ -593,6 +633,65 @@ def _bound_children(cb: CompletionBound, best: _Best, f, g, batch: _Level, inter
     return sel, bound
 
 
+# The children of the last two levels go through the compiled code (_core.last_step_children);
+# False: the NumPy path below (the reference the tests compare it with).
+_COMPILED_LAST_STEP = True
+_METRIC_CODES = {"iou": 0, "precision": 1, "recall": 2}
+
+
+def last_step_children(cb: CompletionBound, best: "_Best", f: np.ndarray, g: np.ndarray,
+                       batch: "_Level", length: int, max_length: int,
+                       leaf: Optional["_LeafRows"] = None, n_threads: int = 0) -> dict:
+    """The children ``op(F, C_j)`` of the prefixes of ``batch`` (``length`` leaves; count rows
+    ``f``, ``g`` ``[n, K]``), formed as the search forms them, through the compiled
+    ``_core.last_step_children``: their best one (highest score, first in canonical order)
+    and, when they have one step left (``length + 2 == max_length``), those whose bound (the
+    minimum of :class:`CompletionBound`, :class:`ParentBound` and, with ``leaf``,
+    :func:`pair_bound`, with the very float64 operations) may still beat ``best`` as it was
+    before them (the caller prunes them again once it has offered the best child).
+
+    Args:
+        cb: the unit's bounds. best: the incumbent. f, g: the parents' count rows.
+        batch: the parents. length: their leaves. max_length: the formulas' most leaves.
+        leaf: single concepts' count rows (pair bounds), or None.
+        n_threads: 0: the default thread count.
+
+    Returns:
+        A dict: ``best`` (score, parent row, operator, concept, TP, size; parent -1 when no
+        child), ``n_children`` (children formed), and the survivors' ``parent``, ``op``,
+        ``concept``, ``tp``, ``size``, ``bound`` (arrays; empty for the last level).
+
+    Examples:
+        >>> import numpy as np
+        >>> from compexp_core.engine.beam import SearchParams
+        >>> p = SearchParams(max_length=2, ops=("and",))
+        >>> cb = CompletionBound(np.array([2, 1]), np.array([2, 3]), 2, 8, p)
+        >>> batch = _Level(np.array([[0]], np.int32), np.zeros((1, 0), np.int8),
+        ...                np.array([2]), np.array([2]), np.array([1.0]))
+        >>> r = last_step_children(cb, _Best(0.0, None, 0, 0, False), np.array([[2, 1]]),
+        ...                        np.array([[2, 1]]), batch, 1, 2)
+        >>> r["best"], r["n_children"]        # 0 AND 1: TP 1, size 1, IoU 1 / 2
+        ((0.5, 0, 2, 1, 1, 1), 1)
+    """
+    p = cb.params
+    bound_children = length + 2 == max_length
+    keep_ties = bool(best.score > 0 and not best.from_beam and best.key is not None
+                     and len(best.key) > length + 1)
+    if leaf is not None and bound_children:
+        leaf_f, leaf_g, leaf_have = leaf.f, leaf.g, leaf.have.view(np.uint8)
+    else:
+        leaf_f = leaf_g = np.zeros((0, 0), np.int64)
+        leaf_have = np.zeros(0, np.uint8)
+    return _core.last_step_children(
+        np.ascontiguousarray(f, np.int64), np.ascontiguousarray(g, np.int64),
+        np.ascontiguousarray(batch.inter, np.int64), np.ascontiguousarray(batch.size, np.int64),
+        np.ascontiguousarray(batch.conc, np.int32), np.ascontiguousarray(batch.ops, np.int32),
+        cb.prim, cb.prim + cb.nonunit, cb.u, cb.P, _METRIC_CODES[p.metric],
+        [int(c) for c in p.op_codes], bool(p.allow_repeats), p.factor(length + 1),
+        p.factor(length + 2), bound_children, leaf_f, leaf_g, leaf_have, float(best.score),
+        keep_ties, n_threads)
+
+
 def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit_size: int,
                         sizes: np.ndarray, n_cells: int, params: SearchParams,
                         beam_best: Optional[Entry], budget: OptimalBudget,
@@ -647,12 +746,15 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
             # AND commutes: the smaller concept is copied first, the larger only read.
             conc = np.take_along_axis(batch.conc, np.argsort(sizes[batch.conc], axis=1,
                                                              kind="stable"), 1)
-            pair = _Level(conc, np.full((conc.shape[0], 1), OP_AND, np.int8),
-                          batch.inter, batch.size, batch.bound)
-            masks = _materialize(backend, index, pair)
             nb = batch.conc.shape[0]
-            f_ab, g_ab, _ = backend.extension_counts(index, masks, np.full(nb, row, np.int64),
-                                                     umasks)
+            if cooccurrence is not None:
+                f_ab, g_ab = cooccurrence.and_rows(backend, index, umasks, row, conc)
+            else:
+                pair = _Level(conc, np.full((nb, 1), OP_AND, np.int8), batch.inter,
+                              batch.size, batch.bound)
+                f_ab, g_ab, _ = backend.extension_counts(
+                    index, _materialize(backend, index, pair), np.full(nb, row, np.int64),
+                    umasks)
             expanded += nb
             counted += nb * K
             return pair_rows(batch.ops[:, 0], leaf.f[batch.conc[:, 0]], leaf.g[batch.conc[:, 0]],
@@ -677,6 +779,11 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
         pos, n = 0, level.bound.size
         if length == 1 and leaf is not None:
             # Expand every length-1 prefix first: the children's pair bounds use their rows.
+            unit_pairs = None
+            if cooccurrence is not None and _COMPILED_LAST_STEP \
+                    and isinstance(index, _core.ConceptIndex) and isinstance(umasks, MaskSet):
+                # On the CPU, all |U & C_c & C_k| in one walk of U's blocks.
+                unit_pairs = index.unit_pair_counts(umasks.arrays(), row)
             for start in range(0, n, budget.batch):
                 if (budget.nodes is not None and expanded + min(budget.batch, n - start)
                         > budget.nodes) or (budget.seconds is not None
@@ -684,7 +791,12 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
                     break
                 part = level.take(np.arange(start, min(n, start + budget.batch)))
                 c = part.conc[:, 0]
-                if cooccurrence is not None:
+                if cooccurrence is not None and unit_pairs is not None:
+                    g = unit_pairs[c]
+                    f = cooccurrence.rows(backend, index, umasks, c)
+                    expanded += c.size
+                    counted += c.size * K
+                elif cooccurrence is not None:
                     # |C_c & C_k| is the same for every unit: only |U & C_c & C_k| is counted,
                     # on the small masks U & C_c.
                     cu = backend.materialize(index, umasks, np.full(c.size, row, np.int64),
@@ -721,6 +833,24 @@ def search_unit_optimal(backend, index, umasks, row: int, prim: np.ndarray, unit
                 f, g = leaf.f[batch.conc[:, 0]], leaf.g[batch.conc[:, 0]]
             else:
                 f, g = counts(batch)
+            if _COMPILED_LAST_STEP and L - length <= 2:
+                # The children are the last level, or have one step left: scored, bounded
+                # and pruned in the compiled code; only the survivors come back.
+                r = last_step_children(cb, best, f, g, batch, length, L, leaf)
+                score, bp, bop, bj, btp, bsize = r["best"]
+                if bp >= 0:
+                    offer(np.array([score]), lambda i, bp=bp, bop=bop, bj=bj, batch=batch:
+                          batch.key(bp) + ((bop, bj),), [btp], [bsize])
+                if length + 1 < L:
+                    sel = np.flatnonzero(best.keeps(r["bound"], length + 1))
+                    pruned += r["n_children"] - sel.size
+                    par = r["parent"][sel]
+                    children.append(_Level(
+                        np.concatenate([batch.conc[par], r["concept"][sel, None]], axis=1),
+                        np.concatenate([batch.ops[par], r["op"][sel, None].astype(np.int8)],
+                                       axis=1),
+                        r["tp"][sel], r["size"][sel], r["bound"][sel]))
+                continue
             inter_f, size_f = batch.inter[:, None], batch.size[:, None]
             inter = np.empty((nb, K, op_codes.size), np.int64)
             size = np.empty_like(inter)
