@@ -1,4 +1,5 @@
 """Token concepts (compexp_core.text): every family checked by hand on small token tables."""
+import os
 import re
 import subprocess
 import sys
@@ -390,9 +391,11 @@ _SCALE_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak reset")
 def test_one_million_tokens_stay_far_below_dense_memory():
-    src = Path(__file__).resolve().parents[1] / "src"
+    # The subprocess imports compexp_core as this process does (an installed build, or the
+    # tree on PYTHONPATH): a bare src/ holds no compiled module after a non-editable install.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", _SCALE_SCRIPT], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, timeout=600)
+                         env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     k, extra, seconds = out.stdout.split()
     k, extra = int(k), int(extra)
