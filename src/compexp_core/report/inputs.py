@@ -189,14 +189,20 @@ def check_inputs(result, acts, concepts, images: Images, units: Sequence[int],
     if len(images) != n_acts:
         raise ValueError(f"{images.label} has N={len(images)} images but {labels['acts']} has "
                          f"N={n_acts} samples: they must describe the same inputs, in order")
+    check_units(units, [result.by_unit(u) for u in units], n_units, concepts, labels)
+
+
+def check_units(units: Sequence[int], explanations: Sequence, n_units: int, concepts,
+                labels: dict) -> None:
+    """Raise ValueError when a unit of the results is not in the activations (``n_units``) or
+    its formula names a concept the concept set lacks (every report checks this)."""
     known = set(concepts.names)
-    for u in units:
+    for u, e in zip(units, explanations):
         if not 0 <= u < n_units:
             raise ValueError(f"unit {u} of the results is not in {labels['acts']} (it has "
                              f"{n_units} units): are these the activations the search used?")
-        e = result.by_unit(u)
         for f in (e.formula, e.primitive):
-            missing = [] if f is None else [n for n in f.leaves() if n not in known]
+            missing = [] if f is None else [c for c in f.leaves() if c not in known]
             if missing:
                 raise ValueError(f"the formula {str(f)!r} of unit {u} names the concept "
                                  f"{missing[0]!r}, which is not in {labels['concepts']}: are "

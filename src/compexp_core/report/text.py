@@ -48,8 +48,8 @@ from ..engine.driver import materialize_formulas
 from ..engine.formula import Formula
 from ..engine.units import is_tensor, tensor_to_numpy
 from ..inputs import activations_input
-from .inputs import (as_concepts, as_result, file_attr, input_label, is_path, length_means,
-                     provenance, select_units)
+from .inputs import (as_concepts, as_result, check_units, file_attr, input_label, is_path,
+                     length_means, provenance, select_units)
 from .page import (_BY_LENGTH_SHOWN, _e, _fmt, card_shell, facts_list, metric_label,
                    optimality_facts, page,
                    primitive_text, summary_line, write_html)
@@ -159,17 +159,7 @@ def write_text_report(result, out_dir: PathLike, *, acts, concepts, premises, hy
     if weights is not None:
         weights = _weights(weights, len(class_names), n_units)
     explanations = [result.by_unit(u) for u in units]
-    known = set(concepts.names)
-    for u, e in zip(units, explanations):
-        if not 0 <= u < n_units:
-            raise ValueError(f"unit {u} of the results is not in {labels['acts']} (it has "
-                             f"{n_units} units): are these the activations the search used?")
-        for f in (e.formula, e.primitive):
-            missing = [] if f is None else [c for c in f.leaves() if c not in known]
-            if missing:
-                raise ValueError(f"the formula {str(f)!r} of unit {u} names the concept "
-                                 f"{missing[0]!r}, which is not in {labels['concepts']}: are "
-                                 f"these the concepts the search used?")
+    check_units(units, explanations, n_units, concepts, labels)
     bad = np.isnan(values[:, units]) if values.dtype.kind == "f" else None
     if bad is not None and bad.any():
         row, col = np.argwhere(bad)[0]

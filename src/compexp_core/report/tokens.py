@@ -48,8 +48,8 @@ from ..engine.driver import materialize_formulas
 from ..inputs import activations_input
 from ..io.tokens import TokenTable, read_tokens
 from .build import formula_categories
-from .inputs import (as_concepts, as_result, file_attr, input_label, is_path, length_means,
-                     provenance, recorded_path, select_units)
+from .inputs import (as_concepts, as_result, check_units, file_attr, input_label, is_path,
+                     length_means, provenance, recorded_path, select_units)
 from .page import (_e, card_shell, facts_list, formula_text, metric_label, page, summary_line,
                    unit_facts, write_html)
 from .plots import report_plots
@@ -153,7 +153,7 @@ def write_token_report(result, out_dir: PathLike, *, tokens=None, acts=None, con
             raise ValueError(f"{labels['acts']} has N={n} tokens but {labels['concepts']} has "
                              f"N={concepts.n_samples}: they must describe the same tokens")
         explanations = [result.by_unit(u) for u in units]
-        _check_units(units, explanations, n_units, concepts, labels)
+        check_units(units, explanations, n_units, concepts, labels)
         means = length_means(lengths, explicit_lengths)
         layer = file_attr(source, "layer")
         origin = provenance(source)
@@ -280,20 +280,6 @@ def _token_table(tokens, acts, source, label: str) -> TokenTable:
         raise ValueError(f"{label} has no tokens group: pass tokens= (a TokenTable, or a file "
                          f"with a tokens group) to say which token each row is")
     return table
-
-
-def _check_units(units, explanations, n_units: int, concepts, labels: dict) -> None:
-    known = set(concepts.names)
-    for u, e in zip(units, explanations):
-        if not 0 <= u < n_units:
-            raise ValueError(f"unit {u} of the results is not in {labels['acts']} (it has "
-                             f"{n_units} units): are these the activations the search used?")
-        for f in (e.formula, e.primitive):
-            missing = [] if f is None else [c for c in f.leaves() if c not in known]
-            if missing:
-                raise ValueError(f"the formula {str(f)!r} of unit {u} names the concept "
-                                 f"{missing[0]!r}, which is not in {labels['concepts']}: are "
-                                 f"these the concepts the search used?")
 
 
 # ------------------------------------------------------------------------------ computing
